@@ -1,0 +1,81 @@
+"""Opening files that may come from strangers (DESIGN.md §5).
+
+Every file is stat'ed before it is opened, so a FIFO or a device never blocks or streams
+forever, and a symlink loop becomes an error instead of an exception from deep inside.
+"""
+
+import mmap
+import os
+import stat
+
+from weightscope.core.errors import CheckpointError
+
+MAGIC_BYTES = 16
+
+
+def regular_size(path: str) -> int:
+    """The size of `path`, which must be a regular file (after symlinks).
+
+    Raises:
+        CheckpointError: not there, not a regular file, or a symlink loop.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CheckpointError(path, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(path, "not a regular file")
+    return st.st_size
+
+
+def read_head(path: str, n: int = MAGIC_BYTES) -> bytes:
+    """The first `n` bytes of a regular file."""
+    regular_size(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise CheckpointError(path, exc.strerror or str(exc)) from None
+
+
+def map_file(path: str) -> mmap.mmap | None:
+    """A private (copy-on-write) map of the whole file; None for an empty file.
+
+    Copy-on-write keeps arrays built on it writable for torch without ever writing the file.
+    """
+    size = regular_size(path)
+    if size == 0:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except OSError as exc:
+        raise CheckpointError(path, exc.strerror or str(exc)) from None
+
+
+def inside(directory: str, path: str) -> bool:
+    """Whether `path` resolves to a place inside `directory` (both with symlinks resolved)."""
+    root = os.path.realpath(directory)
+    try:
+        target = os.path.realpath(path, strict=False)
+    except OSError:  # a symlink loop in the path
+        return False
+    return os.path.commonpath([root, target]) == root and target != root
+
+
+def sniff(path: str) -> str:
+    """The format of a file, told by its first bytes, never by its name.
+
+    Returns:
+        "safetensors", "torch-zip", "torch-legacy", "gguf" or "unknown".
+    """
+    head = read_head(path)
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "torch-legacy"
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") >= 2:
+        return "safetensors"
+    return "unknown"

@@ -1,0 +1,1 @@
+"""One module per file format; each turns one file into `TensorInfo`s and a `TensorSource`."""
