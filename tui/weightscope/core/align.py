@@ -65,38 +65,39 @@ def match_unique(left: dict[str, str], right: dict[str, str]) -> list[tuple[str,
 
 def align(a: Checkpoint, b: Checkpoint) -> Alignment:
     matched: dict[str, str] = {n: n for n in a.tensors if n in b.tensors}
+    taken_b = set(matched)  # matched.values(), as a set: a lookup per name must not scan them all
     mappings: Counter = Counter()
 
     def rest_a() -> list[str]:
         return [n for n in a.tensors if n not in matched]
 
     def rest_b() -> list[str]:
-        taken = set(matched.values())
-        return [n for n in b.tensors if n not in taken]
+        return [n for n in b.tensors if n not in taken_b]
 
-    unwrapped_a = {n: unwrap(n) for n in rest_a()}
-    unwrapped_b = {n: unwrap(n) for n in rest_b()}
-    for name_a, name_b in match_unique({n: u[0] for n, u in unwrapped_a.items()},
-                                       {n: u[0] for n, u in unwrapped_b.items()}):
+    def pair_up(name_a: str, name_b: str) -> None:
         matched[name_a] = name_b
-        for side, removed in (("A", unwrapped_a[name_a][1]), ("B", unwrapped_b[name_b][1])):
-            for wrapper in removed:
+        taken_b.add(name_b)
+        for side, name in (("A", name_a), ("B", name_b)):
+            for wrapper in unwrap(name)[1]:
                 mappings[f"{side}: removed wrapper '{wrapper}.'"] += 1
+
+    for name_a, name_b in match_unique({n: unwrap(n)[0] for n in rest_a()},
+                                       {n: unwrap(n)[0] for n in rest_b()}):
+        pair_up(name_a, name_b)
 
     bare_a = {n: unwrap(n)[0] for n in rest_a()}
     bare_b = {n: unwrap(n)[0] for n in rest_b()}
     for side, mine, theirs in (("A", bare_a, bare_b), ("B", bare_b, bare_a)):
         for name_mine, name_theirs in match_unique(mine, {n: "model." + k for n, k in theirs.items()}):
             pair = (name_mine, name_theirs) if side == "A" else (name_theirs, name_mine)
-            if pair[0] not in matched and pair[1] not in matched.values():
-                matched[pair[0]] = pair[1]
+            if pair[0] not in matched and pair[1] not in taken_b:
+                pair_up(*pair)
                 other = "B" if side == "A" else "A"
                 mappings[f"'model.' prefix in {side}, not in {other}"] += 1
 
     pairs = [Pair(n, a.tensors[n], b.tensors[matched[n]]) if n in matched else Pair(n, a.tensors[n], None)
              for n in a.tensors]
-    taken = set(matched.values())
-    pairs += [Pair(n, None, b.tensors[n]) for n in b.tensors if n not in taken]
+    pairs += [Pair(n, None, b.tensors[n]) for n in b.tensors if n not in taken_b]
     pairs = note_ties(pairs)
     notes = [f"names mapped: {what} ({count} tensors)" for what, count in mappings.items()]
     return Alignment(pairs, notes)

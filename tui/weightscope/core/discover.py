@@ -100,7 +100,7 @@ def open_directory(path: str) -> Checkpoint:
         if training_state(name):
             continue
         try:
-            kind = sniff(file)
+            kind = sniff(file, strict=True)
         except CheckpointError:
             kind = "unreadable"
         if kind in READERS:

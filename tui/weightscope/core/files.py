@@ -63,8 +63,14 @@ def inside(directory: str, path: str) -> bool:
     return os.path.commonpath([root, target]) == root and target != root
 
 
-def sniff(path: str) -> str:
+def sniff(path: str, strict: bool = False) -> str:
     """The format of a file, told by its first bytes, never by its name.
+
+    Args:
+        strict: also require a safetensors header length that fits the file, for telling
+            weights from other files in a directory: compact JSON such as `{"name":{...`
+            has a `{` at byte 8 too. Without it, a damaged length is left for the reader
+            to explain.
 
     Returns:
         "safetensors", "torch-zip", "torch-legacy", "gguf" or "unknown".
@@ -77,5 +83,6 @@ def sniff(path: str) -> str:
     if head.startswith(b"GGUF"):
         return "gguf"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") >= 2:
-        return "safetensors"
+        if not strict or int.from_bytes(head[:8], "little") <= regular_size(path) - 8:
+            return "safetensors"
     return "unknown"

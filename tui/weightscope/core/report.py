@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 
 from weightscope import __version__
 from weightscope.core.align import Alignment
-from weightscope.core.checkpoint import Checkpoint
+from weightscope.core.checkpoint import Checkpoint, TensorInfo
+from weightscope.core.checks import nonfinite_text
 from weightscope.core.scan import STATUSES, PairResult
+from weightscope.core.stats import DiffStats, SideStats
 
 EQUAL = {"identical", "value_equal"}
+SIDE_FIELDS = ("min", "max", "mean", "std", "absmax", "l2", "nan", "posinf", "neginf", "zeros", "finite")
 
 
 def exit_status(results: list[PairResult]) -> int:
@@ -28,14 +32,32 @@ def side_json(checkpoint: Checkpoint) -> dict:
             "bytes": checkpoint.nbytes, "notes": checkpoint.notes, "extras": checkpoint.extras}
 
 
-def tensor_json(result: PairResult) -> dict:
+def stats_json(side: SideStats | None) -> dict | None:
+    return None if side is None else {k: getattr(side, k) for k in SIDE_FIELDS}
+
+
+def diff_json(diff: DiffStats | None) -> dict | None:
+    if diff is None:
+        return None
+    out = asdict(diff)
+    out["max_abs_index"] = list(diff.max_abs_index) if diff.max_abs_index is not None else None
+    return out
+
+
+def shape(info: TensorInfo | None) -> list[int] | None:
+    return list(info.shape) if info is not None and info.shape is not None else None
+
+
+def tensor_json(result: PairResult, histograms: bool = False) -> dict:
     pair = result.pair
     a, b = pair.a, pair.b
-    return {"name": pair.name, "name_a": a and a.name, "name_b": b and b.name, "status": result.status,
-            "dtype_a": a and a.dtype, "dtype_b": b and b.dtype,
-            "shape_a": list(a.shape) if a and a.shape is not None else None,
-            "shape_b": list(b.shape) if b and b.shape is not None else None,
-            "error": result.error, "notes": list(pair.notes)}
+    out = {"name": pair.name, "name_a": a and a.name, "name_b": b and b.name, "status": result.status,
+           "dtype_a": a and a.dtype, "dtype_b": b and b.dtype, "shape_a": shape(a), "shape_b": shape(b),
+           "error": result.error, "notes": list(pair.notes) + list(result.notes),
+           "a": stats_json(result.a), "b": stats_json(result.b), "diff": diff_json(result.diff)}
+    if histograms:
+        out["histograms"] = {k: asdict(h) for k, h in result.histograms.items()}
+    return out
 
 
 def summary(results: list[PairResult]) -> dict[str, int]:
@@ -45,13 +67,14 @@ def summary(results: list[PairResult]) -> dict[str, int]:
     return counts
 
 
-def to_json(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[PairResult]) -> dict:
+def to_json(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[PairResult],
+            histograms: bool = False) -> dict:
     return {"version": __version__, "a": side_json(a), "b": side_json(b), "notes": alignment.notes,
-            "tensors": [tensor_json(r) for r in results], "summary": summary(results)}
+            "tensors": [tensor_json(r, histograms) for r in results], "summary": summary(results)}
 
 
 def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.2M'; with unit 'B', 1234567 -> '1.2 MB'."""
+    """1234567 -> '1.23M'; with unit 'B', 1234567 -> '1.23 MB'."""
     for suffix in ("", "K", "M", "G", "T", "P"):
         if abs(n) < 1000 or suffix == "P":
             text = f"{n:.0f}" if suffix == "" else f"{n:.3g}"
@@ -61,40 +84,62 @@ def human(n: float, unit: str = "") -> str:
     return str(n)
 
 
+def figure(value: float | None, fmt: str = ".3g") -> str:
+    """A number for a table cell; 'n/a' where it is undefined (the notes say why)."""
+    return "n/a" if value is None else format(value, fmt)
+
+
 def arrow(x, y) -> str:
     return str(x) if x == y else f"{x} → {y}"
 
 
-def to_text(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[PairResult]) -> str:
+def header_lines(a: Checkpoint, b: Checkpoint | None, notes: list[str]) -> list[str]:
     lines = []
     for label, cp in (("A", a), ("B", b)):
+        if cp is None:
+            continue
         files = f"{len(cp.files)} file{'s' if len(cp.files) != 1 else ''}"
         lines.append(f"{label}  {cp.path}  {cp.format}, {files}, {len(cp.tensors)} tensors, "
                      f"{human(cp.parameters)} parameters, {human(cp.nbytes, 'B')}")
         lines += [f"   note: {n}" for n in cp.notes]
         lines += [f"   not weights: {x}" for x in cp.extras]
-    lines += [f"note: {n}" for n in alignment.notes]
+    return lines + [f"note: {n}" for n in notes]
+
+
+def nonfinite_cell(result: PairResult) -> str:
+    texts = [nonfinite_text(s) if s else "" for s in (result.a, result.b)]
+    if not any(texts):
+        return ""
+    return arrow(texts[0] or "0", texts[1] or "0") if result.a and result.b else texts[0] or texts[1]
+
+
+def to_text(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[PairResult]) -> str:
+    lines = header_lines(a, b, alignment.notes)
     rows = []
     for r in results:
         pa, pb = r.pair.a, r.pair.b
         dtype = arrow(pa and pa.dtype or "-", pb and pb.dtype or "-")
-        shape = arrow(list(pa.shape) if pa and pa.shape is not None else "-",
-                      list(pb.shape) if pb and pb.shape is not None else "-")
-        detail = "; ".join(([r.error] if r.error else []) + list(r.pair.notes))
-        rows.append((r.status, r.pair.name, dtype, shape, detail))
+        dims = arrow(shape(pa) or "-", shape(pb) or "-")
+        d = r.diff
+        figures = (figure(d.rel_l2), figure(d.max_abs), figure(d.cosine, ".6f")) if d else ("", "", "")
+        why = [f"{k}: {v}" for k, v in d.undefined.items() if k in ("rel_l2", "max_abs", "cosine")] if d else []
+        if r.status in EQUAL:
+            why = []
+        detail = "; ".join(([r.error] if r.error else []) + list(r.pair.notes) + list(r.notes) + why)
+        rows.append((r.status, r.pair.name, dtype, dims, *figures, nonfinite_cell(r), detail))
     if rows:
         lines.append("")
-        lines += table(("status", "name", "dtype", "shape", ""), rows)
-    counts = summary(results)
+        lines += table(("status", "name", "dtype", "shape", "rel_l2", "max|Δ|", "cosine", "NaN/Inf", ""), rows)
     lines.append("")
+    counts = summary(results)
     lines.append("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if results else "summary: no tensors")
     return "\n".join(lines)
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """Left-aligned columns; the name column gives way first when the terminal is narrow."""
+    """Left-aligned columns; the name column (second) gives way first when the terminal is narrow."""
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
-    room = shutil.get_terminal_size((160, 24)).columns
+    room = shutil.get_terminal_size((200, 24)).columns
     others = sum(widths) - widths[1] - widths[-1] + 2 * (len(header) - 1)
     widths[1] = max(24, min(widths[1], room - others))
     out = []
@@ -105,3 +150,28 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
         out.append("  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths)).rstrip() +
                    (f"  {cells[-1]}" if cells[-1] else ""))
     return out
+
+
+def inspect_json(checkpoint: Checkpoint, results: list[tuple[TensorInfo, SideStats | None, str | None]]) -> dict:
+    tensors = [{"name": info.name, "dtype": info.dtype, "shape": shape(info), "tied_to": info.tied_to,
+                "error": error, "stats": stats_json(side)} for info, side, error in results]
+    return {"version": __version__, "checkpoint": side_json(checkpoint), "tensors": tensors,
+            "summary": {"tensors": len(results), "error": sum(1 for *_, e in results if e),
+                        "nonfinite": sum(1 for _, s, _ in results if s and s.nonfinite)}}
+
+
+def inspect_text(checkpoint: Checkpoint, results: list[tuple[TensorInfo, SideStats | None, str | None]]) -> str:
+    lines = header_lines(checkpoint, None, [])
+    rows = []
+    for info, side, error in results:
+        cells = [figure(getattr(side, k)) if side else "" for k in ("min", "max", "mean", "std")]
+        detail = error or (f"tied to {info.tied_to}" if info.tied_to else "")
+        rows.append((info.dtype or "-", info.name, str(shape(info) or "-"), *cells,
+                     nonfinite_text(side) if side else "", detail))
+    if rows:
+        lines.append("")
+        lines += table(("dtype", "name", "shape", "min", "max", "mean", "std", "NaN/Inf", ""), rows)
+    bad = sum(1 for _, s, _ in results if s and s.nonfinite)
+    errors = sum(1 for *_, e in results if e)
+    lines += ["", f"summary: {len(results)} tensors, {bad} with NaN/Inf, {errors} unreadable"]
+    return "\n".join(lines)

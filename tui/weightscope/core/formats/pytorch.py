@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bisect
 import pickle
-import re
 import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -28,18 +28,34 @@ WEIGHT_KEYS = ("model_state_dict", "state_dict", "model", "module", "model_state
 
 
 def torch_load(path: str, **kwargs):
-    """`torch.load(weights_only=True)` with every failure turned into a one-line error."""
+    """`torch.load(weights_only=True)` with every failure turned into a one-line error.
+
+    torch is given an open file unless it is to map the file itself: given a path that ends
+    in `.safetensors`, it hands the file to the safetensors library whatever its bytes are.
+    """
     import torch
 
     try:
-        return torch.load(path, weights_only=True, **kwargs)
+        with warnings.catch_warnings():  # e.g. about pickle protocols: the error says what matters, on one line
+            warnings.simplefilter("ignore")
+            if kwargs.get("mmap"):
+                return torch.load(path, weights_only=True, **kwargs)
+            with open(path, "rb") as f:
+                return torch.load(f, weights_only=True, **kwargs)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
-        reason = found.group(1) if found else str(exc).strip().split("\n")[0]
-        raise CheckpointError(path, f"refused to unpickle (weights_only): {reason}") from None
+        raise CheckpointError(path, f"refused to unpickle (weights_only): {refusal(str(exc))}") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError, ... for damaged files
         message = str(exc).strip().split("\n")[0] or type(exc).__name__
         raise CheckpointError(path, f"torch.load failed: {message}") from None
+
+
+def refusal(message: str) -> str:
+    """The line of torch's weights_only refusal that says what was refused, not how to override it."""
+    text = message.split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    advice = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please file an issue")
+    reason = next((line for line in lines if not line.startswith(advice)), lines[0] if lines else "refused")
+    return reason.split(" Please use `torch.serialization", 1)[0]
 
 
 class Contents:
@@ -215,11 +231,18 @@ class TorchZipFile(MappedFile):
         if offset is None:  # an older torch: read through torch.load(mmap=True) instead
             return TensorInfo(name, dtype, shape, self.path)
         extent = storage.nbytes()
-        index = bisect.bisect_right(members, (offset, float("inf"))) - 1
-        if index < 0 or not members[index][0] <= offset <= offset + extent <= members[index][1]:
-            return TensorInfo(name, dtype, shape, self.path, error=f"{self.path}: storage of {name} lies outside its zip member")
-        if members[index][3]:
-            return TensorInfo(name, dtype, shape, self.path, error=f"{self.path}: {members[index][3]}")
+        # torch computes these offsets from the layout torch.save writes rather than reading
+        # them, so one only counts when a member's data starts there and holds exactly the
+        # storage: in an archive laid out otherwise it may point into another member's data.
+        index = bisect.bisect_left(members, (offset,))
+        if index == len(members) or members[index][0] != offset:
+            return TensorInfo(name, dtype, shape, self.path, error=f"{self.path}: storage of {name} is not where torch.save puts it")
+        start, end, member, problem = members[index]
+        if problem:
+            return TensorInfo(name, dtype, shape, self.path, error=f"{self.path}: {problem}")
+        if end - start != extent:
+            return TensorInfo(name, dtype, shape, self.path,
+                              error=f"{self.path}: storage of {name} has {extent} bytes but zip member {member} holds {end - start}")
         itemsize = tensor.element_size()
         last = tensor.storage_offset() + sum((n - 1) * s for n, s in zip(shape, tensor.stride()) if n > 0)
         if tensor.numel() and (last + 1) * itemsize > extent:

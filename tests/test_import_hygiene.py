@@ -1,0 +1,63 @@
+"""The core and the command line load neither the UI toolkits nor torch until a command needs them.
+
+Each check runs in a fresh interpreter: this pytest process has long since imported torch.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+HEAVY = ("textual", "rich", "torch")
+
+
+def python(code: str) -> dict:
+    """Run `code` in a fresh interpreter; it prints one JSON document, returned here."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def loaded(modules) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+def test_core_and_cli_import_light():
+    """Importing weightscope.core, its modules and the CLI, and building the parser, loads no heavy module."""
+    modules = python(
+        "import json, sys\n"
+        "import weightscope.core, weightscope.core.discover, weightscope.core.align\n"
+        "import weightscope.core.scan, weightscope.core.report, weightscope.cli\n"
+        "weightscope.cli.build_parser()\n"
+        "print(json.dumps(sorted(sys.modules)))\n")
+    assert "weightscope.core.discover" in modules
+    assert loaded(modules) == []
+
+
+def test_help_is_light():
+    """`weightscope --help` exits 0 and imports none of textual, rich or torch (per -X importtime)."""
+    script = shutil.which("weightscope", path=os.path.dirname(sys.executable)) or shutil.which("weightscope")
+    assert script, "the console script is installed (pip install -e .)"
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0
+    assert "diff" in done.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "weightscope.cli" in imported, "importtime output was read"
+    assert loaded(imported) == []
+
+
+def test_listing_safetensors_does_not_import_torch(ck, tmp_path):
+    """Opening a sharded safetensors checkpoint and listing every name, dtype and shape needs no torch."""
+    sd = ck.llama_like(0)
+    directory = ck.write_sharded_safetensors(tmp_path / "ckpt", sd, shards=3)
+    listing = python(
+        "import json, sys\n"
+        "from weightscope.core.discover import open_checkpoint\n"
+        f"c = open_checkpoint({str(directory)!r})\n"
+        "names = {n: [t.dtype, list(t.shape)] for n, t in c.tensors.items()}\n"
+        "print(json.dumps({'names': names, 'heavy': [m for m in sys.modules if m.split('.')[0] in "
+        f"{HEAVY!r}]}}))\n")
+    assert listing["heavy"] == []
+    assert listing["names"] == {n: ["float32", list(t.shape)] for n, t in sd.items()}

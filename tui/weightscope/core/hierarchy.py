@@ -1,0 +1,142 @@
+"""The pairs of a comparison as a tree of dotted names, with counts rolled up to every group.
+
+`model.layers.12.mlp.up_proj.weight` becomes the path model → layers → 12 → mlp →
+up_proj → weight. Children sort naturally (`layers.2` before `layers.10`). Each node keeps
+its subtree's counts by status, so a group shows "7/9 changed" without walking its members,
+and a result arriving for one tensor updates only its ancestors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from weightscope.core.align import Pair
+from weightscope.core.scan import PairResult
+
+# Most notable first: the status a group shows is its members' first in this order.
+SEVERITY = ("error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close",
+            "pending", "value_equal", "identical")
+DIFFERS = {"error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close"}
+
+
+def natural_key(text: str) -> tuple:
+    """Digits compare as numbers: 'layers.2' < 'layers.10'."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def known_status(pair: Pair) -> str:
+    """What the headers alone say about a pair: a final status, or 'pending' until its data is read."""
+    a, b = pair.a, pair.b
+    if (a and a.error) or (b and b.error):
+        return "error"
+    if b is None:
+        return "only_a"
+    if a is None:
+        return "only_b"
+    if a.shape != b.shape:
+        return "shape_mismatch"
+    return "dtype" if a.dtype != b.dtype else "pending"
+
+
+def badge_status(result: PairResult) -> str:
+    """The status a tensor shows once read: NaN/Inf and dtype changes outrank the scan status."""
+    if result.status != "error" and any(s is not None and s.nonfinite for s in (result.a, result.b)):
+        return "nonfinite"
+    if result.status in ("identical", "value_equal", "close", "changed"):
+        return "dtype" if known_status(result.pair) == "dtype" else result.status
+    return result.status
+
+
+@dataclass(eq=False)
+class NameNode:
+    """One part of a dotted name; a tensor where `pair` is set (a node can also have children).
+
+    Attributes:
+        counts: statuses of every tensor in the subtree (this node's own included).
+        result: the scan result of this node's tensor, once known.
+        max_rel: the largest rel_l2 in the subtree, once known.
+    """
+
+    part: str
+    path: str
+    parent: NameNode | None = None
+    pair: Pair | None = None
+    result: PairResult | None = None
+    children: dict[str, NameNode] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+    parameters: int = 0
+    max_rel: float | None = None
+    _sorted: list[NameNode] | None = None
+
+    @property
+    def status(self) -> str:
+        """The most notable status in the subtree (a tensor's own, for a tensor)."""
+        return next((s for s in SEVERITY if self.counts[s]), "identical")
+
+    @property
+    def own_status(self) -> str | None:
+        """This node's tensor's status; None for a pure group."""
+        if self.pair is None:
+            return None
+        return badge_status(self.result) if self.result else known_status(self.pair)
+
+    @property
+    def tensors(self) -> int:
+        return sum(self.counts.values())
+
+    def sorted_children(self) -> list[NameNode]:
+        if self._sorted is None:
+            self._sorted = sorted(self.children.values(), key=lambda n: natural_key(n.part))
+        return self._sorted
+
+    def leaves(self):
+        """Every tensor node in the subtree, in natural order."""
+        if self.pair is not None:
+            yield self
+        for child in self.sorted_children():
+            yield from child.leaves()
+
+    def ancestors(self):
+        node = self
+        while node is not None:
+            yield node
+            node = node.parent
+
+
+def build(pairs: list[Pair]) -> NameNode:
+    """The tree of all pairs' names, with statuses known from headers counted in."""
+    root = NameNode("", "")
+    for pair in pairs:
+        node = root
+        for part in pair.name.split("."):
+            child = node.children.get(part)
+            if child is None:
+                child = node.children[part] = NameNode(part, f"{node.path}.{part}" if node.path else part, node)
+            node = child
+        node.pair = pair
+        info = pair.a or pair.b
+        for ancestor in node.ancestors():
+            ancestor.counts[known_status(pair)] += 1
+            ancestor.parameters += info.numel
+    return root
+
+
+def apply(node: NameNode, result: PairResult) -> None:
+    """Record a tensor's result, moving its count from the old status to the new one."""
+    old = node.own_status
+    node.result = result
+    new = badge_status(result)
+    rel = result.diff.rel_l2 if result.diff is not None else None
+    for ancestor in node.ancestors():
+        if old is not None:
+            ancestor.counts[old] -= 1
+        ancestor.counts[new] += 1
+        if rel is not None and (ancestor.max_rel is None or rel > ancestor.max_rel):
+            ancestor.max_rel = rel
+
+
+def index(root: NameNode) -> dict[str, NameNode]:
+    """Tensor nodes by pair name."""
+    return {leaf.pair.name: leaf for leaf in root.leaves()}

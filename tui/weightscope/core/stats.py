@@ -1,0 +1,388 @@
+"""Statistics of one tensor and of a pair, in bounded chunks, on the CPU or a torch device.
+
+Chunks are decoded to float32 (float64 where the data is wider), every figure is
+accumulated in float64 per chunk, and chunk rows are merged with the parallel-variance
+formula, so results agree with a float64 reference without a full-size float copy.
+Definitions are in the README.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from weightscope.core import columns as c
+
+CHUNK = 1 << 18  # elements per chunk: a chunk and its temporaries stay in a core's L2 cache
+HISTOGRAM_BINS = 64
+SAMPLE = 1 << 20  # elements sampled to find a histogram's range
+QUANTILES = (0.001, 0.999)
+
+# torch.testing.assert_close's defaults (rtol, atol); other dtypes compare exactly.
+TOLERANCES = {"float16": (1e-3, 1e-5), "bfloat16": (1.6e-2, 1e-5), "float32": (1.3e-6, 1e-5),
+              "float64": (1e-7, 1e-7), "complex64": (1.3e-6, 1e-5), "complex128": (1e-7, 1e-7)}
+NUMPY_TYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
+               "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8,
+               "uint64": np.uint64, "uint32": np.uint32, "uint16": np.uint16, "uint8": np.uint8,
+               "bool": np.bool_}
+
+
+class Cancelled(Exception):
+    """The caller's `should_cancel` said stop."""
+
+
+class Unsupported(Exception):
+    """Statistics are not defined for this dtype (complex)."""
+
+
+@dataclass(frozen=True)
+class SideStats:
+    """One tensor. min/max/mean/std/absmax/l2 are over finite values; None when there are none."""
+
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    absmax: float | None
+    l2: float | None
+    nan: int
+    posinf: int
+    neginf: int
+    zeros: int
+    finite: int
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.posinf + self.neginf
+
+
+@dataclass(frozen=True)
+class DiffStats:
+    """B − A where both are finite. A figure that is undefined is None, and `undefined` says why."""
+
+    max_abs: float | None
+    max_abs_index: tuple[int, ...] | None
+    mean_abs: float | None
+    rms: float | None
+    rel_l2: float | None
+    cosine: float | None
+    changed_fraction: float | None
+    changed: int
+    mismatched: int
+    atol: float
+    rtol: float
+    undefined: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of finite values in equal bins over [lo, hi], and how many fell outside."""
+
+    lo: float
+    hi: float
+    counts: tuple[int, ...]
+    below: int
+    above: int
+
+
+def tolerance(dtype_a: str, dtype_b: str, atol: float | None = None, rtol: float | None = None) -> tuple[float, float]:
+    """(atol, rtol): the looser of the two dtypes' assert_close defaults, unless given."""
+    rt = max(TOLERANCES.get(dtype_a, (0.0, 0.0))[0], TOLERANCES.get(dtype_b, (0.0, 0.0))[0])
+    at = max(TOLERANCES.get(dtype_a, (0.0, 0.0))[1], TOLERANCES.get(dtype_b, (0.0, 0.0))[1])
+    return (at if atol is None else atol), (rt if rtol is None else rtol)
+
+
+def itemsize(dtype: str) -> int:
+    from weightscope.core.dtypes import ITEMSIZE
+
+    return ITEMSIZE[dtype]
+
+
+def to_float(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw bytes of `dtype` as float32 values (float64 for float64 and integers); no copy for float32."""
+    from weightscope.core import kernels
+
+    if dtype.startswith("complex"):
+        raise Unsupported("statistics of complex tensors are not computed")
+    if dtype in ("float32", "float64"):
+        return raw.view(NUMPY_TYPES[dtype])
+    if dtype == "bfloat16":
+        return kernels.bfloat16_to_float32(raw.view(np.uint16))
+    if dtype == "float16":
+        return raw.view(np.float16).astype(np.float32)
+    if dtype in NUMPY_TYPES:
+        return raw.view(NUMPY_TYPES[dtype]).astype(np.float64)
+    import torch  # float8 and other types numpy lacks
+
+    from weightscope.core.dtypes import torch_dtype
+
+    return torch.from_numpy(raw).view(torch_dtype(dtype)).float().numpy()
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def pool() -> ThreadPoolExecutor:
+    """One worker per core, shared by every computation; the kernels release the GIL."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="weightscope-stats")
+    return _pool
+
+
+def chunked(numel: int, task: Callable[[int, int], np.ndarray], should_cancel: Callable[[], bool]) -> np.ndarray:
+    """Rows of `task(start, stop)` over element chunks, run in parallel; stops when cancelled."""
+    def guarded(start: int) -> np.ndarray:
+        if should_cancel():
+            raise Cancelled
+        return task(start, min(start + CHUNK, numel))
+
+    starts = range(0, numel, CHUNK)
+    rows = [guarded(0)] if len(starts) == 1 else list(pool().map(guarded, starts))
+    return np.stack(rows)
+
+
+def extremes(x: np.ndarray, row: np.ndarray, base: int) -> None:
+    """Min and max of the finite values, by numpy's SIMD reductions."""
+    if row[base + c.N] == 0:
+        row[base + c.LO], row[base + c.HI] = math.inf, -math.inf
+        return
+    if row[base + c.N] < x.size:
+        x = x[np.isfinite(x)]
+    row[base + c.LO], row[base + c.HI] = x.min(), x.max()
+
+
+def side_row(x: np.ndarray) -> np.ndarray:
+    from weightscope.core import kernels
+
+    row = np.zeros(c.SIDE)
+    kernels.side_chunk(x, row)
+    extremes(x, row, 0)
+    return row
+
+
+def pair_row(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    from weightscope.core import kernels
+
+    row = np.zeros(c.PAIR)
+    kernels.pair_chunk(a, b, atol, rtol, row)
+    extremes(a, row, c.A)
+    extremes(b, row, c.B)
+    row[c.D + c.MAXABS], row[c.D + c.ARGMAX] = -1.0, -1
+    if row[c.D + c.BOTH]:
+        row[c.D + c.MAXABS], row[c.D + c.ARGMAX] = largest_change(a, b, row[c.D + c.BOTH] < a.size)
+    return row
+
+
+def largest_change(a: np.ndarray, b: np.ndarray, nonfinite: bool) -> tuple[float, int]:
+    """max |b − a| where both are finite, and its first index; in float64 only when the
+    chunk's own type overflows (two finite float32 values can be more than float32 apart)."""
+    for dtype in (np.result_type(a, b), np.float64):
+        with np.errstate(invalid="ignore", over="ignore"):  # Inf − Inf and overflow are masked or redone
+            delta = np.abs(np.subtract(b, a, dtype=dtype))
+        if nonfinite:
+            delta[~(np.isfinite(a) & np.isfinite(b))] = -1.0
+        where = int(delta.argmax())
+        if delta[where] < np.inf:
+            break
+    return float(delta[where]), where
+
+
+def side_rows(raw: np.ndarray, dtype: str, should_cancel: Callable[[], bool] = lambda: False) -> np.ndarray:
+    size = itemsize(dtype)
+    numel = raw.size // size
+
+    def task(start: int, stop: int) -> np.ndarray:
+        return side_row(to_float(raw[start * size:stop * size], dtype))
+
+    return chunked(numel, task, should_cancel) if numel else np.zeros((0, c.SIDE))
+
+
+def merge_side(rows: np.ndarray) -> SideStats:
+    """One side's figures from its chunk rows (`columns.SIDE` wide)."""
+    finite, nan, posinf, neginf, zeros = (int(rows[:, k].sum()) for k in (c.N, c.NAN, c.POSINF, c.NEGINF, c.ZEROS))
+    if finite == 0:
+        return SideStats(None, None, None, None, None, None, nan, posinf, neginf, zeros, 0)
+    rows = rows[rows[:, c.N] > 0]
+    n = rows[:, c.N]
+    means = rows[:, c.SHIFT] + rows[:, c.S1] / n
+    m2s = np.maximum(rows[:, c.S2] - rows[:, c.S1] ** 2 / n, 0.0)
+    mean = float((n * means).sum() / finite)
+    m2 = float((m2s + n * (means - mean) ** 2).sum())
+    lo, hi = float(rows[:, c.LO].min()), float(rows[:, c.HI].max())
+    l2 = math.sqrt(float((m2s + n * means ** 2).sum()))
+    return SideStats(lo, hi, mean, math.sqrt(m2 / finite), max(abs(lo), abs(hi)), l2,
+                     nan, posinf, neginf, zeros, finite)
+
+
+def side_stats(raw: np.ndarray, dtype: str, should_cancel: Callable[[], bool] = lambda: False) -> SideStats:
+    """Statistics of one tensor from its raw bytes."""
+    return merge_side(side_rows(raw, dtype, should_cancel))
+
+
+def identical_diff(numel: int, side: SideStats, atol: float, rtol: float) -> DiffStats:
+    """The difference of a pair whose bytes are equal: zero, known without decoding the pair."""
+    if numel == 0:
+        return empty_diff(atol, rtol)
+    undefined = {"max_abs_index": "nothing changed"}
+    if side.finite == 0:
+        undefined.update(dict.fromkeys(("max_abs", "mean_abs", "rms", "rel_l2", "cosine"),
+                                       "no position is finite on both sides"))
+        return DiffStats(None, None, None, None, None, None, 0.0, 0, 0, atol, rtol, undefined)
+    if not side.l2:
+        undefined.update(rel_l2="‖A‖ = 0; see max_abs and rms", cosine="one side is all zeros")
+    return DiffStats(0.0, None, 0.0, 0.0, 0.0 if side.l2 else None, 1.0 if side.l2 else None, 0.0, 0, 0,
+                     atol, rtol, undefined)
+
+
+def empty_diff(atol: float, rtol: float) -> DiffStats:
+    why = "the tensor has no elements"
+    return DiffStats(None, None, None, None, None, None, None, 0, 0, atol, rtol,
+                     dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "cosine",
+                                    "changed_fraction"), why))
+
+
+def merge_pair(rows: np.ndarray, starts: np.ndarray, shape: tuple[int, ...], atol: float, rtol: float
+               ) -> tuple[SideStats, SideStats, DiffStats]:
+    """Both sides' and the difference's figures from a pair's chunk rows (`columns.PAIR` wide)."""
+    numel = math.prod(shape)
+    side_a, side_b = merge_side(rows[:, c.A:c.A + c.SIDE]), merge_side(rows[:, c.B:c.B + c.SIDE])
+    if numel == 0:
+        return side_a, side_b, empty_diff(atol, rtol)
+    d = rows[:, c.D:]
+    both = int(d[:, c.BOTH].sum())
+    changed, mismatched = int(d[:, c.CHANGED].sum()), int(d[:, c.MISMATCHED].sum())
+    undefined: dict[str, str] = {}
+    if both == 0:
+        why = "no position is finite on both sides"
+        undefined = dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "cosine"), why)
+        diff = DiffStats(None, None, None, None, None, None, changed / numel, changed, mismatched,
+                         atol, rtol, undefined)
+        return side_a, side_b, diff
+    best = int(np.argmax(d[:, c.MAXABS]))  # the first chunk holding the largest |Δ|
+    max_abs = float(d[best, c.MAXABS])
+    index = None
+    if max_abs > 0:
+        flat = int(starts[best] + d[best, c.ARGMAX])
+        index = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+    else:
+        undefined["max_abs_index"] = "nothing changed"
+    sumsq, aa, bb, ab = (float(d[:, k].sum()) for k in (c.SUMSQ, c.AA, c.BB, c.AB))
+    rel_l2 = math.sqrt(sumsq) / math.sqrt(aa) if aa > 0 else None
+    if aa == 0:
+        undefined["rel_l2"] = "‖A‖ = 0; see max_abs and rms"
+    cosine = ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else None
+    if cosine is None:
+        undefined["cosine"] = "one side is all zeros"
+    else:
+        cosine = max(-1.0, min(1.0, cosine))
+    diff = DiffStats(max_abs, index, float(d[:, c.SUMABS].sum()) / both, math.sqrt(sumsq / both), rel_l2,
+                     cosine, changed / numel, changed, mismatched, atol, rtol, undefined)
+    return side_a, side_b, diff
+
+
+def pair_stats(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, shape: tuple[int, ...],
+               atol: float, rtol: float, should_cancel: Callable[[], bool] = lambda: False
+               ) -> tuple[SideStats, SideStats, DiffStats]:
+    """Statistics of A, of B and of B − A, in one pass over both (same shape, any dtypes)."""
+    size_a, size_b = itemsize(dtype_a), itemsize(dtype_b)
+    numel = math.prod(shape)
+
+    def task(start: int, stop: int) -> np.ndarray:
+        a = to_float(raw_a[start * size_a:stop * size_a], dtype_a)
+        b = to_float(raw_b[start * size_b:stop * size_b], dtype_b)
+        if a.dtype != b.dtype:
+            a, b = a.astype(np.float64), b.astype(np.float64)
+        return pair_row(a, b, atol, rtol)
+
+    rows = chunked(numel, task, should_cancel) if numel else np.zeros((0, c.PAIR))
+    return merge_pair(rows, np.arange(0, numel, CHUNK), shape, atol, rtol)
+
+
+def sample(raw: np.ndarray, dtype: str, count: int = SAMPLE) -> np.ndarray:
+    """About `count` evenly spaced finite values as float64 (all of them for small tensors)."""
+    values = sample_positions(raw, dtype, count)
+    return values[np.isfinite(values)]
+
+
+def value_range(*samples: np.ndarray) -> tuple[float, float] | None:
+    """A range robust to outliers: the 0.1% and 99.9% quantiles of the samples together."""
+    values = np.concatenate(samples) if samples else np.empty(0)
+    if values.size == 0:
+        return None
+    lo, hi = (float(q) for q in np.quantile(values, QUANTILES))
+    if hi <= lo:  # a constant tensor: one bin's width around it
+        lo, hi = lo - 0.5 * max(abs(lo), 1e-12), hi + 0.5 * max(abs(hi), 1e-12)
+    return lo, hi
+
+
+def histogram(chunks, lo: float, hi: float, bins: int = HISTOGRAM_BINS) -> Histogram:
+    from weightscope.core import kernels
+
+    counts = np.zeros(bins, np.int64)
+    below = above = 0
+    for values in chunks:
+        b, a = kernels.histogram_chunk(values, lo, hi, counts)
+        below, above = below + b, above + a
+    return Histogram(lo, hi, tuple(int(c) for c in counts), int(below), int(above))
+
+
+def float_chunks(raw: np.ndarray, dtype: str, should_cancel: Callable[[], bool]):
+    size = itemsize(dtype)
+    for start in range(0, raw.size, CHUNK * size):
+        if should_cancel():
+            raise Cancelled
+        yield to_float(raw[start:start + CHUNK * size], dtype)
+
+
+def histograms(raw_a: np.ndarray | None, dtype_a: str | None, raw_b: np.ndarray | None, dtype_b: str | None,
+               bins: int = HISTOGRAM_BINS, should_cancel: Callable[[], bool] = lambda: False
+               ) -> dict[str, Histogram]:
+    """Histograms of A and B on one shared range and, for a same-shape pair, of B − A.
+
+    Returns:
+        {"a": ..., "b": ..., "diff": ...}, each present when its side has finite values.
+    """
+    sides = {k: (raw, dtype) for k, raw, dtype in (("a", raw_a, dtype_a), ("b", raw_b, dtype_b)) if raw is not None}
+    samples = {k: sample(raw, dtype) for k, (raw, dtype) in sides.items()}
+    out: dict[str, Histogram] = {}
+    shared = value_range(*samples.values())
+    if shared is not None:
+        for k, (raw, dtype) in sides.items():
+            out[k] = histogram(float_chunks(raw, dtype, should_cancel), *shared, bins)
+    if len(sides) == 2 and raw_a.size // itemsize(dtype_a) == raw_b.size // itemsize(dtype_b):
+        deltas = list(diff_chunks(raw_a, dtype_a, raw_b, dtype_b, lambda: False, SAMPLE))
+        spread = value_range(*deltas)
+        if spread is not None:
+            out["diff"] = histogram(diff_chunks(raw_a, dtype_a, raw_b, dtype_b, should_cancel), *spread, bins)
+    return out
+
+
+def diff_chunks(raw_a, dtype_a, raw_b, dtype_b, should_cancel, limit: int | None = None):
+    """B − A in float64 chunks where both are finite; with `limit`, evenly spaced picks only."""
+    if limit is not None:
+        a, b = sample_positions(raw_a, dtype_a, limit), sample_positions(raw_b, dtype_b, limit)
+        with np.errstate(invalid="ignore"):  # Inf − Inf: dropped below, not worth a warning
+            d = b - a
+        yield d[np.isfinite(d)]
+        return
+    for a, b in zip(float_chunks(raw_a, dtype_a, should_cancel), float_chunks(raw_b, dtype_b, should_cancel)):
+        with np.errstate(invalid="ignore"):
+            d = b.astype(np.float64) - a.astype(np.float64)
+        yield d[np.isfinite(d)]
+
+
+def sample_positions(raw: np.ndarray, dtype: str, count: int) -> np.ndarray:
+    """Values at evenly spaced positions (non-finite included, so two sides stay aligned)."""
+    size = itemsize(dtype)
+    numel = raw.size // size
+    step = max(1, numel // count)
+    if dtype == "bfloat16" or dtype in NUMPY_TYPES:
+        typed = raw.view(np.uint16 if dtype == "bfloat16" else NUMPY_TYPES[dtype])
+        return to_float(np.ascontiguousarray(typed[::step]).view(np.uint8), dtype).astype(np.float64)
+    return to_float(raw, dtype)[::step].astype(np.float64)

@@ -1,0 +1,332 @@
+"""The terminal app: two checkpoints side by side, a detail pane, a background scan.
+
+Headers are read in a worker right after the first paint; the trees appear as soon as
+names are aligned. Statistics never run on the UI thread: the scan and the detail pane
+each have one exclusive thread worker that polls its cancellation between chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from fnmatch import fnmatchcase
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.cache import LRUCache
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.timer import Timer
+from textual.widgets import Footer, Input, ProgressBar, Static, Tree
+from textual.worker import get_current_worker
+
+from weightscope.core import cache, hierarchy
+from weightscope.core.align import Alignment, Pair, align
+from weightscope.core.checkpoint import Checkpoint
+from weightscope.core.errors import CheckpointError
+from weightscope.core.hierarchy import DIFFERS, NameNode
+from weightscope.core.report import human
+from weightscope.core.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
+from weightscope.core.stats import Cancelled
+from weightscope.ui.messages import DetailReady, Opened, OpenFailed, ScanResults
+from weightscope.ui.screens.help import HelpScreen
+from weightscope.ui.widgets.detail import DetailPane
+from weightscope.ui.widgets.diff_tree import DiffTree
+
+DETAIL_DELAY = 0.05  # seconds the cursor must rest on a tensor before its figures are computed
+FILTER_DELAY = 0.15
+BATCH_SECONDS = 0.1  # how often the scan reports to the UI
+AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
+
+
+def single_alignment(checkpoint: Checkpoint) -> Alignment:
+    return Alignment([Pair(name, info, None) for name, info in checkpoint.tensors.items()], [])
+
+
+def matcher(pattern: str):
+    """A glob when the pattern has * ? or [, else a case-insensitive substring."""
+    if any(ch in pattern for ch in "*?["):
+        return lambda name: fnmatchcase(name, pattern)
+    lowered = pattern.lower()
+    return lambda name: lowered in name.lower()
+
+
+class WeightscopeApp(App[None]):
+    """Compare checkpoint A with B (or browse A alone)."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "weightscope"
+    BINDINGS = [
+        Binding("n", "next_diff", "Next diff", tooltip="Next tensor that differs"),
+        Binding("N", "previous_diff", "Prev diff", tooltip="Previous tensor that differs"),
+        Binding("slash", "filter", "Filter", tooltip="Filter names by substring or glob"),
+        Binding("L", "toggle_log", "Log counts", tooltip="Histogram counts on a log scale"),
+        Binding("c", "copy_name", "Copy name", tooltip="Copy the tensor name (OSC 52)"),
+        Binding("question_mark", "help", "Help", tooltip="Keys and badges"),
+        Binding("q", "quit", "Quit"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    log_counts: reactive[bool] = reactive(False)
+    """Histograms show log10(1 + count)."""
+
+    def __init__(self, path_a: str, path_b: str | None = None, options: ScanOptions = ScanOptions(),
+                 use_cache: bool = True):
+        super().__init__()
+        self.paths = (path_a, path_b)
+        self.options = options
+        self.use_cache = use_cache
+        self.a: Checkpoint | None = None
+        self.b: Checkpoint | None = None
+        self.alignment: Alignment | None = None
+        self.model: NameNode | None = None
+        self.nodes: dict[str, NameNode] = {}
+        self.results: dict[str, PairResult] = {}
+        self.details: LRUCache[str, PairResult] = LRUCache(64)
+        self.order: list[NameNode] = []
+        self.shown: NameNode | None = None
+        self._detail_timer: Timer | None = None
+        self._filter_timer: Timer | None = None
+        self.error: str | None = None
+
+    @property
+    def single(self) -> bool:
+        return self.paths[1] is None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="title-bar"):
+            yield Static(self.title_text(), id="title")
+            yield ProgressBar(id="progress", show_eta=False)
+        with Vertical(id="tree-area"):
+            yield Static("reading headers…", id="placeholder")
+        yield DetailPane(id="detail")
+        yield Input(placeholder="filter: substring, or glob with * ? [ ]  (Enter keeps, Esc clears)", id="filter")
+        yield Footer()
+
+    def title_text(self, extra: str = "") -> str:
+        a, b = self.paths
+        sides = f"A {a}" if b is None else f"A {a}   B {b}"
+        return f"{sides}{'   ' + extra if extra else ''}"
+
+    def on_mount(self) -> None:
+        self.query_one("#progress").display = False
+        self.query_one("#filter").display = False
+        self.open_checkpoints()
+        self.warm_up()
+
+    # Opening
+
+    @work(thread=True, group="open", exit_on_error=False)
+    def open_checkpoints(self) -> None:
+        from weightscope.core.discover import open_checkpoint
+
+        try:
+            a = open_checkpoint(self.paths[0])
+            b = open_checkpoint(self.paths[1]) if self.paths[1] is not None else None
+        except CheckpointError as exc:
+            self.post_message(OpenFailed(str(exc)))
+            return
+        self.post_message(Opened(a, b, align(a, b) if b is not None else single_alignment(a)))
+
+    @work(thread=True, group="warm", exit_on_error=False)
+    def warm_up(self) -> None:
+        """Load the compiled statistics loops (and torch, where a GPU wants it) off the UI thread."""
+        from weightscope.core import device, kernels
+
+        device.resolve(self.options.device)
+        kernels.warm_up()
+
+    def on_open_failed(self, message: OpenFailed) -> None:
+        self.error = message.error
+        self.exit(return_code=2, message=f"weightscope: {message.error}")
+
+    def on_opened(self, message: Opened) -> None:
+        self.a, self.b, self.alignment = message.a, message.b, message.alignment
+        self.set_model(hierarchy.build(self.alignment.pairs))
+        tree = DiffTree(self.model, single=self.single, id="tree")
+        area = self.query_one("#tree-area")
+        area.query_one("#placeholder").remove()
+        area.mount(tree)
+        tree.focus()
+        counts = f"{len(self.a.tensors):,}" + ("" if self.single else f" | {len(self.b.tensors):,}")
+        notes = len(self.a.notes) + len(self.alignment.notes) + (len(self.b.notes) if self.b else 0)
+        self.query_one("#title", Static).update(self.title_text(f"{counts} tensors" + (f", {notes} notes" if notes else "")))
+        self.run_scan()
+
+    def set_model(self, model: NameNode) -> None:
+        self.model = model
+        self.nodes = hierarchy.index(model)
+        for name, result in self.results.items():
+            if name in self.nodes:
+                hierarchy.apply(self.nodes[name], result)
+        self.order = list(model.leaves())
+
+    # The background scan
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def run_scan(self) -> None:
+        worker = get_current_worker()
+        a, b = self.a, self.b or self.a
+        total = sum(pair_bytes(p) for p in self.alignment.pairs)
+        key = cache.key(a, b, self.options) if self.use_cache else None
+        cached = cache.load(key, self.alignment) if key else None
+        if cached is not None:
+            self.post_message(ScanResults(cached, total, total, finished=True))
+            return
+        everything, batch, done, last = [], [], 0, time.monotonic()
+        for result in scan_iter(self.alignment, a, b, self.options, lambda: worker.is_cancelled):
+            everything.append(result)
+            batch.append(result)
+            done += pair_bytes(result.pair)
+            if time.monotonic() - last > BATCH_SECONDS:
+                self.post_message(ScanResults(batch, done, total))
+                batch, last = [], time.monotonic()
+        finished = len(everything) == len(self.alignment.pairs)
+        self.post_message(ScanResults(batch, done, total, finished=finished))
+        if finished and key:
+            cache.save(key, everything)
+
+    def on_scan_results(self, message: ScanResults) -> None:
+        changed = []
+        for result in message.results:
+            self.results[result.pair.name] = result
+            node = self.nodes.get(result.pair.name)
+            if node is not None:
+                hierarchy.apply(node, result)
+                changed.append(node)
+        tree = self.query_one(DiffTree)
+        tree.refresh_nodes(changed)
+        progress = self.query_one("#progress", ProgressBar)
+        progress.display = not message.finished
+        progress.update(total=max(message.total, 1), progress=message.done)
+        if message.finished:
+            self.notify(f"scan complete: {human(message.total, 'B')}", timeout=3)
+        if self.shown is not None and self.shown.pair is None and self.shown.tensors < 5000:
+            self.query_one(DetailPane).show_group(self.shown)
+
+    # The detail pane
+
+    @on(Tree.NodeHighlighted)
+    def node_highlighted(self, event: Tree.NodeHighlighted) -> None:
+        node: NameNode = event.node.data
+        self.shown = node
+        detail = self.query_one(DetailPane)
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        if node.pair is None or node.children:
+            self.workers.cancel_group(self, "detail")
+            detail.show_group(node)
+            return
+        detail.show_pair(node.pair, self.query_one(DiffTree).status_of(node))
+        ready = self.details.get(node.pair.name)
+        if ready is not None:
+            detail.show_result(ready, self.log_counts)
+        else:
+            self._detail_timer = self.set_timer(DETAIL_DELAY, lambda: self.load_detail(node.pair))
+
+    @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
+    def load_detail(self, pair: Pair) -> None:
+        worker = get_current_worker()
+
+        def cancelled() -> bool:
+            return worker.is_cancelled
+
+        b = self.b or self.a
+        try:
+            result = self.results.get(pair.name) or Comparer(self.a, b, self.options).compare(pair, cancelled)
+            if not result.histograms:
+                result = histograms_for(result, self.a, b, cancelled)
+        except Cancelled:
+            return
+        if not cancelled():
+            self.post_message(DetailReady(result))
+
+    def on_detail_ready(self, message: DetailReady) -> None:
+        result = message.result
+        self.details[result.pair.name] = result
+        if result.pair.name not in self.results and result.pair.name in self.nodes:
+            self.results[result.pair.name] = result
+            node = self.nodes[result.pair.name]
+            hierarchy.apply(node, result)
+            self.query_one(DiffTree).refresh_nodes([node])
+        if self.shown is not None and self.shown.pair is result.pair:
+            detail = self.query_one(DetailPane)
+            detail.show_pair(result.pair, self.query_one(DiffTree).status_of(self.shown))
+            detail.show_result(result, self.log_counts)
+
+    def watch_log_counts(self) -> None:
+        if self.shown is not None and self.shown.pair is not None:
+            ready = self.details.get(self.shown.pair.name)
+            if ready is not None:
+                self.query_one(DetailPane).draw_histograms(ready, self.log_counts)
+
+    # Actions
+
+    def action_toggle_log(self) -> None:
+        self.log_counts = not self.log_counts
+        self.notify(f"histogram counts: {'log' if self.log_counts else 'linear'}", timeout=2)
+
+    def action_copy_name(self) -> None:
+        if self.shown is not None:
+            name = self.shown.pair.name if self.shown.pair is not None else self.shown.path
+            self.copy_to_clipboard(name)
+            self.notify(f"copied {name}", timeout=2)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def step_diff(self, step: int) -> None:
+        if not self.order:
+            return
+        position = self.order.index(self.shown) if self.shown in self.order else -1 if step > 0 else 0
+        for offset in range(1, len(self.order) + 1):
+            node = self.order[(position + step * offset) % len(self.order)]
+            if node.own_status in DIFFERS and not (self.single and node.own_status == "only_a"):
+                self.query_one(DiffTree).reveal(node)
+                return
+        self.notify("no tensor differs" if not self.single else "no tensor holds NaN or Inf", timeout=2)
+
+    def action_next_diff(self) -> None:
+        self.step_diff(1)
+
+    def action_previous_diff(self) -> None:
+        self.step_diff(-1)
+
+    # Filtering
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.display:
+            box.value = ""
+            box.display = False
+            self.apply_filter("")
+            self.query_one(DiffTree).focus()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(FILTER_DELAY, lambda: self.apply_filter(event.value))
+
+    @on(Input.Submitted, "#filter")
+    def filter_submitted(self, event: Input.Submitted) -> None:
+        self.apply_filter(event.value)
+        self.query_one(DiffTree).focus()
+
+    def apply_filter(self, pattern: str) -> None:
+        if self.alignment is None:
+            return
+        pairs = self.alignment.pairs
+        if pattern:
+            keep = matcher(pattern)
+            pairs = [p for p in pairs if keep(p.name)]
+        self.set_model(hierarchy.build(pairs))
+        tree = self.query_one(DiffTree)
+        tree.set_model(self.model, expand_all=bool(pattern) and len(pairs) <= AUTO_EXPAND)
+        if pattern:
+            self.notify(f"{len(pairs):,} tensors match", timeout=2)

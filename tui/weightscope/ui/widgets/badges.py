@@ -1,0 +1,40 @@
+"""How a status looks: a one-cell symbol (readable without colour) and a style."""
+
+from __future__ import annotations
+
+from rich.style import Style
+
+BADGES: dict[str, tuple[str, str, str]] = {
+    # status: (symbol, style, words)
+    "identical": ("=", "green dim", "identical"),
+    "value_equal": ("≈", "green", "equal values, other dtype"),
+    "pending": ("·", "dim", "not read yet"),
+    "close": ("~", "yellow", "changed within tolerance"),
+    "changed": ("≠", "dark_orange bold", "changed"),
+    "dtype": ("⇣", "magenta", "dtype changed"),
+    "shape_mismatch": ("⇔", "magenta bold", "shape changed"),
+    "only_a": ("◀", "blue bold", "only in A"),
+    "only_b": ("▶", "blue bold", "only in B"),
+    "nonfinite": ("!", "red bold", "NaN or Inf"),
+    "error": ("✗", "red bold", "unreadable"),
+}
+
+
+def symbol(status: str) -> str:
+    return BADGES[status][0]
+
+
+def style(status: str) -> Style:
+    return Style.parse(BADGES[status][1])
+
+
+def words(status: str) -> str:
+    return BADGES[status][2]
+
+
+def percent(rel: float) -> str:
+    """rel_l2 as a short percentage: 0.031 -> '3.1%', 2e-6 -> '0.0002%'."""
+    if rel == 0:
+        return "0%"
+    value = rel * 100
+    return f"{value:.2g}%" if value >= 0.01 else f"{value:.1g}%"

@@ -1,0 +1,180 @@
+"""The detail pane: what one pair (or one group) looks like, figure by figure."""
+
+from __future__ import annotations
+
+import os
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Static
+
+from weightscope.core.align import Pair
+from weightscope.core.checks import nonfinite_text
+from weightscope.core.hierarchy import DIFFERS, NameNode
+from weightscope.core.report import human
+from weightscope.core.scan import PairResult
+from weightscope.core.stats import DiffStats, SideStats
+from weightscope.ui.widgets import badges
+from weightscope.ui.widgets.diff_tree import describe_tensor
+from weightscope.ui.widgets.histogram import HistogramPlot
+
+SIDE_ROWS = [("min", "min"), ("max", "max"), ("mean", "mean"), ("std", "std"), ("absmax", "absmax"),
+             ("L2 norm", "l2"), ("NaN", "nan"), ("+Inf", "posinf"), ("−Inf", "neginf"), ("zeros", "zeros")]
+TOP_MEMBERS = 8
+
+
+def number(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.6g}"
+
+
+def verdict(diff: DiffStats, numel: int) -> Text:
+    """'mismatched 1,234 / 16.7M (0.007%), max |Δ| 3.1e-3 at (12, 4001)'."""
+    text = Text()
+    share = f" ({100 * diff.mismatched / numel:.3g}%)" if numel else ""
+    text.append(f"mismatched {diff.mismatched:,} / {human(numel)}{share}",
+                "bold red" if diff.mismatched else "bold green")
+    if diff.max_abs is not None:
+        text.append(f", max |Δ| {diff.max_abs:.3g}")
+        if diff.max_abs_index is not None:
+            text.append(f" at {tuple(diff.max_abs_index)}")
+    text.append(f"   (atol {diff.atol:g}, rtol {diff.rtol:g})", "dim")
+    return text
+
+
+class DetailPane(VerticalScroll):
+    """Names, dtypes, shapes and files at once; statistics and histograms when the worker is done."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="detail-title")
+        yield Static(id="detail-sides")
+        with Horizontal(id="detail-body"):
+            with Vertical(id="detail-figures"):
+                yield Static(id="detail-stats")
+                yield Static(id="detail-verdict")
+            with Vertical(id="detail-plots"):
+                yield HistogramPlot(id="hist-values")
+                yield HistogramPlot(id="hist-diff")
+
+    def show_pair(self, pair: Pair, status: str) -> None:
+        """The header of a pair, with a loading indicator where the figures will go."""
+        self.query_one("#detail-title", Static).update(self.title_text(pair.name, status))
+        sides = Table.grid(padding=(0, 2))
+        for label, info in (("A", pair.a), ("B", pair.b)):
+            if info is None:
+                sides.add_row(label, Text("—", "dim"), "")
+                continue
+            where = os.path.basename(info.file)
+            detail = info.error or (f"tied to {info.tied_to}" if info.tied_to else where)
+            name = "" if info.name == pair.name else info.name
+            sides.add_row(label, f"{info.dtype or '?'} {list(info.shape) if info.shape is not None else ''}",
+                          Text(f"{name} {detail}".strip(), "dim"))
+        for note in pair.notes:
+            sides.add_row("", "", Text(note, "dim"))
+        self.query_one("#detail-sides", Static).update(sides)
+        stats = self.query_one("#detail-stats", Static)
+        stats.update("")
+        stats.loading = True
+        self.query_one("#detail-verdict", Static).update("")
+        self.query_one("#detail-plots").display = True
+        for plot in self.query(HistogramPlot):
+            plot.clear()
+
+    def title_text(self, name: str, status: str) -> Text:
+        text = Text(f"{badges.symbol(status)} {badges.words(status)}  ", badges.style(status))
+        text.append(name, "bold")
+        return text
+
+    def show_result(self, result: PairResult, log_counts: bool) -> None:
+        """The figures of a pair: A | B statistics, the difference, the verdict, histograms."""
+        stats = self.query_one("#detail-stats", Static)
+        stats.loading = False
+        table = Table(box=None, padding=(0, 1), show_edge=False, expand=False)
+        table.add_column("", style="dim")
+        sides = [(label, s) for label, s in (("A", result.a), ("B", result.b)) if s is not None]
+        for label, _ in sides:
+            table.add_column(label, justify="right")
+        diff = result.diff
+        if diff is not None:
+            table.add_column("", style="dim")
+            table.add_column("Δ = B − A", justify="right")
+        diff_rows = self.diff_rows(diff) if diff is not None else []
+        for i, (label, key) in enumerate(SIDE_ROWS):
+            row = [label] + [number(getattr(s, key)) for _, s in sides]
+            if diff is not None:
+                row += list(diff_rows[i]) if i < len(diff_rows) else ["", ""]
+            table.add_row(*row)
+        if result.error:
+            stats.update(Text(result.error, "red"))
+        else:
+            stats.update(table if sides else Text("no statistics", "dim"))
+        message = Text()
+        if diff is not None:
+            numel = (result.pair.a or result.pair.b).numel
+            message.append(verdict(diff, numel))
+            for key, why in diff.undefined.items():
+                message.append(f"\n{key} n/a: {why}", "dim")
+        for label, side in sides:
+            if side.nonfinite:
+                message.append(f"\n{label} holds {nonfinite_text(side)}", "bold red")
+        for note in result.notes:
+            message.append(f"\n{note}", "dim")
+        self.query_one("#detail-verdict", Static).update(message)
+        self.draw_histograms(result, log_counts)
+
+    def diff_rows(self, diff: DiffStats) -> list[tuple[str, str]]:
+        return [("max |Δ|", number(diff.max_abs)), ("mean |Δ|", number(diff.mean_abs)), ("RMS", number(diff.rms)),
+                ("rel L2", number(diff.rel_l2)), ("cosine", number(diff.cosine)),
+                ("changed", f"{100 * diff.changed_fraction:.4g}%" if diff.changed_fraction is not None else "n/a"),
+                ("mismatched", number(diff.mismatched))]
+
+    def draw_histograms(self, result: PairResult, log_counts: bool) -> None:
+        values = self.query_one("#hist-values", HistogramPlot)
+        deltas = self.query_one("#hist-diff", HistogramPlot)
+        hists = result.histograms
+        series = [(label, hists[key], colour) for key, label, colour in (("a", "A", "cyan"), ("b", "B", "orange"))
+                  if key in hists]
+        if series:
+            values.show("values", series, log_counts)
+        else:
+            values.clear("no finite values")
+        if "diff" in hists:
+            deltas.show("Δ = B − A", [("Δ", hists["diff"], "red")], log_counts)
+        else:
+            deltas.clear("no difference to draw")
+
+    def show_group(self, node: NameNode) -> None:
+        """A group's aggregate: counts by status, parameters, the most-changed members."""
+        self.query_one("#detail-title", Static).update(self.title_text(node.path or "(all tensors)", node.status))
+        counts = Table.grid(padding=(0, 2))
+        for status in badges.BADGES:
+            if node.counts[status]:
+                counts.add_row(Text(badges.symbol(status), badges.style(status)), badges.words(status),
+                               f"{node.counts[status]:,}")
+        self.query_one("#detail-sides", Static).update(counts)
+        stats = self.query_one("#detail-stats", Static)
+        stats.loading = False
+        summary = Text(f"{node.tensors:,} tensors, {human(node.parameters)} parameters")
+        if node.max_rel is not None:
+            summary.append(f", largest rel L2 {badges.percent(node.max_rel)}")
+        stats.update(summary)
+        ranked = sorted((leaf for leaf in node.leaves() if leaf.result and leaf.result.diff
+                         and leaf.result.diff.rel_l2), key=lambda leaf: -leaf.result.diff.rel_l2)[:TOP_MEMBERS]
+        top = Table(box=None, padding=(0, 1), show_edge=False, title="most changed", title_justify="left")
+        top.add_column("rel L2", justify="right")
+        top.add_column("tensor")
+        for leaf in ranked:
+            top.add_row(badges.percent(leaf.result.diff.rel_l2), leaf.path[len(node.path):].lstrip("."))
+        differing = sum(node.counts[s] for s in DIFFERS)
+        self.query_one("#detail-verdict", Static).update(top if ranked else Text(
+            f"{differing} of {node.tensors} tensors differ" if differing else "nothing differs here", "dim"))
+        self.query_one("#detail-plots").display = False
+
+    def describe_tensor(self, pair: Pair) -> str:
+        info = pair.a or pair.b
+        return describe_tensor(info.dtype, info.shape)

@@ -1,0 +1,43 @@
+"""A histogram drawn with plotext, from bins the core computed.
+
+Each widget owns its plotext instance (textual-plotext's `plt`), so two plots never share
+plotext's global state.
+"""
+
+from __future__ import annotations
+
+import math
+
+from textual_plotext import PlotextPlot
+
+from weightscope.core.stats import Histogram
+
+
+class HistogramPlot(PlotextPlot):
+    """Step lines of one or more histograms on a shared x range."""
+
+    def show(self, title: str, series: list[tuple[str, Histogram, str]], log_counts: bool) -> None:
+        """
+        Args:
+            title: drawn above the plot (what lies outside the range is added to it).
+            series: (label, histogram, colour) for each line.
+            log_counts: plot log10(1 + count) instead of the count.
+        """
+        plt = self.plt
+        plt.clear_figure()
+        outside = []
+        for label, hist, colour in series:
+            width = (hist.hi - hist.lo) / len(hist.counts)
+            xs = [hist.lo + (i + 0.5) * width for i in range(len(hist.counts))]
+            ys = [math.log10(1 + c) if log_counts else c for c in hist.counts]
+            plt.plot(xs, ys, label=label, color=colour, marker="braille")
+            if hist.below or hist.above:
+                outside.append(f"{label}: {hist.below:,} below, {hist.above:,} above")
+        plt.title(title + (f"  ({'; '.join(outside)})" if outside else ""))
+        plt.ylabel("log10(1+count)" if log_counts else "count")
+        self.refresh()
+
+    def clear(self, message: str = "") -> None:
+        self.plt.clear_figure()
+        self.plt.title(message)
+        self.refresh()
