@@ -545,12 +545,19 @@ class TestHistograms:
         assert stats.side_stats(raw(t), "float32").max == 1e6
 
     def test_mixed_dtypes_share_one_range(self):
-        a = noisy(29, torch.float32, (3000,))
+        a = noisy(29, torch.float32, (20000,))
         b = (a * 3).to(torch.bfloat16)
         h = stats.histograms(raw(a), "float32", raw(b), "bfloat16")
         assert (h["a"].lo, h["a"].hi) == (h["b"].lo, h["b"].hi)
         assert h["b"].below + h["b"].above > h["a"].below + h["a"].above  # B is wider than A
         assert "diff" in h
+
+    def test_small_tensor_range_is_exact(self):
+        """Under 10,000 values the range is the exact min and max: nothing falls outside."""
+        a = noisy(33, torch.float32, (16,))
+        h = stats.histograms(raw(a), "float32", None, None)["a"]
+        assert (h.lo, h.hi) == (float(a.min()), float(a.max()))
+        assert h.below == h.above == 0 and sum(h.counts) == 16
 
     def test_no_diff_for_different_sizes(self):
         a, b = noisy(30, torch.float32, (100,)), noisy(31, torch.float32, (120,))

@@ -22,6 +22,7 @@ CHUNK = 1 << 18  # elements per chunk: a chunk and its temporaries stay in a cor
 HISTOGRAM_BINS = 64
 SAMPLE = 1 << 20  # elements sampled to find a histogram's range
 QUANTILES = (0.001, 0.999)
+EXACT_RANGE = 10_000
 
 # torch.testing.assert_close's defaults (rtol, atol); other dtypes compare exactly.
 TOLERANCES = {"float16": (1e-3, 1e-5), "bfloat16": (1.6e-2, 1e-5), "float32": (1.3e-6, 1e-5),
@@ -311,11 +312,16 @@ def sample(raw: np.ndarray, dtype: str, count: int = SAMPLE) -> np.ndarray:
 
 
 def value_range(*samples: np.ndarray) -> tuple[float, float] | None:
-    """A range robust to outliers: the 0.1% and 99.9% quantiles of the samples together."""
+    """A range robust to outliers: the 0.1% and 99.9% quantiles of the samples together
+    (the exact min and max for fewer than `EXACT_RANGE` values, where quantiles would only
+    cut the extremes off)."""
     values = np.concatenate(samples) if samples else np.empty(0)
     if values.size == 0:
         return None
-    lo, hi = (float(q) for q in np.quantile(values, QUANTILES))
+    if values.size < EXACT_RANGE:
+        lo, hi = float(values.min()), float(values.max())
+    else:
+        lo, hi = (float(q) for q in np.quantile(values, QUANTILES))
     if hi <= lo:  # a constant tensor: one bin's width around it
         lo, hi = lo - 0.5 * max(abs(lo), 1e-12), hi + 0.5 * max(abs(hi), 1e-12)
     return lo, hi
