@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 
 from weightscope.core.align import Pair
@@ -19,6 +20,14 @@ from weightscope.core.scan import PairResult
 SEVERITY = ("error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close",
             "pending", "value_equal", "identical")
 DIFFERS = {"error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close"}
+
+
+def matcher(pattern: str):
+    """A name test: a glob when the pattern has * ? or [, else a case-insensitive substring."""
+    if any(ch in pattern for ch in "*?["):
+        return lambda name: fnmatchcase(name, pattern)
+    lowered = pattern.lower()
+    return lambda name: lowered in name.lower()
 
 
 def natural_key(text: str) -> tuple:

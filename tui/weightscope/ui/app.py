@@ -8,7 +8,6 @@ each have one exclusive thread worker that polls its cancellation between chunks
 from __future__ import annotations
 
 import time
-from fnmatch import fnmatchcase
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -20,16 +19,18 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, ProgressBar, Static, Tree
 from textual.worker import get_current_worker
 
-from weightscope.core import cache, hierarchy
+from weightscope.core import anatomy, cache, hierarchy
 from weightscope.core.align import Alignment, Pair, align
 from weightscope.core.checkpoint import Checkpoint
 from weightscope.core.errors import CheckpointError
-from weightscope.core.hierarchy import DIFFERS, NameNode
+from weightscope.core.hierarchy import DIFFERS, NameNode, matcher
 from weightscope.core.report import human
 from weightscope.core.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
 from weightscope.core.stats import Cancelled
 from weightscope.ui.messages import DetailReady, Opened, OpenFailed, ScanResults
 from weightscope.ui.screens.help import HelpScreen
+from weightscope.ui.screens.overview import OverviewScreen
+from weightscope.ui.screens.table import TableScreen, row_of
 from weightscope.ui.widgets.detail import DetailPane
 from weightscope.ui.widgets.diff_tree import DiffTree
 
@@ -43,14 +44,6 @@ def single_alignment(checkpoint: Checkpoint) -> Alignment:
     return Alignment([Pair(name, info, None) for name, info in checkpoint.tensors.items()], [])
 
 
-def matcher(pattern: str):
-    """A glob when the pattern has * ? or [, else a case-insensitive substring."""
-    if any(ch in pattern for ch in "*?["):
-        return lambda name: fnmatchcase(name, pattern)
-    lowered = pattern.lower()
-    return lambda name: lowered in name.lower()
-
-
 class WeightscopeApp(App[None]):
     """Compare checkpoint A with B (or browse A alone)."""
 
@@ -60,6 +53,10 @@ class WeightscopeApp(App[None]):
         Binding("n", "next_diff", "Next diff", tooltip="Next tensor that differs"),
         Binding("N", "previous_diff", "Prev diff", tooltip="Previous tensor that differs"),
         Binding("slash", "filter", "Filter", tooltip="Filter names by substring or glob"),
+        Binding("o", "overview", "Overview", tooltip="Heatmap of layers × modules"),
+        Binding("t", "table", "Table", tooltip="Every pair in a sortable table"),
+        Binding("a", "next_anomaly", "Anomaly", tooltip="Cycle through what deserves a look"),
+        Binding("e", "export", "Export", tooltip="Write the comparison as Markdown and JSON"),
         Binding("L", "toggle_log", "Log counts", tooltip="Histogram counts on a log scale"),
         Binding("c", "copy_name", "Copy name", tooltip="Copy the tensor name (OSC 52)"),
         Binding("question_mark", "help", "Help", tooltip="Keys and badges"),
@@ -88,6 +85,7 @@ class WeightscopeApp(App[None]):
         self._detail_timer: Timer | None = None
         self._filter_timer: Timer | None = None
         self.error: str | None = None
+        self.anomaly_index = -1
 
     @property
     def single(self) -> bool:
@@ -291,6 +289,61 @@ class WeightscopeApp(App[None]):
 
     def action_previous_diff(self) -> None:
         self.step_diff(-1)
+
+    # Whole-model views
+
+    def scanned(self) -> list[PairResult]:
+        """Results so far, in alignment order."""
+        return [self.results[p.name] for p in self.alignment.pairs if p.name in self.results] if self.alignment else []
+
+    def action_overview(self) -> None:
+        if self.alignment is None:
+            return
+        grid = anatomy.grid(self.scanned(), hierarchy.badge_status)
+        done = f"{len(self.results):,} of {len(self.alignment.pairs):,} tensors scanned"
+        self.push_screen(OverviewScreen(grid, f"where did B change from A? rel L2 by layer and module ({done})"),
+                         self.show_in_tree)
+
+    def action_table(self) -> None:
+        if self.alignment is None:
+            return
+        rows = [row_of(p, self.nodes[p.name].own_status if p.name in self.nodes else "pending",
+                       self.results.get(p.name)) for p in self.alignment.pairs]
+        self.push_screen(TableScreen(rows), self.show_in_tree)
+
+    def show_in_tree(self, name: str | None) -> None:
+        """Put the tree's cursor on a tensor (clearing a filter that hides it)."""
+        if name is None:
+            return
+        if name not in self.nodes:
+            self.action_clear_filter()
+        if name in self.nodes:
+            self.query_one(DiffTree).reveal(self.nodes[name])
+            self.query_one(DiffTree).focus()
+
+    def action_next_anomaly(self) -> None:
+        found = anatomy.anomalies(self.scanned(), hierarchy.badge_status)
+        if not found:
+            self.notify("no anomalies" + ("" if len(self.results) == len(self.alignment.pairs) else " so far"), timeout=2)
+            return
+        self.anomaly_index = (self.anomaly_index + 1) % len(found)
+        anomaly = found[self.anomaly_index]
+        self.show_in_tree(anomaly.name)
+        self.notify(f"{self.anomaly_index + 1}/{len(found)}: {anomaly.name}: {anomaly.reason}", timeout=4)
+
+    def action_export(self) -> None:
+        if self.alignment is None:
+            return
+        from weightscope.core.export import export
+
+        results = self.scanned()
+        try:
+            md, js = export(self.a, self.b or self.a, self.alignment, results)
+        except OSError as exc:
+            self.notify(f"export failed: {exc}", severity="error")
+            return
+        partial = "" if len(results) == len(self.alignment.pairs) else f" ({len(results):,} tensors scanned so far)"
+        self.notify(f"wrote {md} and {js}{partial}", timeout=6)
 
     # Filtering
 

@@ -21,7 +21,7 @@ SHORT_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16", "float64
                 "float8_e4m3fn": "f8e4m3", "float8_e5m2": "f8e5m2", "int64": "i64", "int32": "i32",
                 "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "bool"}
 BADGE_WIDTH = 3
-FIGURE_WIDTH = 8
+FIGURE_WIDTH = 14
 GUIDE_STYLE = Style(dim=True)
 
 
@@ -182,13 +182,14 @@ class DiffTree(Tree[NameNode]):
         return text
 
     def figure(self, data: NameNode) -> Text:
-        """rel_l2 for a tensor; how many members differ for a group."""
+        """rel_l2 for a tensor; for a group, how many members differ and the largest rel_l2."""
         if data.pair is not None and not data.children:
             diff = data.result.diff if data.result else None
             value = badges.percent(diff.rel_l2) if diff is not None and diff.rel_l2 is not None else ""
         else:
             differing = sum(data.counts[s] for s in DIFFERS)
-            value = f"{differing}/{data.tensors}" if differing else ""
+            largest = f" {badges.percent(data.max_rel)}" if data.max_rel else ""
+            value = f"{differing}/{data.tensors}{largest}" if differing else ""
         return Text(value.rjust(FIGURE_WIDTH)[:FIGURE_WIDTH], style="dim")
 
     def status_of(self, data: NameNode) -> str:
