@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("b", metavar="B", help="checkpoint file or directory")
     diff.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     diff.add_argument("--histograms", action="store_true", help="add histogram bins to the JSON (a second pass)")
+    diff.add_argument("--spectrum", action="store_true",
+                      help="add the spectrum of each changed pair of 2+ dimensions to the JSON (singular values, "
+                           "effective and stable rank)")
+    diff.add_argument("--adapter", metavar="ADAPTER",
+                      help="check a merge: compare B with A + ΔW of this PEFT LoRA adapter (residuals at rounding "
+                           "level when B is A with the adapter merged)")
     diff.add_argument("--atol", type=float, help="absolute tolerance of the 'close' verdict (default: per dtype)")
     diff.add_argument("--rtol", type=float, help="relative tolerance of the 'close' verdict (default: per dtype)")
     diff.add_argument("--expect-identical", action="append", default=[], metavar="GLOB",
@@ -116,16 +122,21 @@ class Progress:
 
 def run_diff(args) -> int:
     from weightscope.core import cache
+    from weightscope.core.lora.adapters import open_merge_check, open_pair
     from weightscope.core.align import align
     from weightscope.core.checks import Expectations, failures
     from weightscope.core.device import resolve
-    from weightscope.core.discover import open_checkpoint
+    from weightscope.core.lora.notes import annotate
     from weightscope.core.report import exit_status, to_json, to_text
     from weightscope.core.scan import ScanOptions, scan
+    from weightscope.core.spectrum import spectra
 
+    if args.spectrum and not args.json:
+        raise ValueError("--spectrum adds to the JSON document: use it with --json")
     options = ScanOptions(args.atol, args.rtol, resolve(args.device), args.histograms)
     expect = Expectations(args.expect_identical, args.expect_changed, args.fail_on_nonfinite)
-    with open_checkpoint(args.a) as a, open_checkpoint(args.b) as b:
+    a, b = open_pair(args.a, args.b) if args.adapter is None else open_merge_check(args.a, args.b, args.adapter)
+    with a, b:
         alignment = align(a, b)
         key = None if args.no_cache else cache.key(a, b, options)
         results = cache.load(key, alignment) if key else None
@@ -137,8 +148,10 @@ def run_diff(args) -> int:
                 progress.close()
             if key:
                 cache.save(key, results)
+        results = annotate(a, b, results)
         if args.json:
-            json.dump(to_json(a, b, alignment, results, args.histograms), sys.stdout, indent=1)
+            found = spectra(a, b, results) if args.spectrum else None
+            json.dump(to_json(a, b, alignment, results, args.histograms, found), sys.stdout, indent=1)
             sys.stdout.write("\n")
         else:
             print(to_text(a, b, alignment, results))
@@ -147,7 +160,7 @@ def run_diff(args) -> int:
         for line in lines:
             print(f"FAIL {line}", file=sys.stderr)
         return 1 if lines else 0
-    return exit_status(results)
+    return exit_status(results, close_is_equal=args.adapter is not None)
 
 
 def run_inspect(args) -> int:

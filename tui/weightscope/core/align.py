@@ -109,21 +109,22 @@ def note_ties(pairs: list[Pair]) -> list[Pair]:
     safetensors stores tied weights once (`lm_head.weight` is dropped when tied to the
     embeddings) while .bin keeps every name.
     """
-    both = {(side, info.name) for p in pairs if p.a is not None and p.b is not None
-            for side, info in (("A", p.a), ("B", p.b))}
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str], list[str]] = {}  # (side, first name) -> every name of a tie
     for p in pairs:
         for side, info in (("A", p.a), ("B", p.b)):
-            if info is not None:
-                groups.setdefault((side, info.tied_to or info.name), []).append(info.name)
+            if info is not None and info.tied_to is not None:
+                groups.setdefault((side, info.tied_to), [info.tied_to]).append(info.name)
+    if not groups:
+        return pairs
+    both = {(side, info.name) for p in pairs if p.a is not None and p.b is not None
+            for side, info in (("A", p.a), ("B", p.b))}
     out = []
     for p in pairs:
         side, info = ("A", p.a) if p.b is None else ("B", p.b) if p.a is None else (None, None)
-        if info is not None:
-            group = groups[(side, info.tied_to or info.name)]
-            partner = next((n for n in group if n != info.name and (side, n) in both), None)
-            if partner is not None:
-                other = "B" if side == "A" else "A"
-                p = Pair(p.name, p.a, p.b, p.notes + (f"tied to {partner} in {side}; {other} stores that tensor once",))
+        group = groups.get((side, info.tied_to or info.name), ()) if info is not None else ()
+        partner = next((n for n in group if n != info.name and (side, n) in both), None)
+        if partner is not None:
+            other = "B" if side == "A" else "A"
+            p = Pair(p.name, p.a, p.b, p.notes + (f"tied to {partner} in {side}; {other} stores that tensor once",))
         out.append(p)
     return out

@@ -30,6 +30,12 @@ class TensorInfo:
             contiguously; None otherwise.
         tied_to: for a name that shares its storage with an earlier name, that name.
         error: why the tensor cannot be read, in one line; None when it can.
+        origin: for a tensor computed rather than stored (a LoRA-adapted weight), how it is
+            computed, e.g. "W + ΔW, LoRA r=8, scaling 2"; `dtype` is then the computation's
+            (float32), not a stored type. None for stored tensors.
+        quant: for a quantized tensor (GGUF `Q4_0`, ...), its quantization type; `dtype` is
+            then what it decodes to (`float32`), which statistics read, and `span` holds the
+            quantized bytes. None for tensors stored as `dtype`.
     """
 
     name: str
@@ -39,6 +45,8 @@ class TensorInfo:
     span: tuple[int, int] | None = None
     tied_to: str | None = None
     error: str | None = None
+    origin: str | None = None
+    quant: str | None = None
 
     @property
     def numel(self) -> int:
@@ -46,7 +54,15 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        """Bytes as stored in the file (a quantized tensor's decoded size would overstate it)."""
+        if self.quant is not None and self.span is not None:
+            return self.span[1] - self.span[0]
         return self.numel * ITEMSIZE.get(self.dtype or "", 0)
+
+    @property
+    def stored_dtype(self) -> str | None:
+        """The type to show the user: the quantization type where there is one, else `dtype`."""
+        return self.quant or self.dtype
 
 
 class TensorSource(Protocol):
@@ -55,7 +71,8 @@ class TensorSource(Protocol):
     path: str
 
     def raw(self, info: TensorInfo) -> np.ndarray:
-        """The tensor's bytes in row-major order, as a uint8 array (a view where possible)."""
+        """The tensor's bytes in row-major order as `info.dtype`, as a uint8 array (a view
+        where possible); a quantized tensor's bytes are its decoded values."""
 
     def load(self, info: TensorInfo) -> torch.Tensor:
         """The tensor itself, on the CPU, backed by the file's map where possible."""
@@ -73,12 +90,12 @@ class Checkpoint:
 
     Attributes:
         path: what the user named.
-        format: "safetensors", "pytorch" or "pytorch-legacy".
+        format: "safetensors", "pytorch", "pytorch-legacy", "gguf" or "dcp".
         files: the files the weights come from, in order.
         tensors: every model tensor by name, in file order.
         notes: what the user should know about how it was read (skipped files, mappings).
         extras: entries that are not model weights (optimizer state, arguments), one line each.
-        metadata: the safetensors `__metadata__` of the first file, for display.
+        metadata: the safetensors `__metadata__` (or GGUF key-value pairs) of the first file, for display.
     """
 
     path: str

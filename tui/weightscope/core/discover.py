@@ -1,8 +1,10 @@
 """From a path the user names to a `Checkpoint`: which files hold the weights, and in what format.
 
-A path is a weights file, a sharded directory with an index, or a training output directory
-full of other things. Files are told apart by their first bytes; names only decide which
-files are training state (optimizer, scheduler, ...) rather than weights.
+A path is a weights file, a sharded directory with an index, a torch.distributed.checkpoint
+directory, a training output directory full of other things, or a Hugging Face id found in
+the local cache. Files are told apart by their first bytes; names only decide which files
+are training state (optimizer, scheduler, ...) rather than weights, and which GGUF files
+are the parts of one split model.
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ import json
 import os
 import re
 
+from weightscope.core import hub
 from weightscope.core.checkpoint import Checkpoint, TensorInfo
 from weightscope.core.errors import CheckpointError, one_line
 from weightscope.core.files import inside, regular_size, sniff
+from weightscope.core.formats import dcp
+from weightscope.core.formats.gguf import GGUFFile
 from weightscope.core.formats.pytorch import TorchLegacyFile, TorchZipFile
 from weightscope.core.formats.safetensors import SafetensorsFile, reject_duplicates
 
-READERS = {"safetensors": SafetensorsFile, "torch-zip": TorchZipFile, "torch-legacy": TorchLegacyFile}
-FORMAT_NAMES = {"safetensors": "safetensors", "torch-zip": "pytorch", "torch-legacy": "pytorch-legacy"}
+READERS = {"safetensors": SafetensorsFile, "torch-zip": TorchZipFile, "torch-legacy": TorchLegacyFile,
+           "gguf": GGUFFile}
+FORMAT_NAMES = {"safetensors": "safetensors", "torch-zip": "pytorch", "torch-legacy": "pytorch-legacy",
+                "gguf": "gguf"}
+# llama.cpp's gguf-split names the parts of one model `<name>-0000k-of-0000n.gguf`.
+GGUF_PART = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.gguf")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 MAX_INDEX = 64 * 1024 * 1024
 # What training loops write beside the weights (Hugging Face Trainer, accelerate, Lightning).
@@ -46,17 +55,25 @@ def open_checkpoint(path: str) -> Checkpoint:
     Raises:
         CheckpointError: nothing readable as weights at `path`.
     """
+    if hub.looks_like_id(path):
+        snapshot, repository = hub.resolve(path)
+        # The snapshot's files are links into the repository folder's blobs: that folder is
+        # the one they must stay inside.
+        checkpoint = open_directory(snapshot, root=repository)
+        checkpoint.path = path
+        checkpoint.notes.insert(0, f"{path}: from the Hugging Face cache, {snapshot}")
+        return checkpoint
     if os.path.isdir(path):
         return open_directory(path)
     kind = sniff(path)
     if kind not in READERS:
-        raise CheckpointError(path, f"not a checkpoint format weightscope reads ({describe_kind(kind)})")
+        raise CheckpointError(path, "not a checkpoint format weightscope reads (unrecognised first bytes)")
     source = READERS[kind](path)
-    return assemble(path, FORMAT_NAMES[kind], [source], [])
-
-
-def describe_kind(kind: str) -> str:
-    return "GGUF is not supported yet" if kind == "gguf" else "unrecognised first bytes"
+    notes = []
+    if kind == "gguf" and source.split is not None:
+        part, count = source.split
+        notes.append(f"{path}: part {part + 1} of {count} of a split GGUF; open its directory for all parts")
+    return assemble(path, FORMAT_NAMES[kind], [source], notes)
 
 
 def assemble(path: str, format: str, sources: list, notes: list[str], indexed: dict[str, str] | None = None) -> Checkpoint:
@@ -85,13 +102,17 @@ def assemble(path: str, format: str, sources: list, notes: list[str], indexed: d
                       {s.path: s for s in sources})
 
 
-def open_directory(path: str) -> Checkpoint:
+def open_directory(path: str, root: str | None = None) -> Checkpoint:
+    """A directory's weights; with `root`, the folder its files may resolve into (default: itself)."""
+    if dcp.is_dcp(path):
+        return open_dcp(path)
     entries = sorted(os.listdir(path))
     for index_name in INDEXES:
         if index_name in entries:
             others = [n for n in INDEXES if n in entries and n != index_name]
             notes = [f"found {', '.join(others)} too; the safetensors weights are used"] if others else []
-            return open_indexed(path, os.path.join(path, index_name), entries, notes + training_state_notes(entries))
+            return open_indexed(path, os.path.join(path, index_name), entries, notes + training_state_notes(entries),
+                                root or path)
     weights: dict[str, list[str]] = {}
     notes = training_state_notes(entries)
     not_weights: list[str] = []
@@ -116,10 +137,44 @@ def open_directory(path: str) -> Checkpoint:
         skipped = [os.path.basename(f) for k, fs in weights.items() if k != kind for f in fs]
         notes.append(f"both safetensors and .bin weights present; using safetensors, skipped {', '.join(skipped)}")
     files = weights[kind]
+    if kind == "gguf":
+        return open_gguf_parts(path, files, notes)
     if len(files) > 1:
         notes.append(f"no index file; reading all {len(files)} {FORMAT_NAMES[kind]} files")
     sources = [READERS[kind](f) for f in files]
     return assemble(path, FORMAT_NAMES[kind], sources, notes)
+
+
+def open_gguf_parts(path: str, files: list[str], notes: list[str]) -> Checkpoint:
+    """A directory's GGUF model: its one GGUF file, or every part of one split model.
+
+    Raises:
+        CheckpointError: several GGUF files that are not the parts of one model (a repository
+            of quantizations, say): which one is meant cannot be guessed.
+    """
+    names = [os.path.basename(f) for f in files]
+    parts = [GGUF_PART.fullmatch(n) for n in names]
+    if len(files) > 1 and not (all(parts) and len({(m[1], m[3]) for m in parts}) == 1
+                               and int(parts[0][3]) == len(files)):
+        raise CheckpointError(path, f"holds {len(files)} GGUF files that are not the parts of one model; "
+                                    f"name one: {one_line(', '.join(names), 200)}")
+    sources = [GGUFFile(files[0])]
+    sources += [GGUFFile(f, inherited=sources[0].kv) for f in files[1:]]
+    if len(files) > 1:
+        declared = [s.split for s in sources]
+        if declared != [(k, len(files)) for k in range(len(files))]:
+            for source in sources:
+                source.close()
+            raise CheckpointError(path, "the GGUF parts' split.no and split.count do not match their names")
+        notes.append(f"split GGUF: reading all {len(files)} parts")
+    return assemble(path, "gguf", sources, notes)
+
+
+def open_dcp(path: str) -> Checkpoint:
+    """A torch.distributed.checkpoint directory: every tensor from `.metadata`, data on demand."""
+    source = dcp.DcpDirectory(path)
+    return Checkpoint(path, "dcp", source.files, {t.name: t for t in source.tensors}, source.notes,
+                      source.extras, source.metadata, dict.fromkeys(source.files[1:], source))
 
 
 def read_index(index_path: str) -> dict[str, str]:
@@ -138,8 +193,8 @@ def read_index(index_path: str) -> dict[str, str]:
     return weight_map
 
 
-def open_indexed(path: str, index_path: str, entries: list[str], notes: list[str]) -> Checkpoint:
-    """A sharded checkpoint: every shard the index names, each opened on its own."""
+def open_indexed(path: str, index_path: str, entries: list[str], notes: list[str], root: str) -> Checkpoint:
+    """A sharded checkpoint: every shard the index names, each opened on its own, all inside `root`."""
     weight_map = read_index(index_path)
     indexed: dict[str, str] = {}
     broken: list[TensorInfo] = []
@@ -149,13 +204,13 @@ def open_indexed(path: str, index_path: str, entries: list[str], notes: list[str
         file = os.path.join(path, shard)
         names = [n for n, s in weight_map.items() if s == shard]
         try:
-            if not inside(path, file):
+            if not inside(root, file):
                 raise CheckpointError(file, "the index names a shard outside the checkpoint directory")
             if not os.path.lexists(file):
                 raise CheckpointError(file, "shard named by the index is missing")
             shard_kind = sniff(file)
             if shard_kind not in READERS:
-                raise CheckpointError(file, f"shard is not a checkpoint file ({describe_kind(shard_kind)})")
+                raise CheckpointError(file, "shard is not a checkpoint file (unrecognised first bytes)")
             source = READERS[shard_kind](file)
         except CheckpointError as exc:
             notes.append(str(exc))

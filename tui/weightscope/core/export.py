@@ -34,7 +34,7 @@ def markdown(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[P
                   "| tensor | status | dtype | shape | rel L2 | max \\|Δ\\| | cosine |", "|---|---|---|---|---:|---:|---:|"]
         for r in differing:
             pa, pb = r.pair.a, r.pair.b
-            dtype = " → ".join(dict.fromkeys(i.dtype or "?" for i in (pa, pb) if i is not None))
+            dtype = " → ".join(dict.fromkeys(i.stored_dtype or "?" for i in (pa, pb) if i is not None))
             dims = " → ".join(dict.fromkeys(str(shape(i)) for i in (pa, pb) if i is not None))
             d = r.diff
 

@@ -8,8 +8,8 @@ and a result arriving for one tensor updates only its ancestors.
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections import Counter
 from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 
@@ -46,7 +46,10 @@ def known_status(pair: Pair) -> str:
         return "only_b"
     if a.shape != b.shape:
         return "shape_mismatch"
-    return "dtype" if a.dtype != b.dtype else "pending"
+    # A computed tensor (W + ΔW) is float32 because it is computed in float32, not because
+    # anything stored changed type: only stored types count as a dtype change.
+    stored_change = a.stored_dtype != b.stored_dtype and a.origin is None and b.origin is None
+    return "dtype" if stored_change else "pending"
 
 
 def badge_status(result: PairResult) -> str:
@@ -74,7 +77,7 @@ class NameNode:
     pair: Pair | None = None
     result: PairResult | None = None
     children: dict[str, NameNode] = field(default_factory=dict)
-    counts: Counter = field(default_factory=Counter)
+    counts: dict[str, int] = field(default_factory=dict)
     parameters: int = 0
     max_rel: float | None = None
     _sorted: list[NameNode] | None = None
@@ -82,7 +85,7 @@ class NameNode:
     @property
     def status(self) -> str:
         """The most notable status in the subtree (a tensor's own, for a tensor)."""
-        return next((s for s in SEVERITY if self.counts[s]), "identical")
+        return next((s for s in SEVERITY if self.counts.get(s)), "identical")
 
     @property
     def own_status(self) -> str | None:
@@ -90,6 +93,11 @@ class NameNode:
         if self.pair is None:
             return None
         return badge_status(self.result) if self.result else known_status(self.pair)
+
+    @property
+    def differing(self) -> int:
+        """How many tensors in the subtree differ in any way."""
+        return sum(self.counts.get(s, 0) for s in DIFFERS)
 
     @property
     def tensors(self) -> int:
@@ -107,6 +115,17 @@ class NameNode:
         for child in self.sorted_children():
             yield from child.leaves()
 
+    def most_changed(self, count: int) -> list[NameNode]:
+        """The tensors of the subtree with the largest rel_l2, largest first."""
+        found, stack = [], [self]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            diff = node.result.diff if node.result is not None else None
+            if diff is not None and diff.rel_l2:
+                found.append((diff.rel_l2, node))
+        return [node for _, node in heapq.nlargest(count, found, key=lambda item: item[0])]
+
     def ancestors(self):
         node = self
         while node is not None:
@@ -114,9 +133,37 @@ class NameNode:
             node = node.parent
 
 
-def build(pairs: list[Pair]) -> NameNode:
-    """The tree of all pairs' names, with statuses known from headers counted in."""
+@dataclass
+class Names:
+    """A name tree: its root and every tensor's node by pair name."""
+
+    root: NameNode
+    nodes: dict[str, NameNode]
+    _order: list[NameNode] | None = None
+
+    @property
+    def order(self) -> list[NameNode]:
+        """Tensor nodes in the order the tree shows them (computed on first use)."""
+        if self._order is None:
+            self._order = list(self.root.leaves())
+        return self._order
+
+    def apply(self, results) -> list[NameNode]:
+        """Record results of pairs in this tree; returns the nodes that changed."""
+        changed = []
+        for result in results:
+            node = self.nodes.get(result.pair.name)
+            if node is not None:
+                apply(node, result)
+                changed.append(node)
+        return changed
+
+
+def build(pairs: list[Pair], results=()) -> Names:
+    """The tree of all pairs' names, with statuses known from headers counted in, and the
+    given results recorded."""
     root = NameNode("", "")
+    nodes: dict[str, NameNode] = {}
     for pair in pairs:
         node = root
         for part in pair.name.split("."):
@@ -125,11 +172,15 @@ def build(pairs: list[Pair]) -> NameNode:
                 child = node.children[part] = NameNode(part, f"{node.path}.{part}" if node.path else part, node)
             node = child
         node.pair = pair
-        info = pair.a or pair.b
-        for ancestor in node.ancestors():
-            ancestor.counts[known_status(pair)] += 1
-            ancestor.parameters += info.numel
-    return root
+        nodes[pair.name] = node
+        status, numel = known_status(pair), (pair.a or pair.b).numel
+        while node is not None:
+            node.counts[status] = node.counts.get(status, 0) + 1
+            node.parameters += numel
+            node = node.parent
+    names = Names(root, nodes)
+    names.apply(results)
+    return names
 
 
 def apply(node: NameNode, result: PairResult) -> None:
@@ -141,11 +192,6 @@ def apply(node: NameNode, result: PairResult) -> None:
     for ancestor in node.ancestors():
         if old is not None:
             ancestor.counts[old] -= 1
-        ancestor.counts[new] += 1
+        ancestor.counts[new] = ancestor.counts.get(new, 0) + 1
         if rel is not None and (ancestor.max_rel is None or rel > ancestor.max_rel):
             ancestor.max_rel = rel
-
-
-def index(root: NameNode) -> dict[str, NameNode]:
-    """Tensor nodes by pair name."""
-    return {leaf.pair.name: leaf for leaf in root.leaves()}

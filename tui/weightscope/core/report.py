@@ -16,12 +16,14 @@ EQUAL = {"identical", "value_equal"}
 SIDE_FIELDS = ("min", "max", "mean", "std", "absmax", "l2", "nan", "posinf", "neginf", "zeros", "finite")
 
 
-def exit_status(results: list[PairResult]) -> int:
+def exit_status(results: list[PairResult], close_is_equal: bool = False) -> int:
     """0 when nothing differs, 1 when something does (as diff(1)); 2 is left to open failures.
 
-    A name on one side only that is tied to a tensor both sides hold does not count.
+    A name on one side only that is tied to a tensor both sides hold does not count. With
+    `close_is_equal` (a merge check), differences within tolerance are rounding, not change.
     """
-    differs = any(r.status not in EQUAL and not (r.status in ("only_a", "only_b") and r.pair.tied_elsewhere)
+    equal = EQUAL | {"close"} if close_is_equal else EQUAL
+    differs = any(r.status not in equal and not (r.status in ("only_a", "only_b") and r.pair.tied_elsewhere)
                   for r in results)
     return 1 if differs else 0
 
@@ -48,15 +50,19 @@ def shape(info: TensorInfo | None) -> list[int] | None:
     return list(info.shape) if info is not None and info.shape is not None else None
 
 
-def tensor_json(result: PairResult, histograms: bool = False) -> dict:
+def tensor_json(result: PairResult, histograms: bool = False, spectra: dict | None = None) -> dict:
     pair = result.pair
     a, b = pair.a, pair.b
     out = {"name": pair.name, "name_a": a and a.name, "name_b": b and b.name, "status": result.status,
-           "dtype_a": a and a.dtype, "dtype_b": b and b.dtype, "shape_a": shape(a), "shape_b": shape(b),
+           "dtype_a": a and a.stored_dtype, "dtype_b": b and b.stored_dtype,
+           "shape_a": shape(a), "shape_b": shape(b),
            "error": result.error, "notes": list(pair.notes) + list(result.notes),
            "a": stats_json(result.a), "b": stats_json(result.b), "diff": diff_json(result.diff)}
     if histograms:
         out["histograms"] = {k: asdict(h) for k, h in result.histograms.items()}
+    if spectra is not None:  # `diff --spectrum`: a `spectrum.Spectrum` for changed pairs of 2+ dimensions, else null
+        spectrum = spectra.get(pair.name)
+        out["spectrum"] = asdict(spectrum) if spectrum is not None else None
     return out
 
 
@@ -68,9 +74,9 @@ def summary(results: list[PairResult]) -> dict[str, int]:
 
 
 def to_json(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[PairResult],
-            histograms: bool = False) -> dict:
+            histograms: bool = False, spectra: dict | None = None) -> dict:
     return {"version": __version__, "a": side_json(a), "b": side_json(b), "notes": alignment.notes,
-            "tensors": [tensor_json(r, histograms) for r in results], "summary": summary(results)}
+            "tensors": [tensor_json(r, histograms, spectra) for r in results], "summary": summary(results)}
 
 
 def human(n: float, unit: str = "") -> str:
@@ -118,10 +124,11 @@ def to_text(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[Pa
     rows = []
     for r in results:
         pa, pb = r.pair.a, r.pair.b
-        dtype = arrow(pa and pa.dtype or "-", pb and pb.dtype or "-")
+        dtype = arrow(pa and pa.stored_dtype or "-", pb and pb.stored_dtype or "-")
         dims = arrow(shape(pa) or "-", shape(pb) or "-")
         d = r.diff
-        figures = (figure(d.rel_l2), figure(d.max_abs), figure(d.cosine, ".6f")) if d else ("", "", "")
+        figures = ((figure(d.rel_l2), figure(d.max_abs), figure(d.snr_db, ".1f"), figure(d.cosine, ".6f"))
+                   if d else ("",) * 4)
         why = [f"{k}: {v}" for k, v in d.undefined.items() if k in ("rel_l2", "max_abs", "cosine")] if d else []
         if r.status in EQUAL:
             why = []
@@ -129,7 +136,8 @@ def to_text(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[Pa
         rows.append((r.status, r.pair.name, dtype, dims, *figures, nonfinite_cell(r), detail))
     if rows:
         lines.append("")
-        lines += table(("status", "name", "dtype", "shape", "rel_l2", "max|Δ|", "cosine", "NaN/Inf", ""), rows)
+        lines += table(("status", "name", "dtype", "shape", "rel_l2", "max|Δ|", "SNR dB", "cosine", "NaN/Inf", ""),
+                       rows)
     lines.append("")
     counts = summary(results)
     lines.append("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if results else "summary: no tensors")
@@ -153,7 +161,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def inspect_json(checkpoint: Checkpoint, results: list[tuple[TensorInfo, SideStats | None, str | None]]) -> dict:
-    tensors = [{"name": info.name, "dtype": info.dtype, "shape": shape(info), "tied_to": info.tied_to,
+    tensors = [{"name": info.name, "dtype": info.stored_dtype, "shape": shape(info), "tied_to": info.tied_to,
                 "error": error, "stats": stats_json(side)} for info, side, error in results]
     return {"version": __version__, "checkpoint": side_json(checkpoint), "tensors": tensors,
             "summary": {"tensors": len(results), "error": sum(1 for *_, e in results if e),
@@ -166,7 +174,7 @@ def inspect_text(checkpoint: Checkpoint, results: list[tuple[TensorInfo, SideSta
     for info, side, error in results:
         cells = [figure(getattr(side, k)) if side else "" for k in ("min", "max", "mean", "std")]
         detail = error or (f"tied to {info.tied_to}" if info.tied_to else "")
-        rows.append((info.dtype or "-", info.name, str(shape(info) or "-"), *cells,
+        rows.append((info.stored_dtype or "-", info.name, str(shape(info) or "-"), *cells,
                      nonfinite_text(side) if side else "", detail))
     if rows:
         lines.append("")

@@ -64,13 +64,18 @@ class SideStats:
 
 @dataclass(frozen=True)
 class DiffStats:
-    """B − A where both are finite. A figure that is undefined is None, and `undefined` says why."""
+    """B − A where both are finite. A figure that is undefined is None, and `undefined` says why.
+
+    `snr_db` is 10·log10(‖A‖² / ‖B − A‖²): how far the signal stands above the change, the
+    usual measure of quantization error (undefined when nothing changed: it would be infinite).
+    """
 
     max_abs: float | None
     max_abs_index: tuple[int, ...] | None
     mean_abs: float | None
     rms: float | None
     rel_l2: float | None
+    snr_db: float | None
     cosine: float | None
     changed_fraction: float | None
     changed: int
@@ -230,21 +235,22 @@ def identical_diff(numel: int, side: SideStats, atol: float, rtol: float) -> Dif
     """The difference of a pair whose bytes are equal: zero, known without decoding the pair."""
     if numel == 0:
         return empty_diff(atol, rtol)
-    undefined = {"max_abs_index": "nothing changed"}
+    undefined = {"max_abs_index": "nothing changed", "snr_db": "nothing changed"}
     if side.finite == 0:
-        undefined.update(dict.fromkeys(("max_abs", "mean_abs", "rms", "rel_l2", "cosine"),
+        undefined.update(dict.fromkeys(("max_abs", "mean_abs", "rms", "rel_l2", "snr_db", "cosine"),
                                        "no position is finite on both sides"))
-        return DiffStats(None, None, None, None, None, None, 0.0, 0, 0, atol, rtol, undefined)
+        return DiffStats(None, None, None, None, None, None, None, 0.0, 0, 0, atol, rtol, undefined)
     if not side.l2:
-        undefined.update(rel_l2="‖A‖ = 0; see max_abs and rms", cosine="one side is all zeros")
-    return DiffStats(0.0, None, 0.0, 0.0, 0.0 if side.l2 else None, 1.0 if side.l2 else None, 0.0, 0, 0,
+        undefined.update(rel_l2="‖A‖ = 0; see max_abs and rms", snr_db="‖A‖ = 0; see max_abs and rms",
+                         cosine="one side is all zeros")
+    return DiffStats(0.0, None, 0.0, 0.0, 0.0 if side.l2 else None, None, 1.0 if side.l2 else None, 0.0, 0, 0,
                      atol, rtol, undefined)
 
 
 def empty_diff(atol: float, rtol: float) -> DiffStats:
     why = "the tensor has no elements"
-    return DiffStats(None, None, None, None, None, None, None, 0, 0, atol, rtol,
-                     dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "cosine",
+    return DiffStats(None, None, None, None, None, None, None, None, 0, 0, atol, rtol,
+                     dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "snr_db", "cosine",
                                     "changed_fraction"), why))
 
 
@@ -261,8 +267,9 @@ def merge_pair(rows: np.ndarray, starts: np.ndarray, shape: tuple[int, ...], ato
     undefined: dict[str, str] = {}
     if both == 0:
         why = "no position is finite on both sides"
-        undefined = dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "cosine"), why)
-        diff = DiffStats(None, None, None, None, None, None, changed / numel, changed, mismatched,
+        undefined = dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "snr_db", "cosine"),
+                                  why)
+        diff = DiffStats(None, None, None, None, None, None, None, changed / numel, changed, mismatched,
                          atol, rtol, undefined)
         return side_a, side_b, diff
     best = int(np.argmax(d[:, c.MAXABS]))  # the first chunk holding the largest |Δ|
@@ -275,14 +282,17 @@ def merge_pair(rows: np.ndarray, starts: np.ndarray, shape: tuple[int, ...], ato
         undefined["max_abs_index"] = "nothing changed"
     sumsq, aa, bb, ab = (float(d[:, k].sum()) for k in (c.SUMSQ, c.AA, c.BB, c.AB))
     rel_l2 = math.sqrt(sumsq) / math.sqrt(aa) if aa > 0 else None
+    snr_db = 10 * math.log10(aa / sumsq) if aa > 0 and sumsq > 0 else None
     if aa == 0:
-        undefined["rel_l2"] = "‖A‖ = 0; see max_abs and rms"
+        undefined["rel_l2"] = undefined["snr_db"] = "‖A‖ = 0; see max_abs and rms"
+    elif sumsq == 0:
+        undefined["snr_db"] = "nothing changed"
     cosine = ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else None
     if cosine is None:
         undefined["cosine"] = "one side is all zeros"
     else:
         cosine = max(-1.0, min(1.0, cosine))
-    diff = DiffStats(max_abs, index, float(d[:, c.SUMABS].sum()) / both, math.sqrt(sumsq / both), rel_l2,
+    diff = DiffStats(max_abs, index, float(d[:, c.SUMABS].sum()) / both, math.sqrt(sumsq / both), rel_l2, snr_db,
                      cosine, changed / numel, changed, mismatched, atol, rtol, undefined)
     return side_a, side_b, diff
 

@@ -23,11 +23,11 @@ from weightscope.core import anatomy, cache, hierarchy
 from weightscope.core.align import Alignment, Pair, align
 from weightscope.core.checkpoint import Checkpoint
 from weightscope.core.errors import CheckpointError
-from weightscope.core.hierarchy import DIFFERS, NameNode, matcher
+from weightscope.core.hierarchy import DIFFERS, NameNode, Names, matcher
 from weightscope.core.report import human
 from weightscope.core.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
 from weightscope.core.stats import Cancelled
-from weightscope.ui.messages import DetailReady, Opened, OpenFailed, ScanResults
+from weightscope.ui.messages import DetailReady, Filtered, GroupRanked, Opened, OpenFailed, ScanResults
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen, row_of
@@ -38,6 +38,7 @@ DETAIL_DELAY = 0.05  # seconds the cursor must rest on a tensor before its figur
 FILTER_DELAY = 0.15
 BATCH_SECONDS = 0.1  # how often the scan reports to the UI
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
+TOP_MEMBERS = 8  # most-changed members shown for a group
 
 
 def single_alignment(checkpoint: Checkpoint) -> Alignment:
@@ -76,16 +77,15 @@ class WeightscopeApp(App[None]):
         self.a: Checkpoint | None = None
         self.b: Checkpoint | None = None
         self.alignment: Alignment | None = None
-        self.model: NameNode | None = None
-        self.nodes: dict[str, NameNode] = {}
+        self.names: Names | None = None
         self.results: dict[str, PairResult] = {}
         self.details: LRUCache[str, PairResult] = LRUCache(64)
-        self.order: list[NameNode] = []
         self.shown: NameNode | None = None
         self._detail_timer: Timer | None = None
         self._filter_timer: Timer | None = None
         self.error: str | None = None
         self.anomaly_index = -1
+        self.pending_reveal: str | None = None
 
     @property
     def single(self) -> bool:
@@ -116,6 +116,7 @@ class WeightscopeApp(App[None]):
 
     @work(thread=True, group="open", exit_on_error=False)
     def open_checkpoints(self) -> None:
+        """Headers, alignment and the name tree, all off the UI thread."""
         from weightscope.core.discover import open_checkpoint
 
         try:
@@ -124,7 +125,8 @@ class WeightscopeApp(App[None]):
         except CheckpointError as exc:
             self.post_message(OpenFailed(str(exc)))
             return
-        self.post_message(Opened(a, b, align(a, b) if b is not None else single_alignment(a)))
+        alignment = align(a, b) if b is not None else single_alignment(a)
+        self.post_message(Opened(a, b, alignment, hierarchy.build(alignment.pairs)))
 
     @work(thread=True, group="warm", exit_on_error=False)
     def warm_up(self) -> None:
@@ -139,9 +141,8 @@ class WeightscopeApp(App[None]):
         self.exit(return_code=2, message=f"weightscope: {message.error}")
 
     def on_opened(self, message: Opened) -> None:
-        self.a, self.b, self.alignment = message.a, message.b, message.alignment
-        self.set_model(hierarchy.build(self.alignment.pairs))
-        tree = DiffTree(self.model, single=self.single, id="tree")
+        self.a, self.b, self.alignment, self.names = message.a, message.b, message.alignment, message.tree
+        tree = DiffTree(self.names.root, single=self.single, id="tree")
         area = self.query_one("#tree-area")
         area.query_one("#placeholder").remove()
         area.mount(tree)
@@ -150,14 +151,6 @@ class WeightscopeApp(App[None]):
         notes = len(self.a.notes) + len(self.alignment.notes) + (len(self.b.notes) if self.b else 0)
         self.query_one("#title", Static).update(self.title_text(f"{counts} tensors" + (f", {notes} notes" if notes else "")))
         self.run_scan()
-
-    def set_model(self, model: NameNode) -> None:
-        self.model = model
-        self.nodes = hierarchy.index(model)
-        for name, result in self.results.items():
-            if name in self.nodes:
-                hierarchy.apply(self.nodes[name], result)
-        self.order = list(model.leaves())
 
     # The background scan
 
@@ -185,22 +178,17 @@ class WeightscopeApp(App[None]):
             cache.save(key, everything)
 
     def on_scan_results(self, message: ScanResults) -> None:
-        changed = []
         for result in message.results:
             self.results[result.pair.name] = result
-            node = self.nodes.get(result.pair.name)
-            if node is not None:
-                hierarchy.apply(node, result)
-                changed.append(node)
-        tree = self.query_one(DiffTree)
-        tree.refresh_nodes(changed)
+        self.query_one(DiffTree).refresh_nodes(self.names.apply(message.results))
         progress = self.query_one("#progress", ProgressBar)
         progress.display = not message.finished
         progress.update(total=max(message.total, 1), progress=message.done)
         if message.finished:
             self.notify(f"scan complete: {human(message.total, 'B')}", timeout=3)
-        if self.shown is not None and self.shown.pair is None and self.shown.tensors < 5000:
+        if self.shown is not None and (self.shown.pair is None or self.shown.children):
             self.query_one(DetailPane).show_group(self.shown)
+            self.rank_group(self.shown)
 
     # The detail pane
 
@@ -212,8 +200,8 @@ class WeightscopeApp(App[None]):
         if self._detail_timer is not None:
             self._detail_timer.stop()
         if node.pair is None or node.children:
-            self.workers.cancel_group(self, "detail")
             detail.show_group(node)
+            self.rank_group(node)
             return
         detail.show_pair(node.pair, self.query_one(DiffTree).status_of(node))
         ready = self.details.get(node.pair.name)
@@ -221,6 +209,17 @@ class WeightscopeApp(App[None]):
             detail.show_result(ready, self.log_counts)
         else:
             self._detail_timer = self.set_timer(DETAIL_DELAY, lambda: self.load_detail(node.pair))
+
+    @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
+    def rank_group(self, node: NameNode) -> None:
+        """A group's most-changed members (a walk over up to the whole model, so off the UI thread)."""
+        ranked = node.most_changed(TOP_MEMBERS)
+        if not get_current_worker().is_cancelled:
+            self.post_message(GroupRanked(node, ranked))
+
+    def on_group_ranked(self, message: GroupRanked) -> None:
+        if message.node is self.shown:
+            self.query_one(DetailPane).show_ranking(message.node, message.ranked)
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
     def load_detail(self, pair: Pair) -> None:
@@ -242,11 +241,9 @@ class WeightscopeApp(App[None]):
     def on_detail_ready(self, message: DetailReady) -> None:
         result = message.result
         self.details[result.pair.name] = result
-        if result.pair.name not in self.results and result.pair.name in self.nodes:
+        if result.pair.name not in self.results:
             self.results[result.pair.name] = result
-            node = self.nodes[result.pair.name]
-            hierarchy.apply(node, result)
-            self.query_one(DiffTree).refresh_nodes([node])
+            self.query_one(DiffTree).refresh_nodes(self.names.apply([result]))
         if self.shown is not None and self.shown.pair is result.pair:
             detail = self.query_one(DetailPane)
             detail.show_pair(result.pair, self.query_one(DiffTree).status_of(self.shown))
@@ -274,11 +271,12 @@ class WeightscopeApp(App[None]):
         self.push_screen(HelpScreen())
 
     def step_diff(self, step: int) -> None:
-        if not self.order:
+        order = self.names.order if self.names else []
+        if not order:
             return
-        position = self.order.index(self.shown) if self.shown in self.order else -1 if step > 0 else 0
-        for offset in range(1, len(self.order) + 1):
-            node = self.order[(position + step * offset) % len(self.order)]
+        position = order.index(self.shown) if self.shown in order else -1 if step > 0 else 0
+        for offset in range(1, len(order) + 1):
+            node = order[(position + step * offset) % len(order)]
             if node.own_status in DIFFERS and not (self.single and node.own_status == "only_a"):
                 self.query_one(DiffTree).reveal(node)
                 return
@@ -307,19 +305,20 @@ class WeightscopeApp(App[None]):
     def action_table(self) -> None:
         if self.alignment is None:
             return
-        rows = [row_of(p, self.nodes[p.name].own_status if p.name in self.nodes else "pending",
-                       self.results.get(p.name)) for p in self.alignment.pairs]
+        rows = [row_of(p, hierarchy.badge_status(self.results[p.name]) if p.name in self.results
+                       else hierarchy.known_status(p), self.results.get(p.name)) for p in self.alignment.pairs]
         self.push_screen(TableScreen(rows), self.show_in_tree)
 
     def show_in_tree(self, name: str | None) -> None:
         """Put the tree's cursor on a tensor (clearing a filter that hides it)."""
         if name is None:
             return
-        if name not in self.nodes:
+        if name not in self.names.nodes:  # hidden by a filter: show everything again first
+            self.pending_reveal = name
             self.action_clear_filter()
-        if name in self.nodes:
-            self.query_one(DiffTree).reveal(self.nodes[name])
-            self.query_one(DiffTree).focus()
+            return
+        self.query_one(DiffTree).reveal(self.names.nodes[name])
+        self.query_one(DiffTree).focus()
 
     def action_next_anomaly(self) -> None:
         found = anatomy.anomalies(self.scanned(), hierarchy.badge_status)
@@ -357,29 +356,40 @@ class WeightscopeApp(App[None]):
         if box.display:
             box.value = ""
             box.display = False
-            self.apply_filter("")
+            self.build_filtered("")
             self.query_one(DiffTree).focus()
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
         if self._filter_timer is not None:
             self._filter_timer.stop()
-        self._filter_timer = self.set_timer(FILTER_DELAY, lambda: self.apply_filter(event.value))
+        self._filter_timer = self.set_timer(FILTER_DELAY, lambda: self.build_filtered(event.value))
 
     @on(Input.Submitted, "#filter")
     def filter_submitted(self, event: Input.Submitted) -> None:
-        self.apply_filter(event.value)
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self.build_filtered(event.value)
         self.query_one(DiffTree).focus()
 
-    def apply_filter(self, pattern: str) -> None:
+    @work(thread=True, exclusive=True, group="filter", exit_on_error=False)
+    def build_filtered(self, pattern: str) -> None:
+        """The name tree of the matching pairs, with every result so far, off the UI thread."""
         if self.alignment is None:
             return
-        pairs = self.alignment.pairs
-        if pattern:
-            keep = matcher(pattern)
-            pairs = [p for p in pairs if keep(p.name)]
-        self.set_model(hierarchy.build(pairs))
-        tree = self.query_one(DiffTree)
-        tree.set_model(self.model, expand_all=bool(pattern) and len(pairs) <= AUTO_EXPAND)
-        if pattern:
-            self.notify(f"{len(pairs):,} tensors match", timeout=2)
+        keep = matcher(pattern) if pattern else None
+        pairs = [p for p in self.alignment.pairs if keep is None or keep(p.name)]
+        self.post_message(Filtered(pattern, hierarchy.build(pairs, list(self.results.values()))))
+
+    def on_filtered(self, message: Filtered) -> None:
+        names = message.tree
+        names.apply(r for name, r in self.results.items()  # results that arrived meanwhile
+                    if name in names.nodes and names.nodes[name].result is None)
+        self.names = names
+        matches = len(names.nodes)
+        self.query_one(DiffTree).set_model(names.root, expand_all=bool(message.pattern) and matches <= AUTO_EXPAND)
+        if self.pending_reveal in names.nodes:
+            self.show_in_tree(self.pending_reveal)
+        self.pending_reveal = None
+        if message.pattern:
+            self.notify(f"{matches:,} tensors match", timeout=2)

@@ -8,16 +8,26 @@ from textual.message import Message
 
 from weightscope.core.align import Alignment
 from weightscope.core.checkpoint import Checkpoint
+from weightscope.core.hierarchy import NameNode, Names
 from weightscope.core.scan import PairResult
 
 
 @dataclass
 class Opened(Message):
-    """Both checkpoints' headers are read and their names aligned."""
+    """Both checkpoints' headers are read, their names aligned and laid out as a tree."""
 
     a: Checkpoint
     b: Checkpoint | None
     alignment: Alignment
+    tree: Names
+
+
+@dataclass
+class Filtered(Message):
+    """The name tree of the pairs a filter keeps."""
+
+    pattern: str
+    tree: Names
 
 
 @dataclass
@@ -42,3 +52,11 @@ class DetailReady(Message):
     """Full statistics and histograms of one pair, for the detail pane."""
 
     result: PairResult
+
+
+@dataclass
+class GroupRanked(Message):
+    """The most-changed members of a group, for the detail pane."""
+
+    node: NameNode
+    ranked: list[NameNode]

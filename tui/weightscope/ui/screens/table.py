@@ -34,7 +34,7 @@ class Row:
 
 def row_of(pair: Pair, status: str, result: PairResult | None) -> Row:
     a, b = pair.a, pair.b
-    dtype = " → ".join(dict.fromkeys(i.dtype or "?" for i in (a, b) if i is not None))
+    dtype = " → ".join(dict.fromkeys(i.stored_dtype or "?" for i in (a, b) if i is not None))
     shape = " → ".join(dict.fromkeys("×".join(map(str, i.shape)) if i.shape is not None else "?"
                                      for i in (a, b) if i is not None))
     diff = result.diff if result else None

@@ -12,17 +12,15 @@ from textual.widgets import Static
 
 from weightscope.core.align import Pair
 from weightscope.core.checks import nonfinite_text
-from weightscope.core.hierarchy import DIFFERS, NameNode
+from weightscope.core.hierarchy import NameNode
 from weightscope.core.report import human
 from weightscope.core.scan import PairResult
 from weightscope.core.stats import DiffStats, SideStats
 from weightscope.ui.widgets import badges
-from weightscope.ui.widgets.diff_tree import describe_tensor
 from weightscope.ui.widgets.histogram import HistogramPlot
 
 SIDE_ROWS = [("min", "min"), ("max", "max"), ("mean", "mean"), ("std", "std"), ("absmax", "absmax"),
              ("L2 norm", "l2"), ("NaN", "nan"), ("+Inf", "posinf"), ("−Inf", "neginf"), ("zeros", "zeros")]
-TOP_MEMBERS = 8
 
 
 def number(value) -> str:
@@ -72,7 +70,7 @@ class DetailPane(VerticalScroll):
             where = os.path.basename(info.file)
             detail = info.error or (f"tied to {info.tied_to}" if info.tied_to else where)
             name = "" if info.name == pair.name else info.name
-            sides.add_row(label, f"{info.dtype or '?'} {list(info.shape) if info.shape is not None else ''}",
+            sides.add_row(label, f"{info.stored_dtype or '?'} {list(info.shape) if info.shape is not None else ''}",
                           Text(f"{name} {detail}".strip(), "dim"))
         for note in pair.notes:
             sides.add_row("", "", Text(note, "dim"))
@@ -149,11 +147,11 @@ class DetailPane(VerticalScroll):
             deltas.clear("no difference to draw")
 
     def show_group(self, node: NameNode) -> None:
-        """A group's aggregate: counts by status, parameters, the most-changed members."""
+        """A group's aggregate: counts by status and parameters (its members come from `show_ranking`)."""
         self.query_one("#detail-title", Static).update(self.title_text(node.path or "(all tensors)", node.status))
         counts = Table.grid(padding=(0, 2))
         for status in badges.BADGES:
-            if node.counts[status]:
+            if node.counts.get(status):
                 counts.add_row(Text(badges.symbol(status), badges.style(status)), badges.words(status),
                                f"{node.counts[status]:,}")
         self.query_one("#detail-sides", Static).update(counts)
@@ -163,18 +161,15 @@ class DetailPane(VerticalScroll):
         if node.max_rel is not None:
             summary.append(f", largest rel L2 {badges.percent(node.max_rel)}")
         stats.update(summary)
-        ranked = sorted((leaf for leaf in node.leaves() if leaf.result and leaf.result.diff
-                         and leaf.result.diff.rel_l2), key=lambda leaf: -leaf.result.diff.rel_l2)[:TOP_MEMBERS]
+        self.query_one("#detail-plots").display = False
+
+    def show_ranking(self, node: NameNode, ranked: list[NameNode]) -> None:
+        """The most-changed members of a group."""
         top = Table(box=None, padding=(0, 1), show_edge=False, title="most changed", title_justify="left")
         top.add_column("rel L2", justify="right")
         top.add_column("tensor")
         for leaf in ranked:
             top.add_row(badges.percent(leaf.result.diff.rel_l2), leaf.path[len(node.path):].lstrip("."))
-        differing = sum(node.counts[s] for s in DIFFERS)
+        differing = node.differing
         self.query_one("#detail-verdict", Static).update(top if ranked else Text(
             f"{differing} of {node.tensors} tensors differ" if differing else "nothing differs here", "dim"))
-        self.query_one("#detail-plots").display = False
-
-    def describe_tensor(self, pair: Pair) -> str:
-        info = pair.a or pair.b
-        return describe_tensor(info.dtype, info.shape)

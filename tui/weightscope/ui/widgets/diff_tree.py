@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from weightscope.core.hierarchy import DIFFERS, NameNode
+from weightscope.core.hierarchy import NameNode
 from weightscope.ui.widgets import badges
 
 SHORT_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16", "float64": "f64",
@@ -159,7 +159,7 @@ class DiffTree(Tree[NameNode]):
     def present(self, data: NameNode, side: str) -> bool:
         """Whether any tensor under this node exists on `side`."""
         missing = "only_b" if side == "a" else "only_a"
-        return not data.tensors or data.counts[missing] < data.tensors
+        return not data.tensors or data.counts.get(missing, 0) < data.tensors
 
     def side_text(self, node: TreeNode[NameNode], side: str, width: int) -> Text:
         """One side's label: expand icon, name part and, for a tensor, dtype and shape."""
@@ -175,9 +175,9 @@ class DiffTree(Tree[NameNode]):
             info = data.pair.a if side == "a" else data.pair.b
             other = data.pair.b if side == "a" else data.pair.a
             if info is not None:
-                differs = other is not None and (other.dtype, other.shape) != (info.dtype, info.shape)
+                differs = other is not None and (other.stored_dtype, other.shape) != (info.stored_dtype, info.shape)
                 text.append("  ")
-                text.append(describe_tensor(info.dtype, info.shape), "magenta" if differs else "dim")
+                text.append(describe_tensor(info.stored_dtype, info.shape), "magenta" if differs else "dim")
         text.truncate(width, overflow="ellipsis", pad=True)
         return text
 
@@ -187,7 +187,7 @@ class DiffTree(Tree[NameNode]):
             diff = data.result.diff if data.result else None
             value = badges.percent(diff.rel_l2) if diff is not None and diff.rel_l2 is not None else ""
         else:
-            differing = sum(data.counts[s] for s in DIFFERS)
+            differing = data.differing
             largest = f" {badges.percent(data.max_rel)}" if data.max_rel else ""
             value = f"{differing}/{data.tensors}{largest}" if differing else ""
         return Text(value.rjust(FIGURE_WIDTH)[:FIGURE_WIDTH], style="dim")

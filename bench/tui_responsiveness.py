@@ -1,0 +1,94 @@
+"""Does the tree stay responsive while the background scan runs on a 100,000-tensor pair?
+
+Writes a 100,000-tensor MoE-shaped pair as sparse files (the layout of bench/list_names.py,
+13 GB apparent a side), opens it in the app (headless, 120×40, no result cache) and, while
+the scan runs (every pair is byte-compared and one side's statistics computed):
+
+- probes the event loop every 10 ms and records how late each probe runs (a late probe
+  means a key pressed then would have waited that long);
+- presses Down every 50 ms and records how long each keypress takes to be handled.
+
+Prints the worst and the 99th percentile of both, against the target of 100 ms, and how
+far the scan got.
+
+    python3 bench/tui_responsiveness.py [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from list_names import GB, moe_100k, write_checkpoint  # noqa: E402
+
+
+def write_pair(root: str) -> tuple[str, str]:
+    layout = moe_100k()
+    a, b = os.path.join(root, "a"), os.path.join(root, "b")
+    write_checkpoint(a, layout, 5 * GB)
+    write_checkpoint(b, layout, 5 * GB)
+    return a, b
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+async def measure(a: str, b: str, seconds: float) -> None:
+    from textual.widgets import Tree
+
+    from weightscope.ui.app import WeightscopeApp
+
+    app = WeightscopeApp(a, b, use_cache=False)
+    lags: list[float] = []
+    presses: list[float] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        started = time.perf_counter()
+        while not app.query(Tree):
+            await pilot.pause(0.01)
+        shown = time.perf_counter() - started
+        expected = [time.perf_counter() + 0.01]
+
+        def probe() -> None:
+            now = time.perf_counter()
+            lags.append(max(0.0, now - expected[0]))
+            expected[0] = now + 0.01
+
+        app.set_interval(0.01, probe)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline and len(app.results) < len(app.alignment.pairs):
+            start = time.perf_counter()
+            await pilot.press("down")
+            presses.append(time.perf_counter() - start)
+            await asyncio.sleep(0.05)
+        scanned, total = len(app.results), len(app.alignment.pairs)
+    print(f"tree shown {shown:.2f} s after start; {scanned:,} of {total:,} pairs scanned during the probe\n")
+    print(f"{'':28} {'samples':>8} {'median':>8} {'p99':>8} {'worst':>8}   target")
+    for label, values in (("event-loop lag (10 ms probe)", lags), ("keypress handled (Down)", presses)):
+        print(f"{label:28} {len(values):8} {1000 * statistics.median(values):6.1f}ms "
+              f"{1000 * percentile(values, 0.99):6.1f}ms {1000 * max(values):6.1f}ms   < 100 ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20, help="how long to probe while the scan runs")
+    args = parser.parse_args()
+    root = tempfile.mkdtemp(prefix="weightscope-responsive-")
+    try:
+        print(f"writing a 100,000-tensor pair (sparse) to {root} ...", flush=True)
+        a, b = write_pair(root)
+        asyncio.run(measure(a, b, args.seconds))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Layers and module types from names, the overview grid, anomalies and the exported report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from weightscope.core.anatomy import OUTSIDE, anomalies, grid, place
+from weightscope.core.export import export, markdown
+from weightscope.core.hierarchy import badge_status
+
+
+@pytest.mark.parametrize("name, layer, module", [
+    ("model.layers.12.self_attn.q_proj.weight", 12, "q"),
+    ("model.layers.0.mlp.down_proj.weight", 0, "down"),
+    ("model.layers.3.post_attention_layernorm.weight", 3, "norm 2"),
+    ("transformer.h.3.attn.c_attn.weight", 3, "qkv"),
+    ("transformer.h.3.attn.c_proj.bias", 3, "o"),
+    ("transformer.h.3.mlp.c_fc.weight", 3, "up"),
+    ("transformer.h.3.mlp.c_proj.weight", 3, "down"),
+    ("transformer.h.0.ln_1.weight", 0, "norm 1"),
+    ("encoder.layer.5.attention.self.query.weight", 5, "q"),
+    ("encoder.layer.5.attention.output.dense.weight", 5, "o"),
+    ("encoder.layer.5.attention.output.LayerNorm.weight", 5, "norm 1"),
+    ("encoder.layer.5.intermediate.dense.weight", 5, "up"),
+    ("encoder.layer.5.output.dense.weight", 5, "down"),
+    ("encoder.layer.5.output.LayerNorm.bias", 5, "norm 2"),
+    ("model.layers.7.block_sparse_moe.experts.3.w2.weight", 7, "experts.down"),
+    ("model.layers.7.mlp.experts.120.gate_proj.weight", 7, "experts.gate"),
+    ("model.layers.7.mlp.gate.weight", 7, "router"),
+    ("model.layers.7.self_attn.rotary_emb.inv_freq", 7, "self_attn.rotary_emb.inv_freq"),
+])
+def test_place_finds_layer_and_module_across_architectures(name, layer, module):
+    where = place(name)
+    assert (where.layer, where.module, where.row) == (layer, module, str(layer))
+
+
+def test_tensors_outside_the_layers_get_their_own_row():
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "wte.weight"):
+        assert place(name).row == OUTSIDE and place(name).layer is None
+
+
+def test_two_stacks_never_share_a_row():
+    stacks = {"model.layers", "vision_model.encoder.layers"}
+    assert place("model.layers.2.mlp.up_proj.weight", stacks).row == "model.layers.2"
+    assert place("vision_model.encoder.layers.2.mlp.fc1.weight", stacks).row == "vision_model.encoder.layers.2"
+
+
+@pytest.fixture
+def tuned_pair(tmp_path, ck, diff):
+    """Base and fine-tune: frozen embeddings, NaN in layer 1's up_proj, one outlier change."""
+    base = ck.llama_like(0, layers=6, hidden=16)
+    tuned = {k: v.clone() for k, v in base.items()}
+    gen = torch.Generator().manual_seed(1)
+    for i in range(6):
+        for proj in ("q", "k", "v", "o"):
+            name = f"model.layers.{i}.self_attn.{proj}_proj.weight"
+            scale = 1e-1 if (i, proj) == (4, "v") else 1e-3  # layer 4's v moved 100× the others
+            tuned[name] = base[name] + scale * torch.randn(base[name].shape, generator=gen)
+    tuned["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    ck.write_safetensors(tmp_path / "a.safetensors", base)
+    ck.write_safetensors(tmp_path / "b.safetensors", tuned)
+    return diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+
+
+def test_grid_puts_each_change_in_its_cell(tuned_pair):
+    g = grid(tuned_pair.results, badge_status)
+    assert g.rows == [str(i) for i in range(6)]
+    assert g.columns[:4] == ["q", "k", "v", "o"] and {"gate", "up", "down", "norm 1", "norm 2"} <= set(g.columns)
+    assert g.cells[("1", "up")].statuses == {"nonfinite"}
+    assert g.cells[("0", "gate")].statuses == {"identical"}
+    assert g.cells[(OUTSIDE, "model.embed_tokens")].statuses == {"identical"}
+    r = tuned_pair.result("model.layers.2.self_attn.q_proj.weight")
+    assert g.cells[("2", "q")].rel_l2 == pytest.approx(r.diff.rel_l2, rel=1e-6)
+    series = g.column_series("v")
+    assert max(series) == series[4] and series[4] > 10 * series[3]
+
+
+def test_anomalies_name_nan_and_outlier_change(tuned_pair):
+    found = {a.name: a.reason for a in anomalies(tuned_pair.results, badge_status)}
+    assert found["model.layers.1.mlp.up_proj.weight"] == "holds NaN or Inf"
+    assert "larger than typical for v" in found["model.layers.4.self_attn.v_proj.weight"]
+    assert "model.layers.3.self_attn.v_proj.weight" not in found
+    assert list(found)[0] == "model.layers.1.mlp.up_proj.weight"  # most serious first
+
+
+def test_export_writes_markdown_and_the_diff_json(tuned_pair, tmp_path):
+    d = tuned_pair
+    md, js = export(d.a, d.b, d.alignment, d.results, tmp_path)
+    document = json.loads(js.read_text())
+    assert set(document) >= {"version", "a", "b", "tensors", "summary"}
+    assert document["summary"]["identical"] == sum(r.status == "identical" for r in d.results)
+    text = md.read_text()
+    assert "## Anomalies" in text and "`model.layers.1.mlp.up_proj.weight`: holds NaN or Inf" in text
+    assert "| `model.layers.4.self_attn.v_proj.weight` | changed |" in text
+    assert text == markdown(d.a, d.b, d.alignment, d.results)
