@@ -21,13 +21,13 @@ from textual.worker import get_current_worker
 
 from weightscope.core import anatomy, cache, hierarchy
 from weightscope.core.align import Alignment, Pair, align
-from weightscope.core.checkpoint import Checkpoint
+from weightscope.core.checkpoint import Checkpoint, TensorUnreadable
 from weightscope.core.errors import CheckpointError
 from weightscope.core.hierarchy import DIFFERS, NameNode, Names, matcher
 from weightscope.core.report import human
 from weightscope.core.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
 from weightscope.core.stats import Cancelled
-from weightscope.ui.messages import DetailReady, Filtered, GroupRanked, Opened, OpenFailed, ScanResults
+from weightscope.ui.messages import DetailReady, Filtered, GroupRanked, Opened, OpenFailed, ScanResults, ViewReady
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen, row_of
@@ -39,6 +39,7 @@ FILTER_DELAY = 0.15
 BATCH_SECONDS = 0.1  # how often the scan reports to the UI
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
 TOP_MEMBERS = 8  # most-changed members shown for a group
+VIEWS = ("histograms", "spectrum", "map")
 
 
 def single_alignment(checkpoint: Checkpoint) -> Alignment:
@@ -58,7 +59,8 @@ class WeightscopeApp(App[None]):
         Binding("t", "table", "Table", tooltip="Every pair in a sortable table"),
         Binding("a", "next_anomaly", "Anomaly", tooltip="Cycle through what deserves a look"),
         Binding("e", "export", "Export", tooltip="Write the comparison as Markdown and JSON"),
-        Binding("L", "toggle_log", "Log counts", tooltip="Histogram counts on a log scale"),
+        Binding("v", "cycle_view", "View", tooltip="Histograms, spectrum, or where in the matrix the change sits"),
+        Binding("L", "toggle_log", "Log scale", tooltip="Histogram counts and singular values on a log scale"),
         Binding("c", "copy_name", "Copy name", tooltip="Copy the tensor name (OSC 52)"),
         Binding("question_mark", "help", "Help", tooltip="Keys and badges"),
         Binding("q", "quit", "Quit"),
@@ -66,7 +68,9 @@ class WeightscopeApp(App[None]):
     ]
 
     log_counts: reactive[bool] = reactive(False)
-    """Histograms show log10(1 + count)."""
+    """Histograms show log10(1 + count), spectra a log axis."""
+    detail_view: reactive[str] = reactive("histograms")
+    """What the detail pane draws for a tensor: "histograms", "spectrum" or "map"."""
 
     def __init__(self, path_a: str, path_b: str | None = None, options: ScanOptions = ScanOptions(),
                  use_cache: bool = True):
@@ -80,6 +84,7 @@ class WeightscopeApp(App[None]):
         self.names: Names | None = None
         self.results: dict[str, PairResult] = {}
         self.details: LRUCache[str, PairResult] = LRUCache(64)
+        self.figures: LRUCache[tuple, object] = LRUCache(64)  # (name, view, size) -> spectrum or map
         self.shown: NameNode | None = None
         self._detail_timer: Timer | None = None
         self._filter_timer: Timer | None = None
@@ -118,10 +123,10 @@ class WeightscopeApp(App[None]):
     def open_checkpoints(self) -> None:
         """Headers, alignment and the name tree, all off the UI thread."""
         from weightscope.core.discover import open_checkpoint
+        from weightscope.core.lora.adapters import open_pair
 
         try:
-            a = open_checkpoint(self.paths[0])
-            b = open_checkpoint(self.paths[1]) if self.paths[1] is not None else None
+            a, b = open_pair(*self.paths) if self.paths[1] is not None else (open_checkpoint(self.paths[0]), None)
         except CheckpointError as exc:
             self.post_message(OpenFailed(str(exc)))
             return
@@ -173,6 +178,11 @@ class WeightscopeApp(App[None]):
                 self.post_message(ScanResults(batch, done, total))
                 batch, last = [], time.monotonic()
         finished = len(everything) == len(self.alignment.pairs)
+        if finished:  # what the whole scan says about a LoRA adapter (notes on its tensors)
+            from weightscope.core.lora.notes import annotate
+
+            everything = annotate(a, b, everything)
+            batch = everything
         self.post_message(ScanResults(batch, done, total, finished=finished))
         if finished and key:
             cache.save(key, everything)
@@ -207,8 +217,9 @@ class WeightscopeApp(App[None]):
         ready = self.details.get(node.pair.name)
         if ready is not None:
             detail.show_result(ready, self.log_counts)
+            self.load_view()
         else:
-            self._detail_timer = self.set_timer(DETAIL_DELAY, lambda: self.load_detail(node.pair))
+            self._detail_timer = self.set_timer(DETAIL_DELAY, lambda: (self.load_detail(node.pair), self.load_view()))
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
     def rank_group(self, node: NameNode) -> None:
@@ -254,6 +265,66 @@ class WeightscopeApp(App[None]):
             ready = self.details.get(self.shown.pair.name)
             if ready is not None:
                 self.query_one(DetailPane).draw_histograms(ready, self.log_counts)
+            self.load_view()
+
+    # Spectrum and change map
+
+    def watch_detail_view(self, view: str) -> None:
+        self.query_one(DetailPane).show_view(view)
+        self.load_view()
+
+    def action_cycle_view(self) -> None:
+        self.detail_view = VIEWS[(VIEWS.index(self.detail_view) + 1) % len(VIEWS)]
+
+    def load_view(self) -> None:
+        """Show the spectrum or change map of the tensor under the cursor (computing it if needed)."""
+        node = self.shown
+        view = self.detail_view
+        if view == "histograms" or node is None or node.pair is None or node.children or self.a is None:
+            return
+        size = self.query_one(DetailPane).map_size() if view == "map" else ()
+        figure = self.figures.get((node.pair.name, view, size), self)
+        if figure is self:
+            self.compute_view(node.pair, view, size)
+        else:
+            self.draw_view(node.pair.name, view, figure)
+
+    @work(thread=True, exclusive=True, group="view", exit_on_error=False)
+    def compute_view(self, pair: Pair, view: str, size: tuple[int, int]) -> None:
+        from weightscope.core.change_map import change_map
+        from weightscope.core.spectrum import pair_spectrum
+
+        worker = get_current_worker()
+
+        def cancelled() -> bool:
+            return worker.is_cancelled
+
+        b = self.b or self.a
+        try:
+            if view == "spectrum":
+                figure = pair_spectrum(self.a, b, pair, should_cancel=cancelled)
+            else:
+                same = pair.a is not None and pair.b is not None and pair.a.shape == pair.b.shape
+                figure = change_map(self.a, b, pair, *size, should_cancel=cancelled) if same else None
+        except Cancelled:
+            return
+        except TensorUnreadable as exc:
+            figure = None
+            self.notify(f"{pair.name}: {exc}", severity="error")
+        if not cancelled():
+            self.post_message(ViewReady(pair.name, view, size, figure))
+
+    def on_view_ready(self, message: ViewReady) -> None:
+        self.figures[(message.name, message.view, message.size)] = message.figure
+        if self.shown is not None and self.shown.pair is not None and self.shown.pair.name == message.name:
+            self.draw_view(message.name, message.view, message.figure)
+
+    def draw_view(self, name: str, view: str, figure) -> None:
+        detail = self.query_one(DetailPane)
+        if view == "spectrum":
+            detail.show_spectrum(figure, self.log_counts)
+        elif view == "map":
+            detail.show_map(figure, name)
 
     # Actions
 

@@ -55,6 +55,16 @@ class DetailReady(Message):
 
 
 @dataclass
+class ViewReady(Message):
+    """A pair's spectrum or change map (None where it has none), for the detail pane."""
+
+    name: str
+    view: str
+    size: tuple[int, int]
+    figure: object
+
+
+@dataclass
 class GroupRanked(Message):
     """The most-changed members of a group, for the detail pane."""
 

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Static
+from textual.widgets import ContentSwitcher, Static
 
 from weightscope.core.align import Pair
 from weightscope.core.checks import nonfinite_text
@@ -17,7 +17,9 @@ from weightscope.core.report import human
 from weightscope.core.scan import PairResult
 from weightscope.core.stats import DiffStats, SideStats
 from weightscope.ui.widgets import badges
+from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
 from weightscope.ui.widgets.histogram import HistogramPlot
+from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
 
 SIDE_ROWS = [("min", "min"), ("max", "max"), ("mean", "mean"), ("std", "std"), ("absmax", "absmax"),
              ("L2 norm", "l2"), ("NaN", "nan"), ("+Inf", "posinf"), ("−Inf", "neginf"), ("zeros", "zeros")]
@@ -55,9 +57,12 @@ class DetailPane(VerticalScroll):
             with Vertical(id="detail-figures"):
                 yield Static(id="detail-stats")
                 yield Static(id="detail-verdict")
-            with Vertical(id="detail-plots"):
-                yield HistogramPlot(id="hist-values")
-                yield HistogramPlot(id="hist-diff")
+            with ContentSwitcher(id="detail-plots", initial="histograms"):
+                with Vertical(id="histograms"):
+                    yield HistogramPlot(id="hist-values")
+                    yield HistogramPlot(id="hist-diff")
+                yield SpectrumPlot(id="spectrum")
+                yield ChangeMapView(id="map")
 
     def show_pair(self, pair: Pair, status: str) -> None:
         """The header of a pair, with a loading indicator where the figures will go."""
@@ -67,7 +72,7 @@ class DetailPane(VerticalScroll):
             if info is None:
                 sides.add_row(label, Text("—", "dim"), "")
                 continue
-            where = os.path.basename(info.file)
+            where = info.origin or os.path.basename(info.file)
             detail = info.error or (f"tied to {info.tied_to}" if info.tied_to else where)
             name = "" if info.name == pair.name else info.name
             sides.add_row(label, f"{info.stored_dtype or '?'} {list(info.shape) if info.shape is not None else ''}",
@@ -82,6 +87,8 @@ class DetailPane(VerticalScroll):
         self.query_one("#detail-plots").display = True
         for plot in self.query(HistogramPlot):
             plot.clear()
+        self.query_one(SpectrumPlot).message("")
+        self.query_one(ChangeMapView).update("")
 
     def title_text(self, name: str, status: str) -> Text:
         text = Text(f"{badges.symbol(status)} {badges.words(status)}  ", badges.style(status))
@@ -162,6 +169,29 @@ class DetailPane(VerticalScroll):
             summary.append(f", largest rel L2 {badges.percent(node.max_rel)}")
         stats.update(summary)
         self.query_one("#detail-plots").display = False
+
+    def show_view(self, view: str) -> None:
+        """Which figure the lower right shows: "histograms", "spectrum" or "map"."""
+        self.query_one(ContentSwitcher).current = view
+
+    def show_spectrum(self, spectrum, log_scale: bool) -> None:
+        plot = self.query_one(SpectrumPlot)
+        if spectrum is None:
+            plot.message("no spectrum: it needs two sides of the same shape with 2 or more dimensions")
+        else:
+            plot.show(spectrum, log_scale)
+
+    def show_map(self, cmap, name: str) -> None:
+        view = self.query_one(ChangeMapView)
+        if cmap is None:
+            view.update(Text("no change map: it needs two sides of the same shape", "dim"))
+        else:
+            view.show(cmap, name)
+
+    def map_size(self) -> tuple[int, int]:
+        """The grid a change map gets: the size of the figure area (known even while it is hidden)."""
+        area = self.query_one("#detail-plots").size
+        return grid_size(area.width, area.height)
 
     def show_ranking(self, node: NameNode, ranked: list[NameNode]) -> None:
         """The most-changed members of a group."""
