@@ -19,6 +19,8 @@ VIEWS = {
     "changed-tensor.svg": ["n", "n", "n", "n"],
     "nan-tensor.svg": ["slash", *"up_proj", "enter", *["down"] * 13],
     "layer-summary.svg": ["n", "n", "n", "left", "left", "left"],
+    "overview.svg": ["o", "down", "right", "right"],
+    "change-map.svg": ["n", "n", "n", "n", "v", "v"],
 }
 
 
