@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import fields
 
 import numpy as np
@@ -581,3 +582,32 @@ class TestHistograms:
         t = noisy(33, torch.float32)
         with pytest.raises(stats.Cancelled):
             stats.histograms(raw(t), "float32", raw(t), "float32", should_cancel=lambda: True)
+
+
+class TestForeground:
+    """Work a person waits for runs on its own pool, and background work pauses for it."""
+
+    def test_background_chunks_wait_while_a_user_waits(self):
+        done = []
+        with stats.foreground():
+            worker = threading.Thread(target=lambda: done.append(stats.chunked(3, lambda s, e: np.ones(1), lambda: False)))
+            worker.start()
+            worker.join(0.3)
+            assert worker.is_alive() and not done  # paused at its first chunk
+        worker.join(5)
+        assert not worker.is_alive() and done[0].sum() == 1
+
+    def test_foreground_chunks_run_on_their_own_pool(self, monkeypatch):
+        monkeypatch.setattr(stats, "CHUNK", 10)
+        names = set()
+
+        def task(start, stop):
+            names.add(threading.current_thread().name.split("_")[0])
+            return np.zeros(1)
+
+        with stats.foreground():
+            stats.chunked(100, task, lambda: False)
+        assert names == {"weightscope-foreground"}
+        names.clear()
+        stats.chunked(100, task, lambda: False)
+        assert names == {"weightscope-stats"}

@@ -74,10 +74,11 @@ def build_app_parser() -> argparse.ArgumentParser:
 
 def run_app(path_a: str, path_b: str | None, device: str = "auto", use_cache: bool = True) -> int:
     from weightscope.core.device import resolve
-    from weightscope.core.scan import ScanOptions
     from weightscope.ui.app import WeightscopeApp
 
-    app = WeightscopeApp(path_a, path_b, ScanOptions(device=resolve(device)), use_cache=use_cache)
+    if device == "cuda":  # asked for by name: fail now, with exit status 2, if it is not there
+        resolve(device)
+    app = WeightscopeApp(path_a, path_b, device, use_cache=use_cache)
     app.run()
     return app.return_code or 0
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from weightscope.core.align import Pair
 from weightscope.core.checkpoint import Checkpoint
-from weightscope.core.stats import Cancelled, itemsize, pool, to_float
+from weightscope.core.stats import chunk_guard, itemsize, pool, to_float
 
 CHUNK = 1 << 22  # elements of Δ decoded at a time
 
@@ -104,10 +104,11 @@ def pooled(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, sha
     size_a, size_b = itemsize(dtype_a), itemsize(dtype_b)
     step = max(1, CHUNK // n)
 
+    check = chunk_guard(should_cancel)
+
     def part(start: int):
         """(cells, their Σ Δ², max |Δ|, non-finite count) for rows start…start+step."""
-        if should_cancel():
-            raise Cancelled
+        check()
         stop = min(start + step, m)
         x = to_float(raw_a[start * n * size_a:stop * n * size_a], dtype_a).reshape(-1, n)
         y = to_float(raw_b[start * n * size_b:stop * n * size_b], dtype_b).reshape(-1, n)

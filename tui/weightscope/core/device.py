@@ -3,6 +3,7 @@ as the CPU kernels so that `stats.merge_*` turns both into the same figures."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from weightscope.core.stats import Cancelled, DiffStats, SideStats, merge_pair, 
 DEVICE_CHUNK = 1 << 24
 
 
+@functools.cache
 def resolve(device: str) -> str:
     """'auto' -> 'cuda' when an NVIDIA GPU is usable, else 'cpu' (checked without importing
     torch when there is no NVIDIA driver); 'cuda' must be usable.

@@ -61,7 +61,7 @@ def badge_status(result: PairResult) -> str:
     return result.status
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)  # the generated repr would walk the whole tree
 class NameNode:
     """One part of a dotted name; a tensor where `pair` is set (a node can also have children).
 
@@ -125,6 +125,9 @@ class NameNode:
             if diff is not None and diff.rel_l2:
                 found.append((diff.rel_l2, node))
         return [node for _, node in heapq.nlargest(count, found, key=lambda item: item[0])]
+
+    def __repr__(self) -> str:
+        return f"NameNode({self.path!r})"
 
     def ancestors(self):
         node = self

@@ -200,22 +200,39 @@ def pair_chunk(a, b, atol, rtol, row):
 
 
 @exact
-def histogram_chunk(x, lo, hi, counts):
-    """Add the finite values of `x` to `counts` over [lo, hi]; returns (below, above)."""
-    bins = counts.size
+def histogram_chunk(x, lo, hi, row):
+    """Add the finite values of `x` to `row`: counts over [lo, hi] in row[:-2], then how many
+    fell below and above."""
+    bins = row.size - 2
     scale = bins / (hi - lo)
-    below = above = 0
     for i in range(x.size):
         v = np.float64(x[i])
         if not abs(v) < np.inf:
             continue
         if v < lo:
-            below += 1
+            row[bins] += 1
         elif v > hi:
-            above += 1
+            row[bins + 1] += 1
         else:
-            counts[min(int((v - lo) * scale), bins - 1)] += 1
-    return below, above
+            row[min(int((v - lo) * scale), bins - 1)] += 1
+
+
+@exact
+def diff_histogram_chunk(a, b, lo, hi, row):
+    """Like `histogram_chunk`, for b − a where both are finite (no temporary array)."""
+    bins = row.size - 2
+    scale = bins / (hi - lo)
+    for i in range(a.size):
+        va, vb = np.float64(a[i]), np.float64(b[i])
+        if not (abs(va) < np.inf and abs(vb) < np.inf):
+            continue
+        v = vb - va
+        if v < lo:
+            row[bins] += 1
+        elif v > hi:
+            row[bins + 1] += 1
+        else:
+            row[min(int((v - lo) * scale), bins - 1)] += 1
 
 
 def warm_up() -> None:
@@ -225,4 +242,5 @@ def warm_up() -> None:
     side_chunk(x, np.zeros(SIDE))
     pair_chunk(x, x, 0.0, 0.0, np.zeros(PAIR))
     bfloat16_to_float32(np.zeros(8, np.uint16))
-    histogram_chunk(x, 0.0, 1.0, np.zeros(4, np.int64))
+    histogram_chunk(x, 0.0, 1.0, np.zeros(6, np.int64))
+    diff_histogram_chunk(x, x, 0.0, 1.0, np.zeros(6, np.int64))

@@ -152,7 +152,8 @@ def histograms_for(result: PairResult, a: Checkpoint, b: Checkpoint,
     raw_a = a.raw(pa.name) if pa is not None else None
     raw_b = b.raw(pb.name) if pb is not None else None
     same_shape = pa is not None and pb is not None and pa.shape == pb.shape
-    hists = stats.histograms(raw_a, pa and pa.dtype, raw_b, pb and pb.dtype, should_cancel=should_cancel)
+    hists = stats.histograms(raw_a, pa and pa.dtype, raw_b, pb and pb.dtype, should_cancel=should_cancel,
+                             identical=result.status == "identical")
     if not same_shape:
         hists.pop("diff", None)
     return replace(result, histograms=hists)

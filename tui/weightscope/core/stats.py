@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,22 +132,63 @@ def to_float(raw: np.ndarray, dtype: str) -> np.ndarray:
     return torch.from_numpy(raw).view(torch_dtype(dtype)).float().numpy()
 
 
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[bool, ThreadPoolExecutor] = {}
+_lock = threading.Lock()
+_waiting_users = 0
+_no_user_waits = threading.Event()
+_no_user_waits.set()
+_thread = threading.local()
+
+
+@contextmanager
+def foreground():
+    """Mark work a person is waiting for (the detail pane): in this thread it runs on a pool of
+    its own, and background work (the scan) pauses between chunks until it is done."""
+    global _waiting_users
+    with _lock:
+        _waiting_users += 1
+        _no_user_waits.clear()
+    _thread.foreground = True
+    try:
+        yield
+    finally:
+        _thread.foreground = False
+        with _lock:
+            _waiting_users -= 1
+            if _waiting_users == 0:
+                _no_user_waits.set()
 
 
 def pool() -> ThreadPoolExecutor:
-    """One worker per core, shared by every computation; the kernels release the GIL."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="weightscope-stats")
-    return _pool
+    """The pool for this thread's work: one worker per core (the kernels release the GIL);
+    foreground work has its own, so it never queues behind background chunks."""
+    foreground_work = getattr(_thread, "foreground", False)
+    with _lock:
+        if foreground_work not in _pools:
+            name = "weightscope-foreground" if foreground_work else "weightscope-stats"
+            _pools[foreground_work] = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix=name)
+        return _pools[foreground_work]
+
+
+def chunk_guard(should_cancel: Callable[[], bool]) -> Callable[[], None]:
+    """What each chunk checks first: cancellation and, for background work, a waiting user."""
+    background = not getattr(_thread, "foreground", False)
+
+    def check() -> None:
+        if background:
+            _no_user_waits.wait()
+        if should_cancel():
+            raise Cancelled
+
+    return check
 
 
 def chunked(numel: int, task: Callable[[int, int], np.ndarray], should_cancel: Callable[[], bool]) -> np.ndarray:
     """Rows of `task(start, stop)` over element chunks, run in parallel; stops when cancelled."""
+    check = chunk_guard(should_cancel)
+
     def guarded(start: int) -> np.ndarray:
-        if should_cancel():
-            raise Cancelled
+        check()
         return task(start, min(start + CHUNK, numel))
 
     starts = range(0, numel, CHUNK)
@@ -337,60 +380,77 @@ def value_range(*samples: np.ndarray) -> tuple[float, float] | None:
     return lo, hi
 
 
-def histogram(chunks, lo: float, hi: float, bins: int = HISTOGRAM_BINS) -> Histogram:
+def histogram_rows(numel: int, count_chunk, should_cancel: Callable[[], bool]) -> np.ndarray:
+    """Counts (then below, above) summed over element chunks counted in parallel."""
+    return chunked(numel, count_chunk, should_cancel).sum(axis=0)
+
+
+def as_histogram(lo: float, hi: float, row: np.ndarray) -> Histogram:
+    return Histogram(lo, hi, tuple(int(c) for c in row[:-2]), int(row[-2]), int(row[-1]))
+
+
+def side_histogram(raw: np.ndarray, dtype: str, lo: float, hi: float, bins: int,
+                   should_cancel: Callable[[], bool]) -> Histogram:
     from weightscope.core import kernels
 
-    counts = np.zeros(bins, np.int64)
-    below = above = 0
-    for values in chunks:
-        b, a = kernels.histogram_chunk(values, lo, hi, counts)
-        below, above = below + b, above + a
-    return Histogram(lo, hi, tuple(int(c) for c in counts), int(below), int(above))
-
-
-def float_chunks(raw: np.ndarray, dtype: str, should_cancel: Callable[[], bool]):
     size = itemsize(dtype)
-    for start in range(0, raw.size, CHUNK * size):
-        if should_cancel():
-            raise Cancelled
-        yield to_float(raw[start:start + CHUNK * size], dtype)
+
+    def count(start: int, stop: int) -> np.ndarray:
+        row = np.zeros(bins + 2, np.int64)
+        kernels.histogram_chunk(to_float(raw[start * size:stop * size], dtype), lo, hi, row)
+        return row
+
+    return as_histogram(lo, hi, histogram_rows(raw.size // size, count, should_cancel))
+
+
+def diff_histogram(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, lo: float, hi: float,
+                   bins: int, should_cancel: Callable[[], bool]) -> Histogram:
+    from weightscope.core import kernels
+
+    size_a, size_b = itemsize(dtype_a), itemsize(dtype_b)
+
+    def count(start: int, stop: int) -> np.ndarray:
+        row = np.zeros(bins + 2, np.int64)
+        a = to_float(raw_a[start * size_a:stop * size_a], dtype_a)
+        b = to_float(raw_b[start * size_b:stop * size_b], dtype_b)
+        if a.dtype != b.dtype:
+            a, b = a.astype(np.float64), b.astype(np.float64)
+        kernels.diff_histogram_chunk(a, b, lo, hi, row)
+        return row
+
+    return as_histogram(lo, hi, histogram_rows(raw_a.size // size_a, count, should_cancel))
 
 
 def histograms(raw_a: np.ndarray | None, dtype_a: str | None, raw_b: np.ndarray | None, dtype_b: str | None,
-               bins: int = HISTOGRAM_BINS, should_cancel: Callable[[], bool] = lambda: False
-               ) -> dict[str, Histogram]:
+               bins: int = HISTOGRAM_BINS, should_cancel: Callable[[], bool] = lambda: False,
+               identical: bool = False) -> dict[str, Histogram]:
     """Histograms of A and B on one shared range and, for a same-shape pair, of B − A.
+
+    Args:
+        identical: the two sides' bytes are equal: B's histogram is A's, and there is no Δ to draw.
 
     Returns:
         {"a": ..., "b": ..., "diff": ...}, each present when its side has finite values.
     """
     sides = {k: (raw, dtype) for k, raw, dtype in (("a", raw_a, dtype_a), ("b", raw_b, dtype_b)) if raw is not None}
+    if identical:
+        sides.pop("b")
     samples = {k: sample(raw, dtype) for k, (raw, dtype) in sides.items()}
     out: dict[str, Histogram] = {}
     shared = value_range(*samples.values())
     if shared is not None:
         for k, (raw, dtype) in sides.items():
-            out[k] = histogram(float_chunks(raw, dtype, should_cancel), *shared, bins)
+            out[k] = side_histogram(raw, dtype, *shared, bins, should_cancel)
+        if identical:
+            out["b"] = out["a"]
     if len(sides) == 2 and raw_a.size // itemsize(dtype_a) == raw_b.size // itemsize(dtype_b):
-        deltas = list(diff_chunks(raw_a, dtype_a, raw_b, dtype_b, lambda: False, SAMPLE))
-        spread = value_range(*deltas)
+        a, b = sample_positions(raw_a, dtype_a, SAMPLE), sample_positions(raw_b, dtype_b, SAMPLE)
+        with np.errstate(invalid="ignore"):  # Inf − Inf: dropped, not worth a warning
+            deltas = b - a
+        spread = value_range(deltas[np.isfinite(deltas)])
         if spread is not None:
-            out["diff"] = histogram(diff_chunks(raw_a, dtype_a, raw_b, dtype_b, should_cancel), *spread, bins)
+            out["diff"] = diff_histogram(raw_a, dtype_a, raw_b, dtype_b, *spread, bins, should_cancel)
     return out
-
-
-def diff_chunks(raw_a, dtype_a, raw_b, dtype_b, should_cancel, limit: int | None = None):
-    """B − A in float64 chunks where both are finite; with `limit`, evenly spaced picks only."""
-    if limit is not None:
-        a, b = sample_positions(raw_a, dtype_a, limit), sample_positions(raw_b, dtype_b, limit)
-        with np.errstate(invalid="ignore"):  # Inf − Inf: dropped below, not worth a warning
-            d = b - a
-        yield d[np.isfinite(d)]
-        return
-    for a, b in zip(float_chunks(raw_a, dtype_a, should_cancel), float_chunks(raw_b, dtype_b, should_cancel)):
-        with np.errstate(invalid="ignore"):
-            d = b.astype(np.float64) - a.astype(np.float64)
-        yield d[np.isfinite(d)]
 
 
 def sample_positions(raw: np.ndarray, dtype: str, count: int) -> np.ndarray:

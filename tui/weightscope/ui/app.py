@@ -19,7 +19,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, ProgressBar, Static, Tree
 from textual.worker import get_current_worker
 
-from weightscope.core import anatomy, cache, hierarchy
+from weightscope.core import anatomy, cache, hierarchy, stats
 from weightscope.core.align import Alignment, Pair, align
 from weightscope.core.checkpoint import Checkpoint, TensorUnreadable
 from weightscope.core.errors import CheckpointError
@@ -72,11 +72,14 @@ class WeightscopeApp(App[None]):
     detail_view: reactive[str] = reactive("histograms")
     """What the detail pane draws for a tensor: "histograms", "spectrum" or "map"."""
 
-    def __init__(self, path_a: str, path_b: str | None = None, options: ScanOptions = ScanOptions(),
-                 use_cache: bool = True):
+    def __init__(self, path_a: str, path_b: str | None = None, device: str = "auto", use_cache: bool = True):
+        """
+        Args:
+            device: "auto", "cpu" or "cuda"; resolved off the UI thread ("auto" may import torch).
+        """
         super().__init__()
         self.paths = (path_a, path_b)
-        self.options = options
+        self.device = device
         self.use_cache = use_cache
         self.a: Checkpoint | None = None
         self.b: Checkpoint | None = None
@@ -136,10 +139,16 @@ class WeightscopeApp(App[None]):
     @work(thread=True, group="warm", exit_on_error=False)
     def warm_up(self) -> None:
         """Load the compiled statistics loops (and torch, where a GPU wants it) off the UI thread."""
-        from weightscope.core import device, kernels
+        from weightscope.core import kernels
 
-        device.resolve(self.options.device)
+        self.options()
         kernels.warm_up()
+
+    def options(self) -> ScanOptions:
+        """How pairs are compared here; the first call resolves the device (in a worker)."""
+        from weightscope.core.device import resolve
+
+        return ScanOptions(device=resolve(self.device))
 
     def on_open_failed(self, message: OpenFailed) -> None:
         self.error = message.error
@@ -164,13 +173,13 @@ class WeightscopeApp(App[None]):
         worker = get_current_worker()
         a, b = self.a, self.b or self.a
         total = sum(pair_bytes(p) for p in self.alignment.pairs)
-        key = cache.key(a, b, self.options) if self.use_cache else None
+        key = cache.key(a, b, self.options()) if self.use_cache else None
         cached = cache.load(key, self.alignment) if key else None
         if cached is not None:
             self.post_message(ScanResults(cached, total, total, finished=True))
             return
         everything, batch, done, last = [], [], 0, time.monotonic()
-        for result in scan_iter(self.alignment, a, b, self.options, lambda: worker.is_cancelled):
+        for result in scan_iter(self.alignment, a, b, self.options(), lambda: worker.is_cancelled):
             everything.append(result)
             batch.append(result)
             done += pair_bytes(result.pair)
@@ -241,9 +250,13 @@ class WeightscopeApp(App[None]):
 
         b = self.b or self.a
         try:
-            result = self.results.get(pair.name) or Comparer(self.a, b, self.options).compare(pair, cancelled)
-            if not result.histograms:
-                result = histograms_for(result, self.a, b, cancelled)
+            with stats.foreground():  # the scan waits while a person does
+                result = self.results.get(pair.name)
+                if result is None:
+                    result = Comparer(self.a, b, self.options()).compare(pair, cancelled)
+                    self.post_message(DetailReady(result, complete=False))  # figures first, histograms next
+                if not result.histograms:
+                    result = histograms_for(result, self.a, b, cancelled)
         except Cancelled:
             return
         if not cancelled():
@@ -251,14 +264,15 @@ class WeightscopeApp(App[None]):
 
     def on_detail_ready(self, message: DetailReady) -> None:
         result = message.result
-        self.details[result.pair.name] = result
+        if message.complete:
+            self.details[result.pair.name] = result
         if result.pair.name not in self.results:
             self.results[result.pair.name] = result
             self.query_one(DiffTree).refresh_nodes(self.names.apply([result]))
         if self.shown is not None and self.shown.pair is result.pair:
             detail = self.query_one(DetailPane)
             detail.show_pair(result.pair, self.query_one(DiffTree).status_of(self.shown))
-            detail.show_result(result, self.log_counts)
+            detail.show_result(result, self.log_counts, histograms_pending=not message.complete)
 
     def watch_log_counts(self) -> None:
         if self.shown is not None and self.shown.pair is not None:
@@ -285,12 +299,12 @@ class WeightscopeApp(App[None]):
         size = self.query_one(DetailPane).map_size() if view == "map" else ()
         figure = self.figures.get((node.pair.name, view, size), self)
         if figure is self:
-            self.compute_view(node.pair, view, size)
+            self.make_figure(node.pair, view, size)
         else:
             self.draw_view(node.pair.name, view, figure)
 
     @work(thread=True, exclusive=True, group="view", exit_on_error=False)
-    def compute_view(self, pair: Pair, view: str, size: tuple[int, int]) -> None:
+    def make_figure(self, pair: Pair, view: str, size: tuple[int, int]) -> None:
         from weightscope.core.change_map import change_map
         from weightscope.core.spectrum import pair_spectrum
 
@@ -301,11 +315,12 @@ class WeightscopeApp(App[None]):
 
         b = self.b or self.a
         try:
-            if view == "spectrum":
-                figure = pair_spectrum(self.a, b, pair, should_cancel=cancelled)
-            else:
-                same = pair.a is not None and pair.b is not None and pair.a.shape == pair.b.shape
-                figure = change_map(self.a, b, pair, *size, should_cancel=cancelled) if same else None
+            with stats.foreground():
+                if view == "spectrum":
+                    figure = pair_spectrum(self.a, b, pair, should_cancel=cancelled)
+                else:
+                    same = pair.a is not None and pair.b is not None and pair.a.shape == pair.b.shape
+                    figure = change_map(self.a, b, pair, *size, should_cancel=cancelled) if same else None
         except Cancelled:
             return
         except TensorUnreadable as exc:

@@ -49,9 +49,10 @@ class ScanResults(Message):
 
 @dataclass
 class DetailReady(Message):
-    """Full statistics and histograms of one pair, for the detail pane."""
+    """Statistics of one pair for the detail pane; `complete` once its histograms are in."""
 
     result: PairResult
+    complete: bool = True
 
 
 @dataclass

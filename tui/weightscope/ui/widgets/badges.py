@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.style import Style
+
+# With NO_COLOR, Textual draws in greys, where dim text all but vanishes: the symbols carry
+# the meaning, drawn plain or bold.
+NO_COLOR = bool(os.environ.get("NO_COLOR"))
+NOTABLE = {"changed", "dtype", "shape_mismatch", "only_a", "only_b", "nonfinite", "error"}
 
 BADGES: dict[str, tuple[str, str, str]] = {
     # status: (symbol, style, words)
@@ -25,6 +32,8 @@ def symbol(status: str) -> str:
 
 
 def style(status: str) -> Style:
+    if NO_COLOR:
+        return Style(bold=status in NOTABLE)
     return Style.parse(BADGES[status][1])
 
 

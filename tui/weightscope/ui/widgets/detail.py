@@ -95,8 +95,9 @@ class DetailPane(VerticalScroll):
         text.append(name, "bold")
         return text
 
-    def show_result(self, result: PairResult, log_counts: bool) -> None:
-        """The figures of a pair: A | B statistics, the difference, the verdict, histograms."""
+    def show_result(self, result: PairResult, log_counts: bool, histograms_pending: bool = False) -> None:
+        """The figures of a pair: A | B statistics, the difference, the verdict, histograms
+        (or a word that they are on their way)."""
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
         table = Table(box=None, padding=(0, 1), show_edge=False, expand=False)
@@ -130,7 +131,11 @@ class DetailPane(VerticalScroll):
         for note in result.notes:
             message.append(f"\n{note}", "dim")
         self.query_one("#detail-verdict", Static).update(message)
-        self.draw_histograms(result, log_counts)
+        if histograms_pending:
+            for plot in self.query(HistogramPlot):
+                plot.clear("computing histograms…")
+        else:
+            self.draw_histograms(result, log_counts)
 
     def diff_rows(self, diff: DiffStats) -> list[tuple[str, str]]:
         return [("max |Δ|", number(diff.max_abs)), ("mean |Δ|", number(diff.mean_abs)), ("RMS", number(diff.rms)),

@@ -67,7 +67,9 @@ class DiffTree(Tree[NameNode]):
         if expand_all:
             for leaf in root.leaves():
                 self.reveal(leaf, move=False)
-        self.move_cursor_to_line(0) if self.root.children else None
+        self.cursor_line = -1  # clear() keeps the old line; a fresh move highlights the new first node
+        if self.root.children:
+            self.move_cursor_to_line(0)
 
     def populate(self, node: TreeNode[NameNode]) -> None:
         """Add the children of `node` the first time they are needed."""
