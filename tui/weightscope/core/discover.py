@@ -9,18 +9,17 @@ are the parts of one split model.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
 from weightscope.core import hub
 from weightscope.core.checkpoint import Checkpoint, TensorInfo
 from weightscope.core.errors import CheckpointError, one_line
-from weightscope.core.files import inside, regular_size, sniff
+from weightscope.core.files import inside, read_json, sniff
 from weightscope.core.formats import dcp
 from weightscope.core.formats.gguf import GGUFFile
 from weightscope.core.formats.pytorch import TorchLegacyFile, TorchZipFile
-from weightscope.core.formats.safetensors import SafetensorsFile, reject_duplicates
+from weightscope.core.formats.safetensors import SafetensorsFile
 
 READERS = {"safetensors": SafetensorsFile, "torch-zip": TorchZipFile, "torch-legacy": TorchLegacyFile,
            "gguf": GGUFFile}
@@ -179,14 +178,7 @@ def open_dcp(path: str) -> Checkpoint:
 
 def read_index(index_path: str) -> dict[str, str]:
     """The index's `weight_map`: tensor name -> shard file name."""
-    size = regular_size(index_path)
-    if size > MAX_INDEX:
-        raise CheckpointError(index_path, f"index of {size} bytes exceeds the {MAX_INDEX}-byte limit")
-    try:
-        with open(index_path, "rb") as f:
-            index = json.loads(f.read(), object_pairs_hook=reject_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise CheckpointError(index_path, f"invalid JSON: {exc}") from None
+    index = read_json(index_path, MAX_INDEX)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(index_path, "no weight_map of tensor names to file names")

@@ -4,6 +4,7 @@ Every file is stat'ed before it is opened, so a FIFO or a device never blocks or
 forever, and a symlink loop becomes an error instead of an exception from deep inside.
 """
 
+import json
 import mmap
 import os
 import stat
@@ -86,3 +87,32 @@ def sniff(path: str, strict: bool = False) -> str:
         if not strict or int.from_bytes(head[:8], "little") <= regular_size(path) - 8:
             return "safetensors"
     return "unknown"
+
+
+def reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """`object_pairs_hook` for json: a key given twice is an error, not a silent overwrite."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def read_json(path: str, limit: int):
+    """A small JSON file (an index, a config), checked: a regular file of at most `limit`
+    bytes whose objects repeat no key.
+
+    Raises:
+        CheckpointError: missing, too large, unreadable or not JSON (one line).
+    """
+    size = regular_size(path)
+    if size > limit:
+        raise CheckpointError(path, f"{size} bytes exceeds the {limit}-byte limit for this file")
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read(), object_pairs_hook=reject_duplicates)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(path, f"invalid JSON: {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(path, exc.strerror or str(exc)) from None

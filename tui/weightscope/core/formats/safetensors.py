@@ -14,21 +14,11 @@ from dataclasses import replace
 from weightscope.core.checkpoint import TensorInfo
 from weightscope.core.dtypes import ITEMSIZE, SAFETENSORS
 from weightscope.core.errors import CheckpointError
-from weightscope.core.files import regular_size
+from weightscope.core.files import regular_size, reject_duplicates
 from weightscope.core.formats.mapped import MappedFile
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 MAX_DIMS = 64
-
-
-def reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    """`object_pairs_hook` for json: a key given twice is an error, not a silent overwrite."""
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def is_int(value) -> bool:

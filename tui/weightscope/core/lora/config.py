@@ -9,14 +9,12 @@ W + ΔW are collected by name, so they are reported, never silently ignored.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 
 from weightscope.core.errors import CheckpointError, one_line
-from weightscope.core.files import regular_size
-from weightscope.core.formats.safetensors import reject_duplicates
+from weightscope.core.files import read_json
 
 CONFIG = "adapter_config.json"
 MAX_CONFIG = 1 << 20
@@ -86,16 +84,7 @@ def read_config(path: str) -> LoraConfig:
     Raises:
         CheckpointError: unreadable, not JSON, or a field of the wrong type.
     """
-    size = regular_size(path)
-    if size > MAX_CONFIG:
-        raise CheckpointError(path, f"{size} bytes exceeds the {MAX_CONFIG}-byte limit for {CONFIG}")
-    try:
-        with open(path, "rb") as f:
-            raw = json.loads(f.read(), object_pairs_hook=reject_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise CheckpointError(path, f"invalid JSON: {exc}") from None
-    except OSError as exc:
-        raise CheckpointError(path, exc.strerror or str(exc)) from None
+    raw = read_json(path, MAX_CONFIG)
     if not isinstance(raw, dict):
         raise CheckpointError(path, "not a JSON object")
 
