@@ -39,11 +39,15 @@ FILTER_DELAY = 0.15
 BATCH_SECONDS = 0.1  # how often the scan reports to the UI
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
 TOP_MEMBERS = 8  # most-changed members shown for a group
+NARROW = 110  # columns under which the detail pane stacks its plots below the figures
+WARM_UP_NOTICE = 2.0  # seconds of loading the statistics loops after which the user is told why
 VIEWS = ("histograms", "spectrum", "map")
 
 
 def single_alignment(checkpoint: Checkpoint) -> Alignment:
-    return Alignment([Pair(name, info, None) for name, info in checkpoint.tensors.items()], [])
+    """One checkpoint browsed alone, as pairs of each tensor with itself: the scan reads each
+    once (identical bytes are never decoded as a pair) and NaN/Inf show as in a comparison."""
+    return Alignment([Pair(name, info, info) for name, info in checkpoint.tensors.items()], [])
 
 
 class WeightscopeApp(App[None]):
@@ -53,15 +57,16 @@ class WeightscopeApp(App[None]):
     TITLE = "weightscope"
     BINDINGS = [
         Binding("n", "next_diff", "Next diff", tooltip="Next tensor that differs"),
-        Binding("N", "previous_diff", "Prev diff", tooltip="Previous tensor that differs"),
+        Binding("N", "previous_diff", "Prev diff", tooltip="Previous tensor that differs", show=False),
         Binding("slash", "filter", "Filter", tooltip="Filter names by substring or glob"),
         Binding("o", "overview", "Overview", tooltip="Heatmap of layers × modules"),
         Binding("t", "table", "Table", tooltip="Every pair in a sortable table"),
         Binding("a", "next_anomaly", "Anomaly", tooltip="Cycle through what deserves a look"),
-        Binding("e", "export", "Export", tooltip="Write the comparison as Markdown and JSON"),
+        Binding("e", "export", "Export", tooltip="Write the comparison as Markdown and JSON", show=False),
         Binding("v", "cycle_view", "View", tooltip="Histograms, spectrum, or where in the matrix the change sits"),
-        Binding("L", "toggle_log", "Log scale", tooltip="Histogram counts and singular values on a log scale"),
-        Binding("c", "copy_name", "Copy name", tooltip="Copy the tensor name (OSC 52)"),
+        Binding("L", "toggle_log", "Log scale", tooltip="Histogram counts and singular values on a log scale",
+                show=False),
+        Binding("c", "copy_name", "Copy name", tooltip="Copy the tensor name (OSC 52)", show=False),
         Binding("question_mark", "help", "Help", tooltip="Keys and badges"),
         Binding("q", "quit", "Quit"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -94,6 +99,7 @@ class WeightscopeApp(App[None]):
         self.error: str | None = None
         self.anomaly_index = -1
         self.pending_reveal: str | None = None
+        self.warmed = False  # the compiled statistics loops are loaded
 
     @property
     def single(self) -> bool:
@@ -119,6 +125,14 @@ class WeightscopeApp(App[None]):
         self.query_one("#filter").display = False
         self.open_checkpoints()
         self.warm_up()
+        self.set_timer(WARM_UP_NOTICE, self.notice_compiling)
+
+    def on_resize(self, event) -> None:
+        self.query_one(DetailPane).set_class(event.size.width < NARROW, "narrow")
+
+    def notice_compiling(self) -> None:
+        if not self.warmed:
+            self.notify("compiling the statistics kernels (first run only; cached afterwards)", timeout=10)
 
     # Opening
 
@@ -143,6 +157,7 @@ class WeightscopeApp(App[None]):
 
         self.options()
         kernels.warm_up()
+        self.warmed = True
 
     def options(self) -> ScanOptions:
         """How pairs are compared here; the first call resolves the device (in a worker)."""
@@ -157,10 +172,14 @@ class WeightscopeApp(App[None]):
     def on_opened(self, message: Opened) -> None:
         self.a, self.b, self.alignment, self.names = message.a, message.b, message.alignment, message.tree
         tree = DiffTree(self.names.root, single=self.single, id="tree")
+        self.query_one(DetailPane).single = self.single
         area = self.query_one("#tree-area")
         area.query_one("#placeholder").remove()
         area.mount(tree)
         tree.focus()
+        pattern = self.query_one("#filter", Input).value
+        if pattern:  # typed while the headers were read
+            self.build_filtered(pattern)
         counts = f"{len(self.a.tensors):,}" + ("" if self.single else f" | {len(self.b.tensors):,}")
         notes = len(self.a.notes) + len(self.alignment.notes) + (len(self.b.notes) if self.b else 0)
         self.query_one("#title", Static).update(self.title_text(f"{counts} tensors" + (f", {notes} notes" if notes else "")))
@@ -205,7 +224,7 @@ class WeightscopeApp(App[None]):
         progress.update(total=max(message.total, 1), progress=message.done)
         if message.finished:
             self.notify(f"scan complete: {human(message.total, 'B')}", timeout=3)
-        if self.shown is not None and (self.shown.pair is None or self.shown.children):
+        if self.shown is not None and self.shown.pair is None:
             self.query_one(DetailPane).show_group(self.shown)
             self.rank_group(self.shown)
 
@@ -218,7 +237,7 @@ class WeightscopeApp(App[None]):
         detail = self.query_one(DetailPane)
         if self._detail_timer is not None:
             self._detail_timer.stop()
-        if node.pair is None or node.children:
+        if node.pair is None:
             detail.show_group(node)
             self.rank_group(node)
             return
@@ -294,7 +313,7 @@ class WeightscopeApp(App[None]):
         """Show the spectrum or change map of the tensor under the cursor (computing it if needed)."""
         node = self.shown
         view = self.detail_view
-        if view == "histograms" or node is None or node.pair is None or node.children or self.a is None:
+        if view == "histograms" or node is None or node.pair is None or self.a is None:
             return
         size = self.query_one(DetailPane).map_size() if view == "map" else ()
         figure = self.figures.get((node.pair.name, view, size), self)
@@ -363,7 +382,7 @@ class WeightscopeApp(App[None]):
         position = order.index(self.shown) if self.shown in order else -1 if step > 0 else 0
         for offset in range(1, len(order) + 1):
             node = order[(position + step * offset) % len(order)]
-            if node.own_status in DIFFERS and not (self.single and node.own_status == "only_a"):
+            if node.own_status in DIFFERS:
                 self.query_one(DiffTree).reveal(node)
                 return
         self.notify("no tensor differs" if not self.single else "no tensor holds NaN or Inf", timeout=2)
@@ -407,6 +426,8 @@ class WeightscopeApp(App[None]):
         self.query_one(DiffTree).focus()
 
     def action_next_anomaly(self) -> None:
+        if self.alignment is None:
+            return
         found = anatomy.anomalies(self.scanned(), hierarchy.badge_status)
         if not found:
             self.notify("no anomalies" + ("" if len(self.results) == len(self.alignment.pairs) else " so far"), timeout=2)
@@ -432,6 +453,11 @@ class WeightscopeApp(App[None]):
 
     # Filtering
 
+    @property
+    def ready(self) -> bool:
+        """The checkpoints are open and their tree is shown."""
+        return self.names is not None and bool(self.query(DiffTree))
+
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.display = True
@@ -442,8 +468,9 @@ class WeightscopeApp(App[None]):
         if box.display:
             box.value = ""
             box.display = False
-            self.build_filtered("")
-            self.query_one(DiffTree).focus()
+            if self.ready:
+                self.build_filtered("")
+                self.query_one(DiffTree).focus()
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
@@ -455,8 +482,9 @@ class WeightscopeApp(App[None]):
     def filter_submitted(self, event: Input.Submitted) -> None:
         if self._filter_timer is not None:
             self._filter_timer.stop()
-        self.build_filtered(event.value)
-        self.query_one(DiffTree).focus()
+        if self.ready:  # else on_opened applies it
+            self.build_filtered(event.value)
+            self.query_one(DiffTree).focus()
 
     @work(thread=True, exclusive=True, group="filter", exit_on_error=False)
     def build_filtered(self, pattern: str) -> None:
@@ -474,6 +502,9 @@ class WeightscopeApp(App[None]):
         self.names = names
         matches = len(names.nodes)
         self.query_one(DiffTree).set_model(names.root, expand_all=bool(message.pattern) and matches <= AUTO_EXPAND)
+        if not matches:
+            self.shown = None
+            self.query_one(DetailPane).show_nothing(f"no tensor matches {message.pattern!r}")
         if self.pending_reveal in names.nodes:
             self.show_in_tree(self.pending_reveal)
         self.pending_reveal = None

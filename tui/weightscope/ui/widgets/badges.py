@@ -16,6 +16,7 @@ BADGES: dict[str, tuple[str, str, str]] = {
     "identical": ("=", "green dim", "identical"),
     "value_equal": ("≈", "green", "equal values, other dtype"),
     "pending": ("·", "dim", "not read yet"),
+    "read": ("•", "green", "read; every value finite"),
     "close": ("~", "yellow", "changed within tolerance"),
     "changed": ("≠", "dark_orange bold", "changed"),
     "dtype": ("⇣", "magenta", "dtype changed"),
@@ -42,8 +43,10 @@ def words(status: str) -> str:
 
 
 def percent(rel: float) -> str:
-    """rel_l2 as a short percentage: 0.031 -> '3.1%', 2e-6 -> '0.0002%'."""
+    """rel_l2 as a short percentage: 0.031 -> '3.1%', 2e-6 -> '0.0002%', 1.5 -> '150%'."""
     if rel == 0:
         return "0%"
     value = rel * 100
+    if value >= 10:
+        return f"{value:.0f}%"
     return f"{value:.2g}%" if value >= 0.01 else f"{value:.1g}%"

@@ -50,6 +50,9 @@ def verdict(diff: DiffStats, numel: int) -> Text:
 class DetailPane(VerticalScroll):
     """Names, dtypes, shapes and files at once; statistics and histograms when the worker is done."""
 
+    single = False
+    """One checkpoint browsed alone: only A's side is shown."""
+
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
         yield Static(id="detail-sides")
@@ -68,7 +71,7 @@ class DetailPane(VerticalScroll):
         """The header of a pair, with a loading indicator where the figures will go."""
         self.query_one("#detail-title", Static).update(self.title_text(pair.name, status))
         sides = Table.grid(padding=(0, 2))
-        for label, info in (("A", pair.a), ("B", pair.b)):
+        for label, info in (("A", pair.a),) if self.single else (("A", pair.a), ("B", pair.b)):
             if info is None:
                 sides.add_row(label, Text("—", "dim"), "")
                 continue
@@ -103,9 +106,11 @@ class DetailPane(VerticalScroll):
         table = Table(box=None, padding=(0, 1), show_edge=False, expand=False)
         table.add_column("", style="dim")
         sides = [(label, s) for label, s in (("A", result.a), ("B", result.b)) if s is not None]
+        if self.single:
+            sides = sides[:1]
         for label, _ in sides:
             table.add_column(label, justify="right")
-        diff = result.diff
+        diff = None if self.single else result.diff
         if diff is not None:
             table.add_column("", style="dim")
             table.add_column("Δ = B − A", justify="right")
@@ -148,7 +153,7 @@ class DetailPane(VerticalScroll):
         deltas = self.query_one("#hist-diff", HistogramPlot)
         hists = result.histograms
         series = [(label, hists[key], colour) for key, label, colour in (("a", "A", "cyan"), ("b", "B", "orange"))
-                  if key in hists]
+                  if key in hists and not (self.single and key == "b")]
         if series:
             values.show("values", series, log_counts)
         else:
@@ -173,6 +178,14 @@ class DetailPane(VerticalScroll):
         if node.max_rel is not None:
             summary.append(f", largest rel L2 {badges.percent(node.max_rel)}")
         stats.update(summary)
+        self.query_one("#detail-plots").display = False
+
+    def show_nothing(self, message: str) -> None:
+        """An empty pane with one line saying why."""
+        self.query_one("#detail-title", Static).update(Text(message, "dim"))
+        for part in ("#detail-sides", "#detail-stats", "#detail-verdict"):
+            self.query_one(part, Static).update("")
+        self.query_one("#detail-stats", Static).loading = False
         self.query_one("#detail-plots").display = False
 
     def show_view(self, view: str) -> None:
@@ -205,6 +218,13 @@ class DetailPane(VerticalScroll):
         top.add_column("tensor")
         for leaf in ranked:
             top.add_row(badges.percent(leaf.result.diff.rel_l2), leaf.path[len(node.path):].lstrip("."))
-        differing = node.differing
-        self.query_one("#detail-verdict", Static).update(top if ranked else Text(
-            f"{differing} of {node.tensors} tensors differ" if differing else "nothing differs here", "dim"))
+        pending = node.counts.get("pending", 0)
+        if ranked:
+            message = top
+        elif node.differing:
+            message = Text(f"{node.differing} of {node.tensors} tensors differ", "dim")
+        elif pending:
+            message = Text(f"{pending} of {node.tensors} tensors not read yet", "dim")
+        else:
+            message = Text("nothing differs here", "dim")
+        self.query_one("#detail-verdict", Static).update(message)

@@ -57,6 +57,8 @@ class DiffTree(Tree[NameNode]):
     def on_mount(self) -> None:
         self.populate(self.root)
         self.root.expand()
+        if self.root.children:
+            self.move_cursor_to_line(0)
 
     def set_model(self, root: NameNode, expand_all: bool = False) -> None:
         """Show another name tree (a filtered one, say)."""
@@ -196,7 +198,7 @@ class DiffTree(Tree[NameNode]):
 
     def status_of(self, data: NameNode) -> str:
         status = data.status
-        return "pending" if self.single and status == "only_a" else status
+        return "read" if self.single and status == "identical" else status
 
     def render_label(self, node: TreeNode[NameNode], base_style: Style, style: Style) -> Text:
         data = node.data
