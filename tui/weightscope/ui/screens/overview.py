@@ -21,15 +21,16 @@ from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 from weightscope.core.anatomy import OUTSIDE, Cell, Grid
 from weightscope.ui.widgets import badges
 
-# Colours from small to large change, for log10(rel L2) from -6 to 0.
-RAMP = ["#1d3557", "#1f6f8b", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#e76f51", "#d62828"]
-LOG_LOW, LOG_HIGH = -6.0, 0.0
+# One colour per decade of rel L2, from below 1e-6 to 1e-1 and above.
+RAMP = ["#1d3557", "#1f6f8b", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#d62828"]
+LOWEST_DECADE = -6
+OUTSIDE_LABEL = 7  # characters of a name in the row of tensors outside the layers
 STATUS_CELLS = ("nonfinite", "error", "shape_mismatch", "only_a", "only_b", "dtype")
 
 
 def colour(rel: float) -> str:
-    position = (math.log10(max(rel, 1e-12)) - LOG_LOW) / (LOG_HIGH - LOG_LOW)
-    return RAMP[min(len(RAMP) - 1, max(0, int(position * len(RAMP))))]
+    decade = math.floor(math.log10(max(rel, 1e-12)))
+    return RAMP[min(len(RAMP) - 1, max(0, decade - LOWEST_DECADE + 1))]
 
 
 def cell_text(cell: Cell | None, label: str = "") -> Text:
@@ -51,10 +52,7 @@ def cell_text(cell: Cell | None, label: str = "") -> Text:
 class OverviewScreen(Screen[str | None]):
     """Layers × modules; dismissed with the name of the tensor to show, or None."""
 
-    BINDINGS = [
-        Binding("escape,o,q", "dismiss(None)", "Back"),
-        Binding("enter", "jump", "Show in tree"),
-    ]
+    BINDINGS = [Binding("escape,o,q", "dismiss(None)", "Back")]
 
     def __init__(self, grid: Grid, title: str):
         super().__init__()
@@ -77,9 +75,9 @@ class OverviewScreen(Screen[str | None]):
     def legend(self) -> Text:
         text = Text("rel L2: ")
         for i, shade in enumerate(RAMP):
-            exponent = LOG_LOW + i * (LOG_HIGH - LOG_LOW) / len(RAMP)
-            text.append(f" 1e{exponent:.0f} ", style=f"black on {shade}")
-        text.append("   = identical   ! NaN/Inf   ⇔ shape   ◀ ▶ one side   ✗ unreadable", "dim")
+            label = f"<1e{LOWEST_DECADE}" if i == 0 else f"1e{LOWEST_DECADE + i - 1}" + ("+" if i == len(RAMP) - 1 else "")
+            text.append(f" {label} ", style=f"black on {shade}")
+        text.append("   = identical  ! NaN/Inf  ⇔ shape  ◀ ▶ one side  ✗ unreadable   Enter: show in tree", "dim")
         return text
 
     def on_mount(self) -> None:
@@ -92,7 +90,8 @@ class OverviewScreen(Screen[str | None]):
         for row in self.grid.rows:
             table.add_row(Text(row, "bold"), *[cell_text(self.grid.cells.get((row, c))) for c in columns], key=row)
         if self.grid.outside:
-            cells = [cell_text(self.grid.cells[(OUTSIDE, m)], m.split(".")[-1]) for m in self.grid.outside]
+            cells = [cell_text(self.grid.cells[(OUTSIDE, m)], m.split(".")[-1][:OUTSIDE_LABEL])
+                     for m in self.grid.outside]
             table.add_row(Text("other", "bold"), *cells, *[""] * (width - len(cells)), key=OUTSIDE)
         table.focus()
 
@@ -121,8 +120,8 @@ class OverviewScreen(Screen[str | None]):
                              ("\n" + ", ".join(badges.words(s) for s in sorted(cell.statuses)), "dim"))
         info.update(text)
 
-    def action_jump(self) -> None:
-        table = self.query_one("#heatmap", DataTable)
-        cell = self.cell_at(table.cursor_coordinate.row, table.cursor_coordinate.column)
+    def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
+        """Enter: show the cell's tensor (its most-changed one) in the tree."""
+        cell = self.cell_at(event.coordinate.row, event.coordinate.column)
         if cell is not None:
             self.dismiss(cell.names[0])

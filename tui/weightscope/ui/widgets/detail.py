@@ -43,7 +43,7 @@ def verdict(diff: DiffStats, numel: int) -> Text:
         text.append(f", max |Δ| {diff.max_abs:.3g}")
         if diff.max_abs_index is not None:
             text.append(f" at {tuple(diff.max_abs_index)}")
-    text.append(f"   (atol {diff.atol:g}, rtol {diff.rtol:g})", "dim")
+    text.append(f"\n(atol {diff.atol:g}, rtol {diff.rtol:g})", "dim")
     return text
 
 

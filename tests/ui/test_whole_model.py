@@ -1,0 +1,170 @@
+"""The whole-model views (overview, table, anomalies, export) and the detail pane's spectrum
+and change map, driven with Pilot on small pairs; snapshots of the overview and the map."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from weightscope.ui.app import WeightscopeApp
+from weightscope.ui.screens.overview import OverviewScreen
+from weightscope.ui.screens.table import TableScreen
+from weightscope.ui.widgets.change_map_view import ChangeMapView
+from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
+
+from .helpers import SIZE, cursor_path, settle, static_text
+
+
+def figures(app: WeightscopeApp, view: str) -> list:
+    """The spectra or change maps the app has computed."""
+    return [app.figures.get(key) for key in app.figures.keys() if key[1] == view]
+
+
+def cell(table: DataTable, row: str, column: str) -> str:
+    """The text of the heatmap cell in `row` (a layer, or "outside layers") under `column`."""
+    index = next(i for i, c in enumerate(table.columns.values()) if str(c.label) == column)
+    return str(table.get_row(row)[index])
+
+
+async def test_overview_shows_frozen_embeddings_nans_and_changes_where_they_are(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("o")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, OverviewScreen)
+        table = screen.query_one("#heatmap", DataTable)
+        assert [str(r) for r in screen.grid.rows] == ["0", "1", "2", "3"]
+        assert cell(table, "0", "q") == "="  # layer 0 frozen
+        assert cell(table, "2", "up") == "!"  # the planted NaNs
+        assert cell(table, "3", "down").strip() == "20%"  # layer 3's MLP moved most
+        assert cell(table, "1", "q").strip().endswith("%")
+        outside = [str(c) for c in table.get_row("outside layers")]
+        assert "embed_t =" in outside and "lm_head ⇔" in outside  # frozen, resized (names cut to 7)
+        # Enter jumps to the cell's tensor in the tree
+        table.move_cursor(row=2, column=[str(c.label) for c in table.columns.values()].index("up"))
+        await pilot.press("enter")
+        await settle(pilot)
+        assert not isinstance(app.screen, OverviewScreen)
+        assert cursor_path(app) == "model.layers.2.mlp.up_proj.weight"
+
+
+async def test_table_sorts_filters_and_jumps(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, TableScreen) and len(screen.shown) == 40
+        await pilot.press("5")  # rel L2, largest first; unknown figures last
+        rel = [r.rel_l2 for r in screen.shown]
+        known = [x for x in rel if x is not None]
+        assert known == sorted(known, reverse=True) and rel[:len(known)] == known
+        assert screen.shown[0].name.startswith("model.layers.3.mlp.")
+        await pilot.press("5")  # again: smallest first
+        assert screen.shown[0].rel_l2 == min(known)
+        await pilot.press("slash", *"up_proj")
+        await pilot.pause()
+        assert {r.name for r in screen.shown} == {f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)}
+        await pilot.press("enter", "down", "enter")  # focus the table, pick the second row
+        await settle(pilot)
+        assert not isinstance(app.screen, TableScreen)
+        assert cursor_path(app) == screen.shown[1].name
+
+
+async def test_anomalies_cycle_from_the_most_serious(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        seen = []
+        for _ in range(3):
+            await pilot.press("a")
+            await settle(pilot)
+            seen.append(cursor_path(app))
+        assert seen[0] == "model.layers.2.mlp.up_proj.weight"  # NaN first
+        assert "lm_head.weight" in seen  # the resized head
+        assert "model.layers.0.self_attn.rotary_emb.inv_freq" in seen  # only in A
+
+
+async def test_export_writes_markdown_and_json(demo, tmp_path, monkeypatch):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        monkeypatch.chdir(tmp_path)
+        await pilot.press("e")
+        await pilot.pause()
+    written = sorted(Path(tmp_path).glob("weightscope-*"))
+    assert [p.suffix for p in written] == [".json", ".md"]
+    document = json.loads(written[0].read_text())
+    assert len(document["tensors"]) == 40 and document["summary"]["shape_mismatch"] == 1
+    assert "holds NaN or Inf" in written[1].read_text()
+
+
+def embedding_pair(pair):
+    """A 2000×64 embedding where only rows 900–999 changed."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(2000, 64, generator=generator)
+    b = a.clone()
+    b[900:1000] += 0.05 * torch.randn(100, 64, generator=generator)
+    return pair({"embed.weight": a}, {"embed.weight": b})
+
+
+async def change_map_of(pilot: Pilot) -> None:
+    await settle(pilot)
+    await pilot.press("right", "down", "v", "v")  # onto the tensor; histograms → spectrum → map
+    await settle(pilot, until=lambda: "where" in static_text(pilot.app, "#map"))
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+async def test_change_map_lights_the_changed_rows_only(pair):
+    app = WeightscopeApp(*embedding_pair(pair))
+    async with app.run_test(size=SIZE) as pilot:
+        await change_map_of(pilot)
+        assert app.detail_view == "map"
+        (figure,) = figures(app, "map")
+        for i in range(figure.rms.shape[0]):  # a cell is lit exactly when its rows meet 900–999
+            start, stop = figure.rows_of(i)
+            assert (figure.rms[i].max() > 0) == (start < 1000 and stop > 900), (start, stop)
+        assert app.screen.query_one(ChangeMapView).display
+
+
+async def test_spectrum_of_a_low_rank_change(pair):
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(256, 128, generator=generator)
+    b = a + torch.randn(256, 4, generator=generator) @ torch.randn(4, 128, generator=generator) * 0.01
+    app = WeightscopeApp(*pair({"w": a}, {"w": b}))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("v")  # the cursor starts on the one tensor `w`
+        await settle(pilot, until=lambda: bool(figures(app, "spectrum")))
+        (spectrum,) = figures(app, "spectrum")
+        assert 3.5 < spectrum.effective_rank < 4.5
+        assert app.screen.query_one(SpectrumPlot).display
+
+
+class TestWholeModelSnapshots:
+    def test_overview(self, snap_compare, demo):
+        """Layers 0–3 × q…norm 2: layer 0 frozen (=), NaN in layer 2's up (!), layer 3's MLP at
+        20%; embeddings frozen and lm_head resized in the row below; sparklines on the right."""
+
+        async def run_before(pilot: Pilot) -> None:
+            await settle(pilot)
+            pilot.app.clear_notifications()
+            await pilot.press("o")
+            await pilot.pause()
+
+        assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=run_before)
+
+    def test_change_map_of_new_rows(self, snap_compare, pair, tmp_path, monkeypatch):
+        """Only rows 900–999 of a 2000-row embedding changed: one lit band, the rest dark."""
+        embedding_pair(pair)
+        monkeypatch.chdir(tmp_path)  # relative paths: the title bar reads the same on every machine
+        app = WeightscopeApp("a.safetensors", "b.safetensors")
+        assert snap_compare(app, terminal_size=SIZE, run_before=change_map_of)
