@@ -19,7 +19,7 @@ from weightscope.core.checkpoint import Checkpoint, TensorInfo, TensorUnreadable
 from weightscope.core.stats import DiffStats, Histogram, SideStats
 
 STATUSES = ("identical", "value_equal", "close", "changed", "shape_mismatch", "only_a", "only_b", "error")
-COMPARE_CHUNK = 1 << 24
+COMPARE_CHUNK = 1 << 22  # bytes compared at a time: a short step between pause points
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,11 @@ def same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
     """Whether two byte arrays are equal, read in chunks that stop at the first difference."""
     if x.size != y.size:
         return False
-    return all(np.array_equal(x[i:i + COMPARE_CHUNK], y[i:i + COMPARE_CHUNK])
-               for i in range(0, x.size, COMPARE_CHUNK))
+    for i in range(0, x.size, COMPARE_CHUNK):
+        stats.yield_to_foreground()
+        if not np.array_equal(x[i:i + COMPARE_CHUNK], y[i:i + COMPARE_CHUNK]):
+            return False
+    return True
 
 
 def side_stats(checkpoint: Checkpoint, info: TensorInfo, device: str = "cpu",

@@ -170,6 +170,12 @@ def pool() -> ThreadPoolExecutor:
         return _pools[foreground_work]
 
 
+def yield_to_foreground() -> None:
+    """Background work's pause point: wait while a person waits for foreground work."""
+    if not getattr(_thread, "foreground", False):
+        _no_user_waits.wait()
+
+
 def chunk_guard(should_cancel: Callable[[], bool]) -> Callable[[], None]:
     """What each chunk checks first: cancellation and, for background work, a waiting user."""
     background = not getattr(_thread, "foreground", False)

@@ -124,8 +124,6 @@ class WeightscopeApp(App[None]):
         self.query_one("#progress").display = False
         self.query_one("#filter").display = False
         self.open_checkpoints()
-        self.warm_up()
-        self.set_timer(WARM_UP_NOTICE, self.notice_compiling)
 
     def on_resize(self, event) -> None:
         self.query_one(DetailPane).set_class(event.size.width < NARROW, "narrow")
@@ -177,6 +175,9 @@ class WeightscopeApp(App[None]):
         area.query_one("#placeholder").remove()
         area.mount(tree)
         tree.focus()
+        # The compiled statistics loops load now, not before: the trees come first.
+        self.warm_up()
+        self.set_timer(WARM_UP_NOTICE, self.notice_compiling)
         pattern = self.query_one("#filter", Input).value
         if pattern:  # typed while the headers were read
             self.build_filtered(pattern)
@@ -246,8 +247,11 @@ class WeightscopeApp(App[None]):
         if ready is not None:
             detail.show_result(ready, self.log_counts)
             self.load_view()
-        else:
-            self._detail_timer = self.set_timer(DETAIL_DELAY, lambda: (self.load_detail(node.pair), self.load_view()))
+            return
+        scanned = self.results.get(node.pair.name)
+        if scanned is not None:  # the scan's figures at once; the histograms follow
+            detail.show_result(scanned, self.log_counts, histograms_pending=True)
+        self._detail_timer = self.set_timer(DETAIL_DELAY, lambda: (self.load_detail(node.pair), self.load_view()))
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
     def rank_group(self, node: NameNode) -> None:
