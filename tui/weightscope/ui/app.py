@@ -7,6 +7,8 @@ each have one exclusive thread worker that polls its cancellation between chunks
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
 
 from textual import on, work
@@ -39,6 +41,8 @@ FILTER_DELAY = 0.15
 BATCH_SECONDS = 0.1  # how often the scan reports to the UI
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
 TOP_MEMBERS = 8  # most-changed members shown for a group
+SWITCH_INTERVAL = 0.001  # seconds
+RANK_LIVE = 5000  # groups up to this size re-rank their members with every scan batch; larger ones at the end
 NARROW = 110  # columns under which the detail pane stacks its plots below the figures
 WARM_UP_NOTICE = 2.0  # seconds of loading the statistics loops after which the user is told why
 VIEWS = ("histograms", "spectrum", "map")
@@ -121,6 +125,9 @@ class WeightscopeApp(App[None]):
         return f"{sides}{'   ' + extra if extra else ''}"
 
     def on_mount(self) -> None:
+        # Workers hold the GIL in bursts; a shorter switch interval (5 ms by default) hands it
+        # back to the UI thread sooner, so a keypress never waits behind a long run of them.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.query_one("#progress").display = False
         self.query_one("#filter").display = False
         self.open_checkpoints()
@@ -169,6 +176,9 @@ class WeightscopeApp(App[None]):
 
     def on_opened(self, message: Opened) -> None:
         self.a, self.b, self.alignment, self.names = message.a, message.b, message.alignment, message.tree
+        # Headers and the name tree live as long as the app: keep the cyclic garbage collector
+        # from walking them (a full collection over a 100,000-tensor model stalls input).
+        gc.freeze()
         tree = DiffTree(self.names.root, single=self.single, id="tree")
         self.query_one(DetailPane).single = self.single
         area = self.query_one("#tree-area")
@@ -225,9 +235,10 @@ class WeightscopeApp(App[None]):
         progress.update(total=max(message.total, 1), progress=message.done)
         if message.finished:
             self.notify(f"scan complete: {human(message.total, 'B')}", timeout=3)
-        if self.shown is not None and self.shown.pair is None:
-            self.query_one(DetailPane).show_group(self.shown)
-            self.rank_group(self.shown)
+        group = self.shown if self.shown is not None and self.shown.pair is None else None
+        if group is not None and (message.finished or group.tensors <= RANK_LIVE):
+            self.query_one(DetailPane).show_group(group)
+            self.rank_group(group)
 
     # The detail pane
 
