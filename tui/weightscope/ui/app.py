@@ -103,6 +103,7 @@ class WeightscopeApp(App[None]):
         self.error: str | None = None
         self.anomaly_index = -1
         self.pending_reveal: str | None = None
+        self.filter_submitted_early = False  # Enter in the filter box before the headers were read
         self.warmed = False  # the compiled statistics loops are loaded
 
     @property
@@ -184,7 +185,8 @@ class WeightscopeApp(App[None]):
         area = self.query_one("#tree-area")
         area.query_one("#placeholder").remove()
         area.mount(tree)
-        tree.focus()
+        if self.filter_submitted_early or not self.query_one("#filter", Input).has_focus:
+            tree.focus()  # unless a filter is being typed: its keys stay in the box
         # The compiled statistics loops load now, not before: the trees come first.
         self.warm_up()
         self.set_timer(WARM_UP_NOTICE, self.notice_compiling)
@@ -481,7 +483,8 @@ class WeightscopeApp(App[None]):
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         if box.display:
-            box.value = ""
+            with box.prevent(Input.Changed):  # the tree is rebuilt once, here, not again by the live filter
+                box.value = ""
             box.display = False
             if self.ready:
                 self.build_filtered("")
@@ -497,9 +500,11 @@ class WeightscopeApp(App[None]):
     def filter_submitted(self, event: Input.Submitted) -> None:
         if self._filter_timer is not None:
             self._filter_timer.stop()
-        if self.ready:  # else on_opened applies it
+        if self.ready:
             self.build_filtered(event.value)
             self.query_one(DiffTree).focus()
+        else:  # on_opened applies it, and then moves to the tree
+            self.filter_submitted_early = True
 
     @work(thread=True, exclusive=True, group="filter", exit_on_error=False)
     def build_filtered(self, pattern: str) -> None:
@@ -508,7 +513,9 @@ class WeightscopeApp(App[None]):
             return
         keep = matcher(pattern) if pattern else None
         pairs = [p for p in self.alignment.pairs if keep is None or keep(p.name)]
-        self.post_message(Filtered(pattern, hierarchy.build(pairs, list(self.results.values()))))
+        names = hierarchy.build(pairs, list(self.results.values()))
+        if not get_current_worker().is_cancelled:  # a newer pattern replaced this one
+            self.post_message(Filtered(pattern, names))
 
     def on_filtered(self, message: Filtered) -> None:
         names = message.tree

@@ -163,19 +163,25 @@ class DetailPane(VerticalScroll):
         else:
             deltas.clear("no difference to draw")
 
+    def shown_status(self, status: str) -> str:
+        """A status as this pane names it: browsing one checkpoint, 'identical' means read."""
+        return "read" if self.single and status == "identical" else status
+
     def show_group(self, node: NameNode) -> None:
         """A group's aggregate: counts by status and parameters (its members come from `show_ranking`)."""
-        self.query_one("#detail-title", Static).update(self.title_text(node.path or "(all tensors)", node.status))
+        title = self.title_text(node.path or "(all tensors)", self.shown_status(node.status))
+        self.query_one("#detail-title", Static).update(title)
         counts = Table.grid(padding=(0, 2))
         for status in badges.BADGES:
             if node.counts.get(status):
-                counts.add_row(Text(badges.symbol(status), badges.style(status)), badges.words(status),
+                shown = self.shown_status(status)
+                counts.add_row(Text(badges.symbol(shown), badges.style(shown)), badges.words(shown),
                                f"{node.counts[status]:,}")
         self.query_one("#detail-sides", Static).update(counts)
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
         summary = Text(f"{node.tensors:,} tensors, {human(node.parameters)} parameters")
-        if node.max_rel is not None:
+        if node.max_rel is not None and not self.single:
             summary.append(f", largest rel L2 {badges.percent(node.max_rel)}")
         stats.update(summary)
         self.query_one("#detail-plots").display = False
@@ -219,7 +225,12 @@ class DetailPane(VerticalScroll):
         for leaf in ranked:
             top.add_row(badges.percent(leaf.result.diff.rel_l2), leaf.path[len(node.path):].lstrip("."))
         pending = node.counts.get("pending", 0)
-        if ranked:
+        if self.single:
+            bad = node.counts.get("nonfinite", 0)
+            message = Text(f"{bad} of {node.tensors} tensors hold NaN or Inf" if bad else
+                           f"{pending} of {node.tensors} tensors not read yet" if pending else
+                           "every value is finite", "bold red" if bad else "dim")
+        elif ranked:
             message = top
         elif node.differing:
             message = Text(f"{node.differing} of {node.tensors} tensors differ", "dim")

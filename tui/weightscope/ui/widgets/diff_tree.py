@@ -69,9 +69,11 @@ class DiffTree(Tree[NameNode]):
         if expand_all:
             for leaf in root.leaves():
                 self.reveal(leaf, move=False)
-        self.cursor_line = -1  # clear() keeps the old line; a fresh move highlights the new first node
         if self.root.children:
+            self.unselect()  # clear() keeps the old line; a fresh move highlights the new first node
             self.move_cursor_to_line(0)
+        else:
+            self.cursor_line = -1  # nothing to show: no cursor node either
 
     def populate(self, node: TreeNode[NameNode]) -> None:
         """Add the children of `node` the first time they are needed."""

@@ -1,0 +1,905 @@
+"""Pilot tests of the terminal app: trees, keys, the detail pane and its worker, the filter.
+
+Each test opens the app headless with `run_test`, waits with `settle` (workers and the message
+queue, never a fixed sleep) and checks what the app holds or draws. Checkpoints are the demo
+pair or tiny files written here with safetensors' own writer.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+import torch
+from rich.console import Console
+from textual import events
+from textual.widgets import Input, Static
+from textual.worker import Worker, WorkerState
+
+import weightscope.ui.app as app_module
+from weightscope.core.hierarchy import DIFFERS
+from weightscope.core.stats import Cancelled
+from weightscope.ui.app import WeightscopeApp
+from weightscope.ui.messages import DetailReady, Filtered, Opened
+from weightscope.ui.screens.help import HelpScreen
+from weightscope.ui.widgets import badges
+from weightscope.ui.widgets.detail import DetailPane
+from weightscope.ui.widgets.diff_tree import DiffTree
+from weightscope.ui.widgets.histogram import HistogramPlot
+
+from .helpers import (SIZE, cursor_path, leaf_names, line_of, name_nodes, screen_text, settle, static_text,
+                      tree_lines)
+
+
+def bug(reason: str, raises: type[BaseException] = AssertionError):
+    """A known bug in the app: the test fails today (with `raises`) and must pass once it is fixed."""
+    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
+
+
+def record_notifications(app: WeightscopeApp) -> list[str]:
+    """Every message the app passes to `notify` from now on."""
+    messages: list[str] = []
+    notify = app.notify
+
+    def recording(message, **kwargs):
+        messages.append(str(message))
+        return notify(message, **kwargs)
+
+    app.notify = recording
+    return messages
+
+
+def burst(app: WeightscopeApp, key: str, times: int) -> None:
+    """Queue `times` key presses at once, as a held-down key does, without waiting between them
+    (Pilot's `press` waits for the app to go idle after each key)."""
+    for _ in range(times):
+        event = events.Key(key, key if len(key) == 1 else None)
+        event.set_sender(app)
+        app._driver.send_message(event)
+
+
+def split_line(line: str, status: str) -> tuple[str, str]:
+    """A tree line's A column and B column, cut at the status badge."""
+    a, b = line.split(f" {badges.symbol(status)} ", 1)
+    return a, b
+
+
+def tree_leaves(tree: DiffTree) -> list[str]:
+    """The tensors on the tree's lines (expanded far enough to be seen), top to bottom."""
+    nodes = [tree.get_node_at_line(line).data for line in range(tree.last_line + 1)]
+    return [node.pair.name for node in nodes if node.pair is not None]
+
+
+def layer_pair(pair, layers: int = 12):
+    a = {f"layers.{i}.weight": torch.full((2, 2), float(i)) for i in range(layers)}
+    b = {name: t + (1.0 if name == "layers.10.weight" else 0.0) for name, t in a.items()}
+    return pair(a, b)
+
+
+def sync_pair(pair):
+    """One tensor per status: identical, changed, shape change, only in A, only in B."""
+    gen = torch.Generator().manual_seed(1)
+    same, moved = torch.randn(4, 4, generator=gen), torch.randn(4, 4, generator=gen)
+    a = {"blocks.same": same, "blocks.moved": moved, "blocks.shape": torch.zeros(4, 4), "extra.gone": torch.ones(3)}
+    b = {"blocks.same": same.clone(), "blocks.moved": moved + 1, "blocks.shape": torch.zeros(4, 5),
+         "extra.fresh": torch.ones(3)}
+    return pair(a, b)
+
+
+# The trees
+
+
+async def test_both_columns_show_names(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        lines = tree_lines(app)
+        assert len(lines) == 2
+        a, b = split_line(lines[0], "shape_mismatch")  # the resized output head
+        assert a.split() == ["▶", "lm_head"] and b.split()[:3] == ["▶", "lm_head", "1/1"]
+        a, b = split_line(lines[1], "nonfinite")  # B holds a few NaNs
+        assert a.split() == ["▶", "model"] and b.split()[:3] == ["▶", "model", "29/39"]
+        screen = screen_text(app)
+        assert "A base   B finetune   40 | 39 tensors" in screen
+        assert "reading headers" not in screen
+
+
+async def test_layer_numbers_sort_naturally(pair):
+    app = WeightscopeApp(*layer_pair(pair))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("right")  # the cursor starts on `layers`, the only top-level line
+        parts = [node.data.part for node in app.query_one(DiffTree).root.children[0].children]
+        assert parts == [str(i) for i in range(12)]
+        assert line_of(app, "layers.1") < line_of(app, "layers.2") < line_of(app, "layers.10")
+        lines = tree_lines(app)
+        assert " ≠ " in lines[line_of(app, "layers.10")]  # the one that differs
+        assert all(" = " in lines[line_of(app, f"layers.{i}")] for i in range(12) if i != 10)
+
+
+async def test_children_are_created_when_a_node_expands(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tree = app.query_one(DiffTree)
+        model = tree.get_node_at_line(line_of(app, "model"))
+        assert not model.is_expanded and len(model.children) == 0
+        await pilot.press("down", "right")
+        assert model.is_expanded
+        assert [child.data.part for child in model.children] == ["embed_tokens", "layers", "norm"]
+        layers = model.children[1]
+        assert len(layers.children) == 0  # one level at a time
+
+
+# Navigation
+
+
+async def test_up_down_and_j_k_move_the_cursor(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tree = app.query_one(DiffTree)
+        await pilot.press("right")  # lm_head open: lm_head, weight, model
+        assert tree.cursor_line == 0 and cursor_path(app) == "lm_head"
+        await pilot.press("down")
+        assert cursor_path(app) == "lm_head.weight"
+        await pilot.press("j")
+        assert cursor_path(app) == "model"
+        await pilot.press("k")
+        assert cursor_path(app) == "lm_head.weight"
+        await pilot.press("up")
+        assert cursor_path(app) == "lm_head"
+        await pilot.press("k")  # stays at the top
+        assert tree.cursor_line == 0
+
+
+@pytest.mark.parametrize("right, left", [("right", "left"), ("l", "h")])
+async def test_right_expands_then_enters_left_collapses_then_leaves(demo, right, left):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tree = app.query_one(DiffTree)
+        await pilot.press("down")
+        model = tree.cursor_node
+        assert model.data.path == "model" and not model.is_expanded
+        await pilot.press(right)
+        assert model.is_expanded and cursor_path(app) == "model"
+        await pilot.press(right)
+        assert cursor_path(app) == "model.embed_tokens"
+        await pilot.press(left)  # a collapsed child: go to its parent
+        assert cursor_path(app) == "model" and model.is_expanded
+        await pilot.press(left)  # an expanded node: collapse it
+        assert cursor_path(app) == "model" and not model.is_expanded
+        await pilot.press(left)  # a collapsed top-level node: nowhere to go
+        assert cursor_path(app) == "model"
+        await pilot.press("up", right, right)  # lm_head -> its only tensor
+        assert cursor_path(app) == "lm_head.weight"
+        await pilot.press(right)  # a tensor has nothing to expand
+        assert cursor_path(app) == "lm_head.weight"
+
+
+async def test_enter_and_space_toggle(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        node = app.query_one(DiffTree).cursor_node  # the first line, with no key pressed
+        assert node.data.path == "lm_head" and not node.is_expanded
+        for key in ("enter", "space"):
+            await pilot.press(key)
+            assert node.is_expanded and [c.data.part for c in node.children] == ["weight"]
+            await pilot.press(key)
+            assert not node.is_expanded
+
+
+# The two sides in step
+
+
+async def test_a_name_on_one_side_leaves_the_other_column_blank(pair):
+    app = WeightscopeApp(*sync_pair(pair))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "right")  # open `extra`
+        lines = tree_lines(app)
+        a, b = split_line(lines[line_of(app, "extra.gone")], "only_a")
+        assert "gone" in a and "f32 3" in a
+        assert b.strip(" │") == ""  # only the guide of the group above
+        a, b = split_line(lines[line_of(app, "extra.fresh")], "only_b")
+        assert "fresh" in b and "f32 3" in b
+        assert a.strip() == ""
+        await pilot.press("up", "right")  # open `blocks`
+        lines = tree_lines(app)
+        a, b = split_line(lines[line_of(app, "blocks.shape")], "shape_mismatch")
+        assert a.split() == ["shape", "f32", "4×4"] and b.split()[:4] == ["└─", "shape", "f32", "4×5"]
+        a, b = split_line(lines[line_of(app, "blocks.same")], "identical")
+        assert a.split() == ["same", "f32", "4×4"] and b.split()[:4] == ["├─", "same", "f32", "4×4"]
+
+
+async def test_statuses_after_the_scan(pair):
+    app = WeightscopeApp(*sync_pair(pair))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        statuses = {name: node.status for name, node in name_nodes(app).items()}
+        assert statuses == {"blocks.same": "identical", "blocks.moved": "changed", "blocks.shape": "shape_mismatch",
+                            "extra.gone": "only_a", "extra.fresh": "only_b"}
+        groups = {node.path: node.status for node in app.query_one(DiffTree).root.data.children.values()}
+        assert groups == {"blocks": "shape_mismatch", "extra": "only_a"}
+        tree = app.query_one(DiffTree)
+        badge = {node.data.path: tree.render_label(node, tree.rich_style, tree.rich_style).plain
+                 for node in tree.root.children}
+        assert f" {badges.symbol('shape_mismatch')} " in badge["blocks"]
+        assert "2/3" in split_line(badge["blocks"], "shape_mismatch")[1]  # moved and shape differ, same does not
+
+
+# Next / previous difference
+
+
+async def test_n_and_shift_n_visit_differences_and_wrap(pair):
+    a = {f"t{i}": torch.full((3,), float(i)) for i in range(6)}
+    b = {name: t + (1.0 if name in ("t1", "t4") else 0.0) for name, t in a.items()}
+    app = WeightscopeApp(*pair(a, b))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        visited = []
+        for _ in range(3):
+            await pilot.press("n")
+            visited.append(cursor_path(app))
+        assert visited == ["t1", "t4", "t1"]
+        visited = []
+        for _ in range(3):
+            await pilot.press("N")
+            visited.append(cursor_path(app))
+        assert visited == ["t4", "t1", "t4"]
+
+
+async def test_n_reveals_a_difference_deep_in_a_collapsed_tree(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("n", "n")
+        assert cursor_path(app) == "model.layers.0.self_attn.rotary_emb.inv_freq"
+        assert name_nodes(app)[cursor_path(app)].status == "only_a"
+        await pilot.press("N", "N")  # back past lm_head, round to the last difference
+        differing = [name for name, node in name_nodes(app).items() if node.own_status in DIFFERS]
+        assert differing[0] == "lm_head.weight" and cursor_path(app) == differing[-1]
+
+
+async def test_n_on_an_identical_pair_says_nothing_differs(pair):
+    a = {"x.weight": torch.arange(6.0), "y.weight": torch.ones(2, 2)}
+    app = WeightscopeApp(*pair(a, {k: v.clone() for k, v in a.items()}))
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        before = cursor_path(app)
+        await pilot.press("n")
+        assert "no tensor differs" in notes
+        await pilot.press("N")
+        assert notes.count("no tensor differs") == 2
+        assert cursor_path(app) == before
+
+
+# The detail pane
+
+
+async def press_until(pilot, key: str, condition, limit: int = 50) -> None:
+    for _ in range(limit):
+        await pilot.press(key)
+        if condition():
+            return
+    raise AssertionError(f"{key} pressed {limit} times and the condition never held")
+
+
+async def test_a_tensor_fills_the_detail_pane(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await press_until(pilot, "n", lambda: app.shown.own_status == "changed")
+        name = app.shown.pair.name
+        await settle(pilot)
+        assert app.details[name].histograms  # the worker's result, kept in the LRU cache
+        assert set(app.details[name].histograms) >= {"a", "b", "diff"}
+        title = static_text(app, "#detail-title")
+        assert name in title and "changed" in title
+        stats = static_text(app, "#detail-stats")
+        for row in ("min", "max", "mean", "std", "L2 norm", "NaN", "Δ = B − A", "max |Δ|", "rel L2", "cosine"):
+            assert row in stats
+        assert stats.splitlines()[0].split() == ["A", "B", "Δ", "=", "B", "−", "A"]
+        verdict = static_text(app, "#detail-verdict")
+        assert verdict.startswith("mismatched ") and "max |Δ|" in verdict and "atol" in verdict
+        screen = screen_text(app)
+        assert all(f"⢕⢕ {label}" in screen for label in ("A", "B", "Δ"))  # the keys of both histograms
+
+
+async def test_a_group_shows_aggregate_counts(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("down")
+        await settle(pilot)
+        assert app.shown.path == "model"
+        rows = {line.split("  ")[1].strip(): int(line.split()[-1]) for line in
+                static_text(app, "#detail-sides").splitlines() if line.strip()}
+        assert rows == {badges.words(status): count for status, count in app.shown.counts.items() if count}
+        assert rows["changed"] == 20 and rows["identical"] == 10 and rows["NaN or Inf"] == 1
+        assert "39 tensors" in static_text(app, "#detail-stats")
+        verdict = static_text(app, "#detail-verdict")
+        assert "most changed" in verdict and "layers.3.mlp" in verdict
+        assert not app.query_one("#detail-plots").display
+
+
+async def test_holding_down_computes_only_the_last_tensor(pair, monkeypatch):
+    """50 cursor moves queued at once: the tensor first highlighted has its worker running and
+    is cancelled; tensors passed over start no work; the last one is shown.
+
+    The cursor starts on w0, whose figures are computed while the app opens; the test starts
+    on w1, the first tensor highlighted by a key."""
+    a = {f"w{i}": torch.randn(64, 64) for i in range(60)}
+    b = {name: t + 0.01 for name, t in a.items()}
+    started, cancelled = threading.Event(), []
+    real = app_module.histograms_for
+
+    def slow_for_w1(result, a_, b_, should_cancel):
+        if result.pair.name != "w1":
+            return real(result, a_, b_, should_cancel)
+        started.set()
+        deadline = time.monotonic() + 10
+        while not should_cancel():  # a long computation, polling its cancellation as the core does
+            assert time.monotonic() < deadline, "the stale detail worker was never cancelled"
+            time.sleep(0.001)
+        cancelled.append(result.pair.name)
+        raise Cancelled
+
+    monkeypatch.setattr(app_module, "histograms_for", slow_for_w1)
+    # The cursor must rest this long before work starts; longer than the app's 50 ms so that a
+    # stall of a loaded CI machine in the middle of the burst cannot pass for a rest.
+    monkeypatch.setattr(app_module, "DETAIL_DELAY", 0.3)
+    ready, states = [], {}
+
+    def hook(message):
+        if isinstance(message, DetailReady):
+            ready.append((message.result.pair.name, message.complete))
+        elif isinstance(message, Worker.StateChanged) and message.worker.group == "detail":
+            if message.worker.name == "load_detail":
+                states[id(message.worker)] = message.state
+
+    app = WeightscopeApp(*pair(a, b))
+    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+        await settle(pilot)  # every pair scanned: a detail worker only adds the histograms
+        assert cursor_path(app) == "w0" and set(app.details.keys()) == {"w0"}
+        states.clear()
+        ready.clear()
+        await pilot.press("down")  # onto w1: its worker starts after the cursor rests a moment
+        deadline = time.monotonic() + 10
+        while not started.is_set():
+            assert time.monotonic() < deadline, "no detail worker started for w1"
+            await pilot.pause()
+        burst(app, "down", 50)
+        await settle(pilot)
+        assert cursor_path(app) == "w51"
+        assert cancelled == ["w1"]
+        assert ready == [("w51", True)]  # scanned already: figures and histograms in one message
+        assert set(app.details.keys()) == {"w0", "w51"}
+        assert sorted(state.name for state in states.values()) == ["CANCELLED", "SUCCESS"]
+        assert "w51" in static_text(app, "#detail-title")
+        assert "mismatched" in static_text(app, "#detail-verdict")
+
+
+async def until(pilot, condition, what: str, timeout: float = 10.0) -> None:
+    """Let the app run until `condition()` holds (for states `settle` cannot wait for)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await pilot.pause()
+
+
+async def test_figures_come_before_the_histograms(pair, monkeypatch):
+    """A tensor the scan has not read yet: its detail worker posts the figures first (statistics,
+    verdict, the tree's badge), and the histograms in a second message once they are computed."""
+    gen = torch.Generator().manual_seed(2)
+    a = {f"w{i}": torch.randn(64, 64, generator=gen) for i in range(2)}
+    b = {name: t + 0.5 for name, t in a.items()}
+    scan_gate, hist_gate = threading.Event(), threading.Event()
+    real_scan, real_histograms = app_module.scan_iter, app_module.histograms_for
+
+    def held_scan(*args, **kwargs):  # the background scan reads nothing until the test says so
+        scan_gate.wait(10)
+        yield from real_scan(*args, **kwargs)
+
+    def held_histograms(result, a_, b_, should_cancel):
+        hist_gate.wait(10)
+        return real_histograms(result, a_, b_, should_cancel)
+
+    monkeypatch.setattr(app_module, "scan_iter", held_scan)
+    monkeypatch.setattr(app_module, "histograms_for", held_histograms)
+    ready = []
+
+    def hook(message):
+        if isinstance(message, DetailReady):
+            ready.append((message.result.pair.name, message.complete))
+
+    app = WeightscopeApp(*pair(a, b))
+    try:
+        async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+            await until(pilot, lambda: ready == [("w0", False)], "the figures of w0 (the first line)")
+            await pilot.pause()
+            assert cursor_path(app) == "w0" and "w0" not in app.details
+            assert not app.query_one("#detail-stats", Static).loading
+            stats = static_text(app, "#detail-stats")
+            assert stats.splitlines()[0].split() == ["A", "B", "Δ", "=", "B", "−", "A"] and "rel L2" in stats
+            assert static_text(app, "#detail-verdict").startswith("mismatched ")
+            assert "computing histograms…" in screen_text(app)
+            statuses = {name: node.status for name, node in name_nodes(app).items()}
+            assert statuses == {"w0": "changed", "w1": "pending"}  # the tree has w0's badge already
+            hist_gate.set()
+            await until(pilot, lambda: len(ready) == 2, "the histograms of w0")
+            scan_gate.set()
+            await settle(pilot)
+            assert ready == [("w0", False), ("w0", True)]
+            assert set(app.details["w0"].histograms) >= {"a", "b", "diff"}
+            screen = screen_text(app)
+            assert "computing histograms…" not in screen
+            assert all(f"⢕⢕ {label}" in screen for label in ("A", "B", "Δ"))
+    finally:  # release the workers whatever happened
+        scan_gate.set()
+        hist_gate.set()
+
+
+# Filtering
+
+
+async def type_filter(pilot, text: str) -> None:
+    await pilot.press("slash")
+    await pilot.press(*text)
+
+
+def matching(app: WeightscopeApp, keep) -> list[str]:
+    return [p.name for p in app.alignment.pairs if keep(p.name)]
+
+
+async def test_substring_filter_narrows_the_tree_live(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await type_filter(pilot, "q_proj")  # `q` must type, not quit
+        box = app.query_one("#filter", Input)
+        assert box.display and box.has_focus and box.value == "q_proj"
+        await settle(pilot, until=lambda: len(leaf_names(app)) < 40)  # no Enter: the filter is live
+        expected = matching(app, lambda n: "q_proj" in n)
+        assert len(expected) == 4
+        assert leaf_names(app) == expected
+        tree = app.query_one(DiffTree)
+        assert tree_leaves(tree) == expected  # every match is on a line: few matches open their groups
+        assert app.return_code is None
+        await pilot.press("enter")
+        assert tree.has_focus and box.display and box.value == "q_proj"
+        await pilot.press("escape")
+        await settle(pilot, until=lambda: len(leaf_names(app)) == 40)
+        assert not box.display and box.value == "" and tree.has_focus
+        assert [node.data.path for node in tree.root.children] == ["lm_head", "model"]
+
+
+async def test_glob_filter(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await type_filter(pilot, "*.layers.[13].mlp.*")
+        await pilot.press("enter")
+        await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
+        expected = [f"model.layers.{i}.mlp.{p}_proj.weight" for i in (1, 3) for p in ("down", "gate", "up")]
+        assert leaf_names(app) == expected
+        assert tree_leaves(app.query_one(DiffTree)) == expected
+        assert any("up_proj" in line for line in tree_lines(app))
+
+
+async def test_escape_while_typing_clears_the_filter(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await type_filter(pilot, "norm")
+        await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
+        assert {name.rsplit(".", 2)[-2] for name in leaf_names(app)} == {"input_layernorm", "post_attention_layernorm",
+                                                                        "norm"}
+        await pilot.press("escape")
+        await settle(pilot, until=lambda: len(leaf_names(app)) == 40)
+        assert not app.query_one("#filter", Input).display
+        assert app.query_one(DiffTree).has_focus
+
+
+# Other keys
+
+
+async def test_L_toggles_log_counts(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await press_until(pilot, "n", lambda: app.shown.own_status == "changed")
+        await settle(pilot)
+        assert not app.log_counts and "log10(1+count)" not in screen_text(app)
+        await pilot.press("L")
+        assert app.log_counts
+        await pilot.pause()
+        assert "log10(1+count)" in screen_text(app)
+        await pilot.press("L")
+        assert not app.log_counts
+
+
+async def test_c_copies_the_name(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("n", "c")
+        assert app.clipboard == "lm_head.weight"
+        await pilot.press("down", "c")  # a group: its dotted path
+        assert app.clipboard == "model"
+
+
+def help_text(app: WeightscopeApp) -> str:
+    """Everything the help screen holds, whether or not it is scrolled into view."""
+    console = Console(width=200, record=True, color_system=None, file=io.StringIO())
+    for static in app.screen.query(Static):
+        console.print(static.content)
+    return console.export_text()
+
+
+async def test_question_mark_opens_help_and_escape_closes_it(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "weightscope — keys" in screen_text(app)
+        text = help_text(app)
+        assert "next / previous tensor that differs" in text
+        assert all(words in text for _, _, words in badges.BADGES.values())  # the badges' key, scrolled or not
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("question_mark", "q")  # q closes the help, it does not quit
+        assert not isinstance(app.screen, HelpScreen) and app.return_code is None
+        assert app.query_one(DiffTree).has_focus
+
+
+async def test_q_quits(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        assert app.return_code == 0 and app.error is None
+
+
+# One checkpoint, broken inputs
+
+
+async def test_single_checkpoint_shows_a_nan_badge(demo):
+    app = WeightscopeApp(demo[1])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert "A finetune   39 tensors" in screen_text(app)
+        await pilot.press("n")
+        name = "model.layers.2.mlp.up_proj.weight"
+        assert cursor_path(app) == name
+        assert name_nodes(app)[name].status == "nonfinite"
+        a, rest = split_line(tree_lines(app)[line_of(app, name)], "nonfinite")
+        assert "up_proj" not in a and "weight  bf16 704×256" in a
+        await settle(pilot)
+        assert "A holds 3 NaN" in static_text(app, "#detail-verdict")
+        assert static_text(app, "#detail-stats").splitlines()[0].split() == ["A"]  # no B, no Δ columns
+
+
+async def test_single_checkpoint_without_nan_says_so(demo):
+    app = WeightscopeApp(demo[0])
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("n")
+        assert "no tensor holds NaN or Inf" in notes
+
+
+async def test_single_checkpoint_tree_after_the_scan(demo):
+    """Every tensor read and finite shows the "read" badge; no group counts its tensors as differing."""
+    app = WeightscopeApp(demo[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("right")  # open lm_head: lm_head, its weight, model
+        tree = app.query_one(DiffTree)
+        assert [tree.status_of(node) for node in name_nodes(app).values()] == ["read"] * 40
+        lines = tree_lines(app)
+        assert len(lines) == 3
+        for line in lines:
+            assert f" {badges.symbol('read')} " in line and f" {badges.symbol('pending')} " not in line, line
+        for group in ("lm_head", "model"):  # no "1/1", no "40/40": nothing differs from anything
+            assert split_line(lines[line_of(app, group)], "read")[1].strip() == "", lines[line_of(app, group)]
+
+
+async def test_single_checkpoint_detail_pane_for_a_tensor(demo):
+    """A tensor of one checkpoint: its A row, A's statistics only (no B, no Δ), no verdict of a comparison."""
+    app = WeightscopeApp(demo[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("right", "down")
+        await settle(pilot)
+        assert cursor_path(app) == "lm_head.weight"
+        title = static_text(app, "#detail-title")
+        assert title.split()[0] == badges.symbol("read") and badges.words("read") in title
+        assert "only in A" not in title + static_text(app, "#detail-sides")
+        assert [line.split()[0] for line in static_text(app, "#detail-sides").splitlines() if line.strip()] == ["A"]
+        stats = static_text(app, "#detail-stats")
+        assert stats.splitlines()[0].split() == ["A"] and "L2 norm" in stats
+        assert all(row not in stats for row in ("Δ", "rel L2", "cosine", "mismatched"))
+        verdict = static_text(app, "#detail-verdict")
+        assert "mismatched" not in verdict and "differ" not in verdict
+        screen = screen_text(app)
+        assert "⢕⢕ A" in screen and "⢕⢕ B" not in screen  # the values histogram has A's series only
+
+
+async def test_single_checkpoint_detail_pane_for_a_group(demo):
+    """A group of one checkpoint speaks of tensors read, as the tree does, not of a comparison."""
+    app = WeightscopeApp(demo[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tree = app.query_one(DiffTree)
+        for keys, path in (((), "lm_head"), (("down",), "model")):
+            await pilot.press(*keys)
+            await settle(pilot)
+            assert app.shown.path == path
+            title, sides = static_text(app, "#detail-title"), static_text(app, "#detail-sides")
+            assert "only in A" not in title + sides
+            assert title.split()[0] == badges.symbol(tree.status_of(app.shown)) == badges.symbol("read"), title
+            assert badges.words("identical") not in title + sides, title + sides
+            assert "rel L2" not in static_text(app, "#detail-stats")
+            assert "differ" not in static_text(app, "#detail-verdict")
+
+
+@pytest.mark.parametrize("where", ["a", "b", "single"])
+@pytest.mark.parametrize("kind", ["missing", "garbage"])
+async def test_an_unreadable_input_exits_with_2(tmp_path, demo_root, kind, where):
+    bad = tmp_path / "model.safetensors"
+    if kind == "garbage":
+        bad.write_bytes(b"\x00\x01 this is not a checkpoint " * 20)
+    paths = {"a": (str(bad), str(demo_root / "finetune")), "b": (str(demo_root / "base"), str(bad)),
+             "single": (str(bad),)}[where]
+    app = WeightscopeApp(*paths)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+    assert app.return_code == 2
+    assert app.error is not None and "\n" not in app.error and str(bad) in app.error
+    assert ("No such file" in app.error) if kind == "missing" else ("not a checkpoint" in app.error)
+
+
+# Keys pressed before the headers are read
+
+
+def hold_opening(app: WeightscopeApp) -> threading.Event:
+    """Hold the headers back until the test sets the returned event (as a big checkpoint on a
+    slow disk makes the user wait): the opening worker's `Opened` message waits for it."""
+    gate, post = threading.Event(), app.post_message
+
+    def post_message(message) -> bool:
+        if isinstance(message, Opened):  # posted by the opening worker, off the UI thread
+            gate.wait(10)
+        return post(message)
+
+    app.post_message = post_message
+    return gate
+
+
+@pytest.mark.parametrize("keys, pattern", [
+    # harmless before the trees exist (one test for all, each is a no-op or opens and closes a screen)
+    (["n", "N", "c", "L", "question_mark", "escape", "down", "right", "enter", "space", "o", "t", "e"], ""),
+    (["slash", *"norm"], "norm"),  # the live filter waits for the names
+    (["slash", *"norm", "enter"], "norm"),  # kept, and applied once the names are read
+    (["slash", "escape"], ""),  # opened and closed again: nothing to apply
+    (["a"], ""),  # next anomaly: nothing to look at yet
+], ids=["other-keys", "filter-typed", "filter-entered", "filter-escaped", "next-anomaly"])
+async def test_keys_before_the_headers_are_read(demo, keys, pattern):
+    app = WeightscopeApp(*demo)
+    gate = hold_opening(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*keys)
+        assert "reading headers" in screen_text(app)
+        gate.set()
+        await settle(pilot)
+        assert app.return_code is None and app.error is None
+        box = app.query_one("#filter", Input)
+        assert box.display == bool(pattern) and box.value == pattern
+        expected = matching(app, lambda n: pattern in n)
+        assert len(expected) == (9 if pattern else 40)
+        assert sorted(leaf_names(app)) == sorted(expected)
+        if "enter" in keys or not pattern:
+            assert app.query_one(DiffTree).has_focus
+
+
+async def test_a_filter_typed_while_opening_applies_once_open(demo):
+    ran = threading.Event()
+
+    def hook(message):
+        if isinstance(message, Worker.StateChanged) and message.worker.group == "filter" \
+                and message.state == WorkerState.SUCCESS:
+            ran.set()
+
+    app = WeightscopeApp(*demo)
+    gate = hold_opening(app)
+    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+        await type_filter(pilot, "norm")
+        deadline = time.monotonic() + 10
+        while not ran.is_set():  # the live filter has run, with no names to filter yet
+            assert time.monotonic() < deadline, "the live filter never ran"
+            await pilot.pause()
+        assert "reading headers" in screen_text(app)
+        gate.set()
+        await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
+        box = app.query_one("#filter", Input)
+        assert box.display and box.value == "norm"
+        expected = matching(app, lambda n: "norm" in n)
+        assert len(expected) == 9 and leaf_names(app) == expected
+        assert tree_leaves(app.query_one(DiffTree)) == expected  # few matches: every one on a line
+
+
+async def test_a_filter_typed_while_opening_keeps_the_focus(demo):
+    app = WeightscopeApp(*demo)
+    gate = hold_opening(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "nor")
+        gate.set()
+        await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
+        box = app.query_one("#filter", Input)
+        assert box.has_focus
+        await pilot.press("m")
+        assert box.value == "norm"
+
+
+# Smaller findings
+
+
+async def test_a_filter_that_matches_nothing(demo):
+    app = WeightscopeApp(*demo)
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert cursor_path(app) == "lm_head" and "lm_head" in static_text(app, "#detail-title")
+        await type_filter(pilot, "zzz")
+        await pilot.press("enter")
+        await settle(pilot, until=lambda: not leaf_names(app))
+        assert app.query_one(DiffTree).cursor_node is None and app.shown is None
+        assert static_text(app, "#detail-title").strip() == "no tensor matches 'zzz'"
+        assert all(static_text(app, part).strip() == "" for part in ("#detail-sides", "#detail-stats",
+                                                                      "#detail-verdict"))
+        assert not app.query_one("#detail-plots").display
+        await pilot.press("c")
+        assert app.clipboard == "" and not any(note.startswith("copied") for note in notes)
+
+
+FOOTER_SHOWN = ("n Next diff", "/ Filter", "o Overview", "t Table", "a Anomaly", "v View", "? Help", "q Quit")
+FOOTER_HIDDEN = ("N Prev diff", "L Log scale", "c Copy name", "e Export")
+
+
+async def test_the_footer_shows_help_and_quit(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        footer = screen_text(app).splitlines()[-1]
+        assert all(key in footer for key in FOOTER_SHOWN), footer
+        assert not any(key in footer for key in FOOTER_HIDDEN), footer  # left out, to make room; in the help
+        await pilot.press("question_mark")
+        text = help_text(app)
+        assert all(key.split(" ", 1)[0] in text for key in FOOTER_HIDDEN)
+
+
+async def test_e_exports_though_the_footer_leaves_it_out(pair, tmp_path, monkeypatch):
+    """N, L and c are tested above; `e` writes the comparison as Markdown and JSON into the working directory."""
+    monkeypatch.chdir(tmp_path)
+    app = WeightscopeApp(*sync_pair(pair))
+    notes = record_notifications(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        written = sorted(path.suffix for path in tmp_path.glob("weightscope-*"))
+        assert written == [".json", ".md"]
+        assert any(note.startswith("wrote ") for note in notes), notes
+
+
+async def test_histograms_fit_in_80_columns(demo):
+    """Under 110 columns the plots stack below the figures, in the figures' columns; wider, beside them."""
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await press_until(pilot, "n", lambda: app.shown.own_status == "changed")
+        await settle(pilot)
+        pane = app.query_one(DetailPane)
+        assert pane.has_class("narrow")
+        figures = app.query_one("#detail-figures").region
+        plots = list(app.query(HistogramPlot))
+        assert len(plots) == 2 and all(plot.display for plot in plots)
+        for plot in plots:
+            region = plot.region
+            assert region.x == figures.x and region.right == figures.right <= 80, (region, figures)
+            assert region.y >= figures.bottom and region.height > 0, (region, figures)
+        assert set(app.details[app.shown.pair.name].histograms) >= {"a", "b", "diff"}
+        await pilot.resize_terminal(*SIZE)
+        await settle(pilot)
+        assert not pane.has_class("narrow")
+        figures = app.query_one("#detail-figures").region
+        for plot in plots:
+            assert plot.region.x >= figures.right and plot.region.right <= SIZE[0], (plot.region, figures)
+
+
+async def test_the_cursor_starts_on_the_first_line(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tree = app.query_one(DiffTree)
+        assert tree.cursor_line == 0 and cursor_path(app) == "lm_head"
+        assert app.shown is tree.cursor_node.data and "lm_head" in static_text(app, "#detail-title")
+        await pilot.press("right")
+        assert cursor_path(app) == "lm_head" and tree.cursor_node.is_expanded
+        await pilot.press("k")  # stays at the top, not round to the last line
+        assert tree.cursor_line == 0
+
+
+async def test_a_tensor_that_doubled_reads_100_percent(pair):
+    app = WeightscopeApp(*pair({"w": torch.ones(4)}, {"w": torch.full((4,), 2.0)}))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert tree_lines(app)[0].split()[-1] == "100%"
+    assert [badges.percent(rel) for rel in (1.5, 0.1, 0.031, 2e-6, 0)] == ["150%", "10%", "3.1%", "0.0002%", "0%"]
+
+
+async def test_a_tensor_that_is_also_a_group_can_be_inspected(pair):
+    app = WeightscopeApp(*pair({"enc": torch.ones(4), "enc.weight": torch.ones(3)},
+                               {"enc": torch.full((4,), 2.0), "enc.weight": torch.ones(3)}))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("n")
+        assert cursor_path(app) == "enc"
+        await settle(pilot)
+        assert set(app.details["enc"].histograms) >= {"a", "b", "diff"}
+        title = static_text(app, "#detail-title")
+        assert title.split() == [badges.symbol("changed"), "changed", "enc"]
+        assert static_text(app, "#detail-stats").splitlines()[0].split() == ["A", "B", "Δ", "=", "B", "−", "A"]
+        assert app.query_one("#detail-plots").display  # its figures, not the group's counts
+        await pilot.press("right", "down")
+        await settle(pilot)
+        assert cursor_path(app) == "enc.weight" and "enc.weight" in static_text(app, "#detail-title")
+        await pilot.press("up")  # back: its own figures again, from the cache
+        assert "Δ = B − A" in static_text(app, "#detail-stats") and "tensors" not in static_text(app, "#detail-stats")
+
+
+async def test_a_filter_shows_the_first_match_in_the_detail_pane(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert cursor_path(app) == "lm_head"
+        await type_filter(pilot, "norm")
+        await pilot.press("enter")
+        await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
+        assert cursor_path(app) == "model"
+        assert app.shown is app.query_one(DiffTree).cursor_node.data
+        assert static_text(app, "#detail-title").split()[-1] == "model"
+        await pilot.press("c")
+        assert app.clipboard == "model"
+
+
+async def test_escape_rebuilds_the_tree_once(demo):
+    rebuilt = []
+
+    def hook(message):
+        if isinstance(message, Filtered):
+            rebuilt.append(message.pattern)
+
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+        await settle(pilot)
+        await type_filter(pilot, "norm")
+        await pilot.press("enter")
+        await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
+        rebuilt.clear()
+        await pilot.press("escape")
+        await settle(pilot, until=lambda: len(leaf_names(app)) == 40)
+        await pilot.press("down")  # onto model, before or after the second rebuild
+        # Waiting for something that must not happen: long enough for the live filter's timer.
+        deadline = time.monotonic() + 10 * app_module.FILTER_DELAY
+        while time.monotonic() < deadline:
+            await pilot.pause(app_module.FILTER_DELAY / 3)
+        await settle(pilot)
+        assert rebuilt == [""]
+        assert cursor_path(app) == "model"
