@@ -46,10 +46,11 @@ def main() -> None:
         os.environ["XDG_CACHE_HOME"] = cache
         from weightscope.core.demo import write_demo
 
-        base, tuned = write_demo(Path(cache) / "demo")
+        write_demo(Path(cache) / "demo")
+        os.chdir(Path(cache) / "demo")  # relative paths: the title bar reads "A base   B finetune"
         SCREENSHOTS.mkdir(exist_ok=True)
         for name, keys in VIEWS.items():
-            asyncio.run(shoot(base, tuned, name, keys))
+            asyncio.run(shoot("base", "finetune", name, keys))
             print(SCREENSHOTS / name)
 
 
