@@ -229,6 +229,8 @@ class WeightscopeApp(App[None]):
             cache.save(key, everything)
 
     def on_scan_results(self, message: ScanResults) -> None:
+        if not self.ready:  # a worker's message that arrives as the app closes
+            return
         for result in message.results:
             self.results[result.pair.name] = result
         self.query_one(DiffTree).refresh_nodes(self.names.apply(message.results))
@@ -274,6 +276,8 @@ class WeightscopeApp(App[None]):
             self.post_message(GroupRanked(node, ranked))
 
     def on_group_ranked(self, message: GroupRanked) -> None:
+        if not self.ready:  # a worker's message that arrives as the app closes
+            return
         if message.node is self.shown:
             self.query_one(DetailPane).show_ranking(message.node, message.ranked)
 
@@ -299,6 +303,8 @@ class WeightscopeApp(App[None]):
             self.post_message(DetailReady(result))
 
     def on_detail_ready(self, message: DetailReady) -> None:
+        if not self.ready:  # a worker's message that arrives as the app closes
+            return
         result = message.result
         if message.complete:
             self.details[result.pair.name] = result
@@ -366,6 +372,8 @@ class WeightscopeApp(App[None]):
             self.post_message(ViewReady(pair.name, view, size, figure))
 
     def on_view_ready(self, message: ViewReady) -> None:
+        if not self.ready:  # a worker's message that arrives as the app closes
+            return
         self.figures[(message.name, message.view, message.size)] = message.figure
         if self.shown is not None and self.shown.pair is not None and self.shown.pair.name == message.name:
             self.draw_view(message.name, message.view, message.figure)
@@ -518,6 +526,8 @@ class WeightscopeApp(App[None]):
             self.post_message(Filtered(pattern, names))
 
     def on_filtered(self, message: Filtered) -> None:
+        if not self.ready:  # a worker's message that arrives as the app closes
+            return
         names = message.tree
         names.apply(r for name, r in self.results.items()  # results that arrived meanwhile
                     if name in names.nodes and names.nodes[name].result is None)
