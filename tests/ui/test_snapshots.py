@@ -86,13 +86,11 @@ class TestHelp:
 
 class TestFilter:
     def test_live_substring_filter(self, snap_compare, demo):
-        """`/up_proj` typed, no Enter yet: the box above the footer, the four up_proj tensors opened."""
+        """`/up_proj` typed, no Enter yet: the box above the footer, the four up_proj tensors opened,
+        the detail pane on `model`, the first line left."""
 
         async def run_before(pilot: Pilot) -> None:
-            await settle(pilot)
-            # Off line 0 first: a filter leaves the pane stale when the cursor was there (a known
-            # bug, test_app.py::test_a_filter_shows_the_first_match_in_the_detail_pane).
-            await pilot.press("down")
+            await settle(pilot)  # the cursor on lm_head, which the filter drops: the pane follows to model
             await pilot.press("slash", *"up_proj")
             pilot.app.query_one("#filter", Input).cursor_blink = False  # a steady cursor in the picture
             await settle(pilot, until=lambda: len(pilot.app.query_one("DiffTree").root.data.children) == 1)
