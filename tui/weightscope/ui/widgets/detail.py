@@ -158,6 +158,7 @@ class DetailPane(VerticalScroll):
             values.show("values", series, log_counts)
         else:
             values.clear("no finite values")
+        deltas.display = not self.single  # one checkpoint: there is no Δ to draw
         if "diff" in hists:
             deltas.show("Δ = B − A", [("Δ", hists["diff"], "red")], log_counts)
         else:

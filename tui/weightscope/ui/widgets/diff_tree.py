@@ -190,7 +190,7 @@ class DiffTree(Tree[NameNode]):
     def figure(self, data: NameNode) -> Text:
         """rel_l2 for a tensor; for a group, how many members differ and the largest rel_l2."""
         if data.pair is not None and not data.children:
-            diff = data.result.diff if data.result else None
+            diff = data.result.diff if data.result and not self.single else None  # alone: no change to size
             value = badges.percent(diff.rel_l2) if diff is not None and diff.rel_l2 is not None else ""
         else:
             differing = data.differing
