@@ -33,11 +33,6 @@ from .helpers import (SIZE, cursor_path, leaf_names, line_of, name_nodes, screen
                       tree_lines)
 
 
-def bug(reason: str, raises: type[BaseException] = AssertionError):
-    """A known bug in the app: the test fails today (with `raises`) and must pass once it is fixed."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
 def record_notifications(app: WeightscopeApp) -> list[str]:
     """Every message the app passes to `notify` from now on."""
     messages: list[str] = []

@@ -48,10 +48,6 @@ class ChangeMap:
         """The brightest cell, for scaling a colour ramp (0 for an unchanged matrix)."""
         return float(self.rms.max()) if self.rms.size else 0.0
 
-    @property
-    def max_peak(self) -> float:
-        return float(self.peak.max()) if self.peak.size else 0.0
-
     def rows_of(self, i: int) -> tuple[int, int]:
         """The rows [start, stop) cell row i covers."""
         return self.row_edges[i], self.row_edges[i + 1]

@@ -15,7 +15,7 @@ from weightscope.core.checks import nonfinite_text
 from weightscope.core.hierarchy import NameNode
 from weightscope.core.report import human
 from weightscope.core.scan import PairResult
-from weightscope.core.stats import DiffStats, SideStats
+from weightscope.core.stats import DiffStats
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
 from weightscope.ui.widgets.histogram import HistogramPlot
