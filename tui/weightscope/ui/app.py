@@ -36,7 +36,7 @@ from weightscope.ui.screens.table import TableScreen, row_of
 from weightscope.ui.widgets.detail import DetailPane
 from weightscope.ui.widgets.diff_tree import DiffTree
 
-DETAIL_DELAY = 0.05  # seconds the cursor must rest on a tensor before its figures are computed
+DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the cursor rests this long
 FILTER_DELAY = 0.15
 BATCH_SECONDS = 0.1  # how often the scan reports to the UI
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
@@ -99,6 +99,7 @@ class WeightscopeApp(App[None]):
         self.figures: LRUCache[tuple, object] = LRUCache(64)  # (name, view, size) -> spectrum or map
         self.shown: NameNode | None = None
         self._detail_timer: Timer | None = None
+        self.last_move = 0.0  # time.monotonic() of the last move of the cursor
         self._filter_timer: Timer | None = None
         self.error: str | None = None
         self.anomaly_index = -1
@@ -159,10 +160,9 @@ class WeightscopeApp(App[None]):
     @work(thread=True, group="warm", exit_on_error=False)
     def warm_up(self) -> None:
         """Load the compiled statistics loops (and torch, where a GPU wants it) off the UI thread."""
-        from weightscope.core import kernels
-
         self.options()
-        kernels.warm_up()
+        from weightscope.core import kernels  # noqa: F401  (the import loads them)
+
         self.warmed = True
 
     def options(self) -> ScanOptions:
@@ -250,6 +250,9 @@ class WeightscopeApp(App[None]):
     def node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         node: NameNode = event.node.data
         self.shown = node
+        # A lone move starts a tensor's work at once; a held key only where the cursor comes to rest.
+        now = time.monotonic()
+        rested, self.last_move = now - self.last_move > DETAIL_DELAY, now
         detail = self.query_one(DetailPane)
         if self._detail_timer is not None:
             self._detail_timer.stop()
@@ -266,7 +269,14 @@ class WeightscopeApp(App[None]):
         scanned = self.results.get(node.pair.name)
         if scanned is not None:  # the scan's figures at once; the histograms follow
             detail.show_result(scanned, self.log_counts, histograms_pending=True)
-        self._detail_timer = self.set_timer(DETAIL_DELAY, lambda: (self.load_detail(node.pair), self.load_view()))
+        def start() -> None:
+            self.load_detail(node.pair)
+            self.load_view()
+
+        if rested:
+            start()
+        else:
+            self._detail_timer = self.set_timer(DETAIL_DELAY, start)
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
     def rank_group(self, node: NameNode) -> None:
