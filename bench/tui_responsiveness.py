@@ -53,6 +53,7 @@ async def measure(a: str, b: str, seconds: float) -> None:
     lags: list[float] = []
     when: list[float] = []  # seconds after start of each probe
     presses: list[float] = []
+    pressed_at: list[float] = []  # seconds after start of each keypress
     async with app.run_test(size=(120, 40)) as pilot:
         started = time.perf_counter()
         while not app.query(DiffTree):
@@ -80,11 +81,14 @@ async def measure(a: str, b: str, seconds: float) -> None:
             while tree.cursor_line == before and time.perf_counter() - start < 5:
                 await asyncio.sleep(0.001)
             presses.append(time.perf_counter() - start)
+            pressed_at.append(start - started)
             await asyncio.sleep(0.05)
         scanned, total = len(app.results), len(app.alignment.pairs)
     worst = max(range(len(lags)), key=lags.__getitem__)
+    slowest = sorted(range(len(presses)), key=presses.__getitem__)[-3:][::-1]
     print(f"tree shown {shown:.2f} s after start; {scanned:,} of {total:,} pairs scanned during the probe; "
-          f"the worst lag ended {when[worst]:.2f} s after start\n")
+          f"the worst lag ended {when[worst]:.2f} s after start; the slowest keys were pressed "
+          + ", ".join(f"{pressed_at[i]:.2f} s ({1000 * presses[i]:.0f} ms)" for i in slowest) + " after start\n")
     print(f"{'':28} {'samples':>8} {'median':>8} {'p99':>8} {'worst':>8}   target")
     for label, values in (("event-loop lag (10 ms probe)", lags), ("keypress handled (Down/Up)", presses)):
         print(f"{label:28} {len(values):8} {1000 * statistics.median(values):6.1f}ms "

@@ -2,8 +2,9 @@
 
 `model.layers.12.mlp.up_proj.weight` becomes the path model → layers → 12 → mlp →
 up_proj → weight. Children sort naturally (`layers.2` before `layers.10`). Each node keeps
-its subtree's counts by status, so a group shows "7/9 changed" without walking its members,
-and a result arriving for one tensor updates only its ancestors.
+its subtree's counts by status and its most-changed members, so a group shows "7/9 changed"
+and its top tensors without walking its members, and a result arriving for one tensor
+updates only its ancestors.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from weightscope.core.scan import PairResult
 SEVERITY = ("error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close",
             "pending", "value_equal", "identical")
 DIFFERS = {"error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close"}
+TOP = 8  # how many most-changed members each group keeps track of
 
 
 def matcher(pattern: str):
@@ -69,6 +71,7 @@ class NameNode:
         counts: statuses of every tensor in the subtree (this node's own included).
         result: the scan result of this node's tensor, once known.
         max_rel: the largest rel_l2 in the subtree, once known.
+        top: the subtree's tensors with the largest nonzero rel_l2, largest first (at most `TOP`).
     """
 
     part: str
@@ -80,6 +83,7 @@ class NameNode:
     counts: dict[str, int] = field(default_factory=dict)
     parameters: int = 0
     max_rel: float | None = None
+    top: list[NameNode] = field(default_factory=list)
     _sorted: list[NameNode] | None = None
 
     @property
@@ -115,16 +119,40 @@ class NameNode:
         for child in self.sorted_children():
             yield from child.leaves()
 
-    def most_changed(self, count: int) -> list[NameNode]:
-        """The tensors of the subtree with the largest rel_l2, largest first."""
-        found, stack = [], [self]
+    @property
+    def rel_l2(self) -> float | None:
+        """This node's tensor's rel_l2, once known."""
+        diff = self.result.diff if self.result is not None else None
+        return diff.rel_l2 if diff is not None else None
+
+    def most_changed(self, count: int = TOP) -> list[NameNode]:
+        """The tensors of the subtree with the largest rel_l2, largest first (`count` ≤ `TOP`)."""
+        return self.top[:count]
+
+    def rank(self, member: NameNode, old_rel: float | None) -> None:
+        """Keep `top` current now that `member`'s rel_l2 is known (it was `old_rel`)."""
+        rel, top = member.rel_l2, self.top
+        if member in top:
+            if old_rel is not None and (rel or 0) < old_rel and len(top) == TOP:
+                # It fell inside a full list: a member outside may now outrank it.
+                ranked = (n for n in self.walk() if n.rel_l2)
+                self.top = heapq.nlargest(TOP, ranked, key=lambda n: n.rel_l2)
+                return
+            top.remove(member)
+        elif not rel or (len(top) == TOP and rel <= top[-1].rel_l2):
+            return  # most results: not among the largest
+        if rel:
+            top.append(member)
+            top.sort(key=lambda n: n.rel_l2, reverse=True)
+            del top[TOP:]
+
+    def walk(self):
+        """Every node of the subtree, in no particular order."""
+        stack = [self]
         while stack:
             node = stack.pop()
             stack.extend(node.children.values())
-            diff = node.result.diff if node.result is not None else None
-            if diff is not None and diff.rel_l2:
-                found.append((diff.rel_l2, node))
-        return [node for _, node in heapq.nlargest(count, found, key=lambda item: item[0])]
+            yield node
 
     def __repr__(self) -> str:
         return f"NameNode({self.path!r})"
@@ -188,13 +216,13 @@ def build(pairs: list[Pair], results=()) -> Names:
 
 def apply(node: NameNode, result: PairResult) -> None:
     """Record a tensor's result, moving its count from the old status to the new one."""
-    old = node.own_status
+    old, old_rel = node.own_status, node.rel_l2
     node.result = result
-    new = badge_status(result)
-    rel = result.diff.rel_l2 if result.diff is not None else None
+    new, rel = badge_status(result), node.rel_l2
     for ancestor in node.ancestors():
         if old is not None:
             ancestor.counts[old] -= 1
         ancestor.counts[new] = ancestor.counts.get(new, 0) + 1
         if rel is not None and (ancestor.max_rel is None or rel > ancestor.max_rel):
             ancestor.max_rel = rel
+        ancestor.rank(node, old_rel)

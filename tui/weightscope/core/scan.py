@@ -177,6 +177,7 @@ def scan_iter(alignment: Alignment, a: Checkpoint, b: Checkpoint, options: ScanO
     when `should_cancel()` turns true (polled between chunks)."""
     comparer = Comparer(a, b, options)
     for pair in file_order(alignment.pairs):
+        stats.yield_to_foreground()  # between pairs too: a model can be 100,000 tiny tensors
         try:
             yield comparer.compare(pair, should_cancel)
         except stats.Cancelled:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -170,19 +171,48 @@ def pool() -> ThreadPoolExecutor:
         return _pools[foreground_work]
 
 
+BEAT = 0.005  # seconds between an interactive loop's heartbeats
+LATE = 1.5 * BEAT
+LONGEST_PAUSE = 0.2  # a loop that stays busy longer still lets background work move on
+GONE = 1.0  # a loop silent this long has stopped: nothing to step aside for
+_last_beat: float | None = None  # None: no loop beats, background work never waits for one
+
+
+def heartbeat() -> None:
+    """Called every `BEAT` seconds from an interactive event loop. A late beat means the loop is
+    busy (drawing, handling a key) and wants the GIL: background work then steps aside."""
+    global _last_beat
+    _last_beat = time.monotonic()
+
+
+def heartbeat_stopped() -> None:
+    global _last_beat
+    _last_beat = None
+
+
 def yield_to_foreground() -> None:
-    """Background work's pause point: wait while a person waits for foreground work."""
+    """Background work's pause point (a no-op in foreground work)."""
     if not getattr(_thread, "foreground", False):
-        _no_user_waits.wait()
+        step_aside()
+
+
+def step_aside() -> None:
+    """Wait while a person waits for foreground work, and while the interactive loop is busy."""
+    _no_user_waits.wait()
+    start = time.monotonic()
+    while _last_beat is not None and LATE < time.monotonic() - _last_beat < GONE \
+            and time.monotonic() - start < LONGEST_PAUSE:
+        time.sleep(0.001)
 
 
 def chunk_guard(should_cancel: Callable[[], bool]) -> Callable[[], None]:
-    """What each chunk checks first: cancellation and, for background work, a waiting user."""
+    """What each chunk checks first (in whichever thread runs it): cancellation and, for
+    background work, `step_aside`."""
     background = not getattr(_thread, "foreground", False)
 
     def check() -> None:
         if background:
-            _no_user_waits.wait()
+            step_aside()
         if should_cancel():
             raise Cancelled
 

@@ -29,7 +29,7 @@ from weightscope.core.hierarchy import DIFFERS, NameNode, Names, matcher
 from weightscope.core.report import human
 from weightscope.core.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
 from weightscope.core.stats import Cancelled
-from weightscope.ui.messages import DetailReady, Filtered, GroupRanked, Opened, OpenFailed, ScanResults, ViewReady
+from weightscope.ui.messages import DetailReady, Filtered, Opened, OpenFailed, ScanResults, ViewReady
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen, row_of
@@ -39,10 +39,9 @@ from weightscope.ui.widgets.diff_tree import DiffTree
 DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the cursor rests this long
 FILTER_DELAY = 0.15
 BATCH_SECONDS = 0.1  # how often the scan reports to the UI
+GROUP_REDRAW = 0.5  # seconds between redraws of a group's figures while the scan runs
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
-TOP_MEMBERS = 8  # most-changed members shown for a group
 SWITCH_INTERVAL = 0.001  # seconds
-RANK_LIVE = 5000  # groups up to this size re-rank their members with every scan batch; larger ones at the end
 NARROW = 110  # columns under which the detail pane stacks its plots below the figures
 WARM_UP_NOTICE = 2.0  # seconds of loading the statistics loops after which the user is told why
 VIEWS = ("histograms", "spectrum", "map")
@@ -100,6 +99,7 @@ class WeightscopeApp(App[None]):
         self.shown: NameNode | None = None
         self._detail_timer: Timer | None = None
         self.last_move = 0.0  # time.monotonic() of the last move of the cursor
+        self.group_drawn = 0.0  # time.monotonic() when a group's figures were last drawn
         self._filter_timer: Timer | None = None
         self.error: str | None = None
         self.anomaly_index = -1
@@ -134,6 +134,9 @@ class WeightscopeApp(App[None]):
         self.query_one("#filter").display = False
         self.open_checkpoints()
 
+    def on_unmount(self) -> None:
+        stats.heartbeat_stopped()
+
     def on_resize(self, event) -> None:
         self.query_one(DetailPane).set_class(event.size.width < NARROW, "narrow")
 
@@ -149,13 +152,21 @@ class WeightscopeApp(App[None]):
         from weightscope.core.discover import open_checkpoint
         from weightscope.core.lora.adapters import open_pair
 
+        # Headers and the name tree live as long as the app: collecting halfway through building
+        # them is wasted (seconds on a 100,000-tensor model), and once frozen, later full
+        # collections do not walk them again (each such walk would stall input).
+        gc.disable()
         try:
             a, b = open_pair(*self.paths) if self.paths[1] is not None else (open_checkpoint(self.paths[0]), None)
+            alignment = align(a, b) if b is not None else single_alignment(a)
+            tree = hierarchy.build(alignment.pairs)
         except CheckpointError as exc:
             self.post_message(OpenFailed(str(exc)))
             return
-        alignment = align(a, b) if b is not None else single_alignment(a)
-        self.post_message(Opened(a, b, alignment, hierarchy.build(alignment.pairs)))
+        finally:
+            gc.freeze()
+            gc.enable()
+        self.post_message(Opened(a, b, alignment, tree))
 
     @work(thread=True, group="warm", exit_on_error=False)
     def warm_up(self) -> None:
@@ -177,9 +188,6 @@ class WeightscopeApp(App[None]):
 
     def on_opened(self, message: Opened) -> None:
         self.a, self.b, self.alignment, self.names = message.a, message.b, message.alignment, message.tree
-        # Headers and the name tree live as long as the app: keep the cyclic garbage collector
-        # from walking them (a full collection over a 100,000-tensor model stalls input).
-        gc.freeze()
         tree = DiffTree(self.names.root, single=self.single, id="tree")
         self.query_one(DetailPane).single = self.single
         area = self.query_one("#tree-area")
@@ -196,6 +204,9 @@ class WeightscopeApp(App[None]):
         counts = f"{len(self.a.tensors):,}" + ("" if self.single else f" | {len(self.b.tensors):,}")
         notes = len(self.a.notes) + len(self.alignment.notes) + (len(self.b.notes) if self.b else 0)
         self.query_one("#title", Static).update(self.title_text(f"{counts} tensors" + (f", {notes} notes" if notes else "")))
+        # The scan and the keys share the GIL: while the scan runs, a heartbeat tells it when
+        # the event loop is busy, and it steps aside.
+        self.heartbeat = self.set_interval(stats.BEAT, stats.heartbeat)
         self.run_scan()
 
     # The background scan
@@ -234,15 +245,23 @@ class WeightscopeApp(App[None]):
         for result in message.results:
             self.results[result.pair.name] = result
         self.query_one(DiffTree).refresh_nodes(self.names.apply(message.results))
+        # Results live as long as the app, too: young garbage is collected, the rest frozen.
+        gc.collect(1)
+        gc.freeze()
         progress = self.query_one("#progress", ProgressBar)
         progress.display = not message.finished
         progress.update(total=max(message.total, 1), progress=message.done)
         if message.finished:
+            self.heartbeat.stop()
+            stats.heartbeat_stopped()
             self.notify(f"scan complete: {human(message.total, 'B')}", timeout=3)
-        group = self.shown if self.shown is not None and self.shown.pair is None else None
-        if group is not None and (message.finished or group.tensors <= RANK_LIVE):
-            self.query_one(DetailPane).show_group(group)
-            self.rank_group(group)
+        # A group in the pane: its counts and ranking moved on. Redrawn a few times a second, not
+        # with every batch: each redraw lays the pane out again, time the keys should have.
+        now = time.monotonic()
+        if self.shown is not None and self.shown.pair is None and (
+                message.finished or now - self.group_drawn > GROUP_REDRAW):
+            self.query_one(DetailPane).show_group(self.shown)
+            self.group_drawn = now
 
     # The detail pane
 
@@ -258,7 +277,7 @@ class WeightscopeApp(App[None]):
             self._detail_timer.stop()
         if node.pair is None:
             detail.show_group(node)
-            self.rank_group(node)
+            self.group_drawn = now
             return
         detail.show_pair(node.pair, self.query_one(DiffTree).status_of(node))
         ready = self.details.get(node.pair.name)
@@ -277,19 +296,6 @@ class WeightscopeApp(App[None]):
             start()
         else:
             self._detail_timer = self.set_timer(DETAIL_DELAY, start)
-
-    @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
-    def rank_group(self, node: NameNode) -> None:
-        """A group's most-changed members (a walk over up to the whole model, so off the UI thread)."""
-        ranked = node.most_changed(TOP_MEMBERS)
-        if not get_current_worker().is_cancelled:
-            self.post_message(GroupRanked(node, ranked))
-
-    def on_group_ranked(self, message: GroupRanked) -> None:
-        if not self.ready:  # a worker's message that arrives as the app closes
-            return
-        if message.node is self.shown:
-            self.query_one(DetailPane).show_ranking(message.node, message.ranked)
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
     def load_detail(self, pair: Pair) -> None:

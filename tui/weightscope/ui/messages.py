@@ -8,7 +8,7 @@ from textual.message import Message
 
 from weightscope.core.align import Alignment
 from weightscope.core.checkpoint import Checkpoint
-from weightscope.core.hierarchy import NameNode, Names
+from weightscope.core.hierarchy import Names
 from weightscope.core.scan import PairResult
 
 
@@ -63,11 +63,3 @@ class ViewReady(Message):
     view: str
     size: tuple[int, int]
     figure: object
-
-
-@dataclass
-class GroupRanked(Message):
-    """The most-changed members of a group, for the detail pane."""
-
-    node: NameNode
-    ranked: list[NameNode]

@@ -169,7 +169,7 @@ class DetailPane(VerticalScroll):
         return "read" if self.single and status == "identical" else status
 
     def show_group(self, node: NameNode) -> None:
-        """A group's aggregate: counts by status and parameters (its members come from `show_ranking`)."""
+        """A group's aggregate: counts by status, parameters and the most-changed members."""
         title = self.title_text(node.path or "(all tensors)", self.shown_status(node.status))
         self.query_one("#detail-title", Static).update(title)
         counts = Table.grid(padding=(0, 2))
@@ -186,6 +186,7 @@ class DetailPane(VerticalScroll):
             summary.append(f", largest rel L2 {badges.percent(node.max_rel)}")
         stats.update(summary)
         self.query_one("#detail-plots").display = False
+        self.show_ranking(node)
 
     def show_nothing(self, message: str) -> None:
         """An empty pane with one line saying why."""
@@ -218,13 +219,14 @@ class DetailPane(VerticalScroll):
         area = self.query_one("#detail-plots").size
         return grid_size(area.width, area.height)
 
-    def show_ranking(self, node: NameNode, ranked: list[NameNode]) -> None:
+    def show_ranking(self, node: NameNode) -> None:
         """The most-changed members of a group."""
+        ranked = node.most_changed()
         top = Table(box=None, padding=(0, 1), show_edge=False, title="most changed", title_justify="left")
         top.add_column("rel L2", justify="right")
         top.add_column("tensor")
         for leaf in ranked:
-            top.add_row(badges.percent(leaf.result.diff.rel_l2), leaf.path[len(node.path):].lstrip("."))
+            top.add_row(badges.percent(leaf.rel_l2), leaf.path[len(node.path):].lstrip("."))
         pending = node.counts.get("pending", 0)
         if self.single:
             bad = node.counts.get("nonfinite", 0)
