@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from dataclasses import fields
 
 import numpy as np
@@ -611,3 +612,35 @@ class TestForeground:
         names.clear()
         stats.chunked(100, task, lambda: False)
         assert names == {"weightscope-stats"}
+
+
+class TestHeartbeat:
+    """Background work steps aside while an interactive loop's heartbeat is late, never for long."""
+
+    def pause(self, monkeypatch, last_beat: float | None) -> float:
+        monkeypatch.setattr(stats, "_last_beat", last_beat)
+        start = time.monotonic()
+        stats.step_aside()
+        return time.monotonic() - start
+
+    def test_a_late_beat_pauses_background_work_up_to_a_limit(self, monkeypatch):
+        assert stats.LONGEST_PAUSE <= self.pause(monkeypatch, time.monotonic() - 2 * stats.LATE) < 1.0
+
+    def test_a_beat_on_time_a_stopped_loop_or_none_never_pause(self, monkeypatch):
+        assert self.pause(monkeypatch, time.monotonic()) < stats.LATE
+        assert self.pause(monkeypatch, time.monotonic() - 2 * stats.GONE) < stats.LATE
+        assert self.pause(monkeypatch, None) < stats.LATE
+
+    def test_the_pause_ends_when_the_loop_beats_again(self, monkeypatch):
+        monkeypatch.setattr(stats, "_last_beat", time.monotonic() - 2 * stats.LATE)
+        threading.Timer(0.05, stats.heartbeat).start()
+        start = time.monotonic()
+        stats.step_aside()
+        assert 0.04 < time.monotonic() - start < stats.LONGEST_PAUSE
+
+    def test_foreground_work_never_steps_aside(self, monkeypatch):
+        monkeypatch.setattr(stats, "_last_beat", time.monotonic() - 2 * stats.LATE)
+        start = time.monotonic()
+        with stats.foreground():
+            stats.yield_to_foreground()
+        assert time.monotonic() - start < stats.LATE

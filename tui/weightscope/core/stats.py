@@ -172,7 +172,7 @@ def pool() -> ThreadPoolExecutor:
 
 
 BEAT = 0.005  # seconds between an interactive loop's heartbeats
-LATE = 1.5 * BEAT
+LATE = 1.5 * BEAT  # a beat this overdue: the loop is busy
 LONGEST_PAUSE = 0.2  # a loop that stays busy longer still lets background work move on
 GONE = 1.0  # a loop silent this long has stopped: nothing to step aside for
 _last_beat: float | None = None  # None: no loop beats, background work never waits for one
