@@ -211,6 +211,25 @@ def walk_to(term: Terminal, lines: list[tuple[str, bool]], start: int, target: i
         term.wait(f"the cursor on {lines[line][0]}", titled(lines[line][0]))
 
 
+def select_leaf(term: Terminal, pattern: str) -> tuple[str, float]:
+    """Filter to the one tensor `pattern`, walk the cursor to the module above it, rest, then
+    press Down onto it; returns its path and the time.monotonic() of that key."""
+    lines = tree_order([pattern])
+    apply_filter(term, pattern, "model")
+    term.keys("Down")  # a filter leaves the cursor on line 0, not always announced: step off it
+    term.wait("the cursor on line 1", titled(lines[1][0]))
+    walk_to(term, lines, 1, len(lines) - 2)
+    time.sleep(REST)
+    start = time.monotonic()
+    term.keys("Down")
+    return lines[-1][0], start
+
+
+def clear_filter(term: Terminal) -> None:
+    term.keys("Escape")
+    term.wait("the whole tree", lambda s: both_trees(s) and "filter: substring" not in s)
+
+
 def one_run(script: str, a: str, b: str, env: dict[str, str], conf: str, held_lines: list[tuple[str, bool]],
             held: tuple[int, int], paced: tuple[int, int]) -> dict[str, float | bool | str]:
     term = Terminal(conf, env)
@@ -227,36 +246,18 @@ def one_run(script: str, a: str, b: str, env: dict[str, str], conf: str, held_li
         figures["paint"] = painted - start
         figures["trees"] = trees - start
 
-        # (b) one 4096×4096 pair: filtered, the cursor walks to the module above the leaf.
-        detail_lines = tree_order([DETAIL_PATTERN])
-        apply_filter(term, DETAIL_PATTERN, "model")
-        term.keys("Down")  # a filter leaves the cursor on line 0, not always announced: step off it
-        term.wait("the cursor on line 1", titled(detail_lines[1][0]))
-        walk_to(term, detail_lines, 1, len(detail_lines) - 2)
-        leaf = detail_lines[-1][0]
-        time.sleep(REST)
-        start = time.monotonic()
-        term.keys("Down")
+        # (b) one 4096×4096 pair, selected by a lone key press.
+        leaf, start = select_leaf(term, DETAIL_PATTERN)
         figures["detail title"] = term.wait("the leaf's title", titled(leaf), 10) - start
         figures["detail"] = term.wait("the leaf's figures", filled(leaf)) - start
 
         # (b2) the same for another 4096x4096 leaf, now that the compiled loops are loaded.
-        term.keys("Escape")
-        term.wait("the whole tree", lambda s: both_trees(s) and "filter: substring" not in s)
-        warm_lines = tree_order([WARM_PATTERN])
-        apply_filter(term, WARM_PATTERN, "model")
-        term.keys("Down")
-        term.wait("the cursor on line 1", titled(warm_lines[1][0]))
-        walk_to(term, warm_lines, 1, len(warm_lines) - 2)
-        leaf = warm_lines[-1][0]
-        time.sleep(REST)
-        start = time.monotonic()
-        term.keys("Down")
+        clear_filter(term)
+        leaf, start = select_leaf(term, WARM_PATTERN)
         figures["warm detail"] = term.wait("the leaf's figures", filled(leaf)) - start
 
         # (c) 50 Down keys in a row from a tensor, landing on another tensor.
-        term.keys("Escape")
-        term.wait("the whole tree", lambda s: both_trees(s) and "filter: substring" not in s)
+        clear_filter(term)
         apply_filter(term, HELD_PATTERN, "model")
         first, last = held
         term.keys("Down")

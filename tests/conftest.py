@@ -80,29 +80,31 @@ def write_index(path: Path, weight_map: dict[str, str], total_size: int = 0) -> 
     return path
 
 
-def write_sharded_safetensors(directory: Path, sd: dict[str, torch.Tensor], shards: int = 2) -> Path:
-    """`model-0000k-of-0000n.safetensors` shards and `model.safetensors.index.json`, as HF writes them."""
+def write_shards(directory: Path, sd: dict[str, torch.Tensor], shards: int, file: str, save, index: str,
+                 total_size: int = 0) -> Path:
+    """Shards named `file.format(k, shards)`, each written by `save(tensors, path)`, and their index."""
     directory.mkdir(parents=True, exist_ok=True)
     weight_map = {}
     for k, names in enumerate(split(list(sd), shards), 1):
-        file = f"model-{k:05d}-of-{shards:05d}.safetensors"
-        write_safetensors(directory / file, {n: sd[n] for n in names}, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(names, file))
-    total = sum(t.numel() * t.element_size() for t in sd.values())
-    write_index(directory / "model.safetensors.index.json", weight_map, total)
+        name = file.format(k, shards)
+        save({n: sd[n] for n in names}, directory / name)
+        weight_map.update(dict.fromkeys(names, name))
+    write_index(directory / index, weight_map, total_size)
     return directory
+
+
+def write_sharded_safetensors(directory: Path, sd: dict[str, torch.Tensor], shards: int = 2) -> Path:
+    """`model-0000k-of-0000n.safetensors` shards and `model.safetensors.index.json`, as HF writes them."""
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    return write_shards(directory, sd, shards, "model-{:05d}-of-{:05d}.safetensors",
+                        lambda part, path: write_safetensors(path, part, metadata={"format": "pt"}),
+                        "model.safetensors.index.json", total)
 
 
 def write_sharded_bin(directory: Path, sd: dict[str, torch.Tensor], shards: int = 2) -> Path:
     """`pytorch_model-0000k-of-0000n.bin` shards and `pytorch_model.bin.index.json`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    weight_map = {}
-    for k, names in enumerate(split(list(sd), shards), 1):
-        file = f"pytorch_model-{k:05d}-of-{shards:05d}.bin"
-        torch.save({n: sd[n] for n in names}, directory / file)
-        weight_map.update(dict.fromkeys(names, file))
-    write_index(directory / "pytorch_model.bin.index.json", weight_map)
-    return directory
+    return write_shards(directory, sd, shards, "pytorch_model-{:05d}-of-{:05d}.bin", torch.save,
+                        "pytorch_model.bin.index.json")
 
 
 def safetensors_bytes(header: dict | str | bytes, data: bytes = b"", length: int | None = None) -> bytes:

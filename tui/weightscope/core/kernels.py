@@ -236,27 +236,22 @@ def diff_histogram_chunk(a, b, lo, hi, row):
             row[min(int((v - lo) * scale), bins - 1)] += 1
 
 
-def warm_up() -> None:
-    """Load (or compile, the first time) every loop for float32 data, so the first real
-    tensor does not wait for it."""
-    x = np.zeros(8, np.float32)
-    side_chunk(x, np.zeros(SIDE))
-    pair_chunk(x, x, 0.0, 0.0, np.zeros(PAIR))
-    bfloat16_to_float32(np.zeros(8, np.uint16))
-    histogram_chunk(x, 0.0, 1.0, np.zeros(6, np.int64))
-    diff_histogram_chunk(x, x, 0.0, 1.0, np.zeros(6, np.int64))
-
-
 def load() -> None:
-    """Warm up once, at import. numba's first call loads its whole library, and with it a probe
-    that imports scipy.linalg to offer BLAS to compiled code: 0.2 s of a 0.35 s start here.
-    These loops use no linear algebra, so while the library loads the probe fails at once."""
+    """Load (or compile, the first time) every loop for float32 data, once, at import, so the
+    first real tensor does not wait for it. numba's first call loads its whole library, and with
+    it a probe that imports scipy.linalg to offer BLAS to compiled code: 0.2 s of a 0.35 s start
+    here. These loops use no linear algebra, so while the library loads the probe fails at once."""
     probe = "scipy.linalg.cython_blas"
     blocked = probe not in sys.modules
     if blocked:
         sys.modules[probe] = None  # an import of it raises ImportError; numba then goes without BLAS
     try:
-        warm_up()
+        x = np.zeros(8, np.float32)
+        side_chunk(x, np.zeros(SIDE))
+        pair_chunk(x, x, 0.0, 0.0, np.zeros(PAIR))
+        bfloat16_to_float32(np.zeros(8, np.uint16))
+        histogram_chunk(x, 0.0, 1.0, np.zeros(6, np.int64))
+        diff_histogram_chunk(x, x, 0.0, 1.0, np.zeros(6, np.int64))
     finally:
         if blocked and sys.modules.get(probe, 0) is None:
             del sys.modules[probe]
