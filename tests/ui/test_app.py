@@ -227,6 +227,37 @@ async def test_statuses_after_the_scan(pair):
         assert "2/3" in split_line(badge["blocks"], "shape_mismatch")[1]  # moved and shape differ, same does not
 
 
+async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck, tmp_path, monkeypatch):
+    """While scanning, every pair's result is sent once; at the end, only the results the LoRA
+    notes changed come again (sending a 100,000-tensor scan a second time stalled the UI)."""
+    base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=16, vocab=64))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    ck.write_safetensors(adapter / "adapter_model.safetensors",
+                         {f"{module}.lora_A.weight": torch.randn(8, 16, generator=gen),
+                          f"{module}.lora_B.weight": torch.randn(16, 8, generator=gen)})
+    (adapter / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
+    monkeypatch.setattr(app_module, "BATCH_SECONDS", 0.0)  # a message per result
+    received: list[str] = []
+    handle = WeightscopeApp.on_scan_results
+
+    def recording(self, message):
+        received.extend(result.pair.name for result in message.results)
+        handle(self, message)
+
+    monkeypatch.setattr(WeightscopeApp, "on_scan_results", recording)
+    app = WeightscopeApp(str(base), str(adapter))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        names = [pair.name for pair in app.alignment.pairs]
+        noted = {name for name, result in app.results.items() if result.notes}
+        assert "model.layers.0.self_attn.q_proj.weight" in noted
+        assert sorted(received) == sorted(names + list(noted))
+
+
 # Next / previous difference
 
 

@@ -239,8 +239,11 @@ class WeightscopeApp(App[None]):
         if finished:  # what the whole scan says about a LoRA adapter (notes on its tensors)
             from weightscope.core.lora.notes import annotate
 
-            everything = annotate(a, b, everything)
-            batch = everything
+            noted = annotate(a, b, everything)
+            unsent = len(everything) - len(batch)  # the batch is the tail of everything
+            # What the notes changed, and the batch: re-sending all 100,000 would stall the UI.
+            batch = [new for i, (old, new) in enumerate(zip(everything, noted)) if new is not old or i >= unsent]
+            everything = noted
         self.post_message(ScanResults(batch, done, total, finished=finished))
         if finished and key:
             cache.save(key, everything)
