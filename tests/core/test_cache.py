@@ -125,13 +125,16 @@ class TestCli:
         assert len(scans) == 3  # read nothing: scanned again
         assert sorted(cache_home.iterdir()) == entries and [p.stat().st_mtime_ns for p in entries] == stamps
 
-    def test_damaged_entry_is_a_miss(self, capsys, files, scans, cache_home):
+    @pytest.mark.parametrize("cut", ["mid-line", "between-lines"])
+    def test_an_entry_cut_short_is_a_miss(self, capsys, files, scans, cache_home, cut):
         first = diff(capsys, *files)
         (entry,) = cache_home.glob("*.json")
-        entry.write_text('{"version": "0", "results": [{"name": "embed"')
+        lines = entry.read_text().splitlines(keepends=True)
+        assert len(lines) > 1 and all(json.loads(line)["name"] for line in lines)  # a result a line
+        entry.write_text(lines[0] + (lines[1][:20] if cut == "mid-line" else ""))
         assert diff(capsys, *files) == first
         assert len(scans) == 2
-        json.loads(entry.read_text())  # rewritten whole
+        assert len(entry.read_text().splitlines()) == len(lines)  # rewritten whole
 
     @pytest.mark.parametrize("text", [
         "[]", '{"results": 5}', '{"results": ["w"]}', '{"results": [{"name": "w"}]}',

@@ -258,6 +258,31 @@ async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck
         assert sorted(received) == sorted(names + list(noted))
 
 
+async def test_a_reopened_pair_takes_its_cached_results_a_slice_at_a_time(pair, monkeypatch):
+    """Cached results go to the app in slices, each once the one before is in (all of a
+    100,000-tensor cache in one message held the UI most of a second), and nothing is scanned."""
+    paths = sync_pair(pair)
+    app = WeightscopeApp(*paths)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)  # scanned, and the results cached
+        scanned = {name: result.status for name, result in app.results.items()}
+    monkeypatch.setattr(app_module, "CACHED_SLICE", 2)
+    monkeypatch.setattr(app_module, "scan_iter", lambda *args, **kwargs: pytest.fail("scanned again"))
+    slices: list[tuple[int, int, bool]] = []  # (results in the message, results the app held before, finished)
+    handle = WeightscopeApp.on_scan_results
+
+    def recording(self, message):
+        slices.append((len(message.results), len(self.results), message.finished))
+        handle(self, message)
+
+    monkeypatch.setattr(WeightscopeApp, "on_scan_results", recording)
+    app = WeightscopeApp(*paths)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert {name: result.status for name, result in app.results.items()} == scanned
+    assert slices == [(2, 0, False), (2, 2, False), (1, 4, True)]
+
+
 # Next / previous difference
 
 

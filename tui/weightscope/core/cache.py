@@ -3,6 +3,10 @@
 A result is keyed by the identity of every file on both sides (real path, size, mtime and
 a hash of the file's first and last 64 KiB, where headers and zip directories live) and by
 the options that change figures. The cache is best effort: any problem reads as a miss.
+
+An entry holds one result per line (JSON lines), read and written a line at a time with
+background work's pause points between them: one `json.load` of a 100,000-tensor entry
+(80 MB) held the interpreter, and with it the app's keys, for 1.5 s.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from dataclasses import asdict
 
 from weightscope import __version__
+from weightscope.core import stats
 from weightscope.core.align import Alignment
 from weightscope.core.checkpoint import Checkpoint
 from weightscope.core.paths import cache_dir
@@ -65,9 +70,12 @@ def result_from_json(data: dict, pair) -> PairResult:
 def load(cache_key: str, alignment: Alignment) -> list[PairResult] | None:
     """The cached results for these pairs, in alignment order; None on any miss."""
     try:
+        stored = {}
         with open(path_for(cache_key), encoding="utf-8") as f:
-            stored = {r["name"]: r for r in json.load(f)["results"]}
-        return [result_from_json(stored[p.name], p) for p in alignment.pairs]
+            for line in stats.paced(f):
+                result = json.loads(line)
+                stored[result["name"]] = result
+        return [result_from_json(stored[p.name], p) for p in stats.paced(alignment.pairs)]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged or foreign: a miss
         return None
 
@@ -77,8 +85,9 @@ def save(cache_key: str, results: list[PairResult]) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = f"{path}.{os.getpid()}.tmp"
+        lines = [json.dumps(result_json(result)) + "\n" for result in results]
         with open(partial, "w", encoding="utf-8") as f:
-            json.dump({"version": __version__, "results": [result_json(r) for r in results]}, f)
+            f.writelines(lines)
         os.replace(partial, path)
     except OSError:
         pass

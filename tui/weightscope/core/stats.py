@@ -12,10 +12,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,9 @@ NUMPY_TYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float
                "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8,
                "uint64": np.uint64, "uint32": np.uint32, "uint16": np.uint16, "uint8": np.uint8,
                "bool": np.bool_}
+
+
+T = TypeVar("T")
 
 
 class Cancelled(Exception):
@@ -194,6 +198,15 @@ def yield_to_foreground() -> None:
     """Background work's pause point (a no-op in foreground work)."""
     if not getattr(_thread, "foreground", False):
         step_aside()
+
+
+def paced(items: Iterable[T], every: int = 1000) -> Iterator[T]:
+    """`items`, with background work's pause point before every `every`-th: for long loops of
+    small Python steps (reading 100,000 cached results, say)."""
+    for i, item in enumerate(items):
+        if i % every == 0:
+            yield_to_foreground()
+        yield item
 
 
 def step_aside() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from contextlib import contextmanager
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -39,12 +40,27 @@ from weightscope.ui.widgets.diff_tree import DiffTree
 DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the cursor rests this long
 FILTER_DELAY = 0.15
 BATCH_SECONDS = 0.1  # how often the scan reports to the UI
+CACHED_SLICE = 2000  # cached results sent to the UI at a time (about 15 ms of its work)
 GROUP_REDRAW = 0.5  # seconds between redraws of a group's figures while the scan runs
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
 SWITCH_INTERVAL = 0.001  # seconds
 NARROW = 110  # columns under which the detail pane stacks its plots below the figures
 WARM_UP_NOTICE = 2.0  # seconds of loading the statistics loops after which the user is told why
 VIEWS = ("histograms", "spectrum", "map")
+
+
+@contextmanager
+def long_lived():
+    """Build objects that live as long as the app (headers, the name tree, cached results) with
+    the cyclic GC paused, then freeze them: collecting halfway through is wasted (seconds on a
+    100,000-tensor model), and once frozen, later full collections do not walk them again (each
+    such walk would stall input)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def single_alignment(checkpoint: Checkpoint) -> Alignment:
@@ -152,20 +168,14 @@ class WeightscopeApp(App[None]):
         from weightscope.core.discover import open_checkpoint
         from weightscope.core.lora.adapters import open_pair
 
-        # Headers and the name tree live as long as the app: collecting halfway through building
-        # them is wasted (seconds on a 100,000-tensor model), and once frozen, later full
-        # collections do not walk them again (each such walk would stall input).
-        gc.disable()
         try:
-            a, b = open_pair(*self.paths) if self.paths[1] is not None else (open_checkpoint(self.paths[0]), None)
-            alignment = align(a, b) if b is not None else single_alignment(a)
-            tree = hierarchy.build(alignment.pairs)
+            with long_lived():
+                a, b = open_pair(*self.paths) if self.paths[1] is not None else (open_checkpoint(self.paths[0]), None)
+                alignment = align(a, b) if b is not None else single_alignment(a)
+                tree = hierarchy.build(alignment.pairs)
         except CheckpointError as exc:
             self.post_message(OpenFailed(str(exc)))
             return
-        finally:
-            gc.freeze()
-            gc.enable()
         self.post_message(Opened(a, b, alignment, tree))
 
     @work(thread=True, group="warm", exit_on_error=False)
@@ -216,10 +226,10 @@ class WeightscopeApp(App[None]):
         worker = get_current_worker()
         a, b = self.a, self.b or self.a
         key = cache.key(a, b, self.options()) if self.use_cache else None
-        cached = cache.load(key, self.alignment) if key else None
+        with long_lived():
+            cached = cache.load(key, self.alignment) if key else None
         if cached is not None:
-            total = sum(pair_bytes(p) for p in self.alignment.pairs)
-            self.post_message(ScanResults(cached, total, total, finished=True))
+            self.send_cached(cached)
             return
         # The scan needs the compiled loops: this import waits for the warm-up's. Its own first
         # steps (a pass over every pair for the total, a sort into file order: a quarter second
@@ -247,6 +257,20 @@ class WeightscopeApp(App[None]):
         self.post_message(ScanResults(batch, done, total, finished=finished))
         if finished and key:
             cache.save(key, everything)
+
+    def send_cached(self, results: list[PairResult]) -> None:
+        """Cached results a slice at a time, each sent once the app has taken the one before:
+        100,000 in one message held the UI for most of a second."""
+        worker = get_current_worker()
+        total = sum(pair_bytes(p) for p in self.alignment.pairs)
+        done = 0
+        for start in range(0, len(results), CACHED_SLICE):
+            part = results[start:start + CACHED_SLICE]
+            done += sum(pair_bytes(result.pair) for result in part)
+            taken = len(self.results) + len(part)
+            self.post_message(ScanResults(part, done, total, finished=start + CACHED_SLICE >= len(results)))
+            while len(self.results) < taken and not worker.is_cancelled:
+                time.sleep(0.002)
 
     def on_scan_results(self, message: ScanResults) -> None:
         if not self.ready:  # a worker's message that arrives as the app closes
