@@ -66,6 +66,15 @@ async def settle(pilot: Pilot, until: Callable[[], bool] | None = None, timeout:
                                  f"{len(app.results)} results\n{screen_text(app)}")
 
 
+async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float = SETTLE_TIMEOUT) -> None:
+    """Wait until `condition()` holds (a screen pushed by a worker's message, say)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s\n{screen_text(pilot.app)}")
+        await pilot.pause(0.01)
+
+
 # Reading what the app shows
 
 

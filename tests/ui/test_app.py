@@ -844,6 +844,7 @@ async def test_e_exports_though_the_footer_leaves_it_out(pair, tmp_path, monkeyp
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("e")
+        await settle(pilot, until=lambda: any(note.startswith("wrote ") for note in notes))
         written = sorted(path.suffix for path in tmp_path.glob("weightscope-*"))
         assert written == [".json", ".md"]
         assert any(note.startswith("wrote ") for note in notes), notes

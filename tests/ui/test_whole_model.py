@@ -7,16 +7,17 @@ import json
 from pathlib import Path
 
 import torch
+from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from weightscope.ui.app import WeightscopeApp
 from weightscope.ui.screens.overview import OverviewScreen
-from weightscope.ui.screens.table import TableScreen
+from weightscope.ui.screens.table import Row, TableScreen
 from weightscope.ui.widgets.change_map_view import ChangeMapView
 from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
 
-from .helpers import SIZE, cursor_path, settle, static_text
+from .helpers import SIZE, cursor_path, screen_text, settle, static_text, wait_for
 
 
 def figures(app: WeightscopeApp, view: str) -> list:
@@ -35,9 +36,8 @@ async def test_overview_shows_frozen_embeddings_nans_and_changes_where_they_are(
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("o")
-        await pilot.pause()
+        await wait_for(pilot, lambda: isinstance(app.screen, OverviewScreen))
         screen = app.screen
-        assert isinstance(screen, OverviewScreen)
         table = screen.query_one("#heatmap", DataTable)
         assert [str(r) for r in screen.grid.rows] == ["0", "1", "2", "3"]
         assert cell(table, "0", "q") == "="  # layer 0 frozen
@@ -59,9 +59,9 @@ async def test_table_sorts_filters_and_jumps(demo):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("t")
-        await pilot.pause()
+        await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
         screen = app.screen
-        assert isinstance(screen, TableScreen) and len(screen.shown) == 40
+        assert len(screen.shown) == 40
         await pilot.press("5")  # rel L2, largest first; unknown figures last
         rel = [r.rel_l2 for r in screen.shown]
         known = [x for x in rel if x is not None]
@@ -76,6 +76,41 @@ async def test_table_sorts_filters_and_jumps(demo):
         await settle(pilot)
         assert not isinstance(app.screen, TableScreen)
         assert cursor_path(app) == screen.shown[1].name
+
+
+class TableOnly(App[str | None]):
+    """The table screen alone over `rows`; the app's return value is what it was dismissed with."""
+
+    def __init__(self, rows: list[Row]):
+        super().__init__()
+        self.rows = rows
+
+    def on_mount(self) -> None:
+        self.push_screen(TableScreen(self.rows), self.exit)
+
+
+async def test_a_table_of_100000_rows_draws_what_is_on_screen_and_walks_to_the_end():
+    rows = [Row(f"model.layers.{i // 1000}.mlp.experts.{i % 1000}.down_proj.weight", "changed", "bfloat16",
+                "512×128", (i + 1) / 1e5, 0.5, 0.99, 0, "") for i in range(100_000)]
+    app = TableOnly(rows)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("1 name"))
+        assert "5 rel L2" in lines[header] and "8 NaN/Inf" in lines[header]
+        first = lines[header + 1]  # a name too long for its column keeps its end
+        assert first.startswith("…") and "s.0.mlp.experts.0.down_proj.weight ≠ changed" in first
+        assert "512×128" in first and "1e-05" in first
+        await pilot.press("5")  # largest rel L2 first: the last row comes to the top
+        await pilot.pause()
+        assert ".99.mlp.experts.999.down_proj.weight" in screen_text(app).splitlines()[header + 1]
+        await pilot.press("end")
+        await pilot.pause()
+        assert "s.0.mlp.experts.0.down_proj.weight" in screen_text(app).splitlines()[-2]  # above the footer
+        await pilot.press("home", "pagedown", "enter")
+    page = len(lines) - header - 2  # rows between the header and the footer
+    assert app.return_value == sorted(rows, key=lambda r: -r.rel_l2)[page].name
 
 
 async def test_anomalies_cycle_from_the_most_serious(demo):
@@ -98,7 +133,7 @@ async def test_export_writes_markdown_and_json(demo, tmp_path, monkeypatch):
         await settle(pilot)
         monkeypatch.chdir(tmp_path)
         await pilot.press("e")
-        await pilot.pause()
+        await wait_for(pilot, lambda: len(list(Path(tmp_path).glob("weightscope-*"))) == 2)
     written = sorted(Path(tmp_path).glob("weightscope-*"))
     assert [p.suffix for p in written] == [".json", ".md"]
     document = json.loads(written[0].read_text())
@@ -158,6 +193,7 @@ class TestWholeModelSnapshots:
             await settle(pilot)
             pilot.app.clear_notifications()
             await pilot.press("o")
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, OverviewScreen))
             await pilot.pause()
 
         assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=run_before)

@@ -30,7 +30,7 @@ from weightscope.core.hierarchy import DIFFERS, NameNode, Names, matcher
 from weightscope.core.report import human
 from weightscope.core.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
 from weightscope.core.stats import Cancelled
-from weightscope.ui.messages import DetailReady, Filtered, Opened, OpenFailed, ScanResults, ViewReady
+from weightscope.ui.messages import DetailReady, Filtered, Opened, OpenFailed, ScanResults, ViewReady, WholeReady
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen, row_of
@@ -119,6 +119,7 @@ class WeightscopeApp(App[None]):
         self._filter_timer: Timer | None = None
         self.error: str | None = None
         self.anomaly_index = -1
+        self.anomalies: WholeReady | None = None  # the last anomalies found, and from how many results
         self.pending_reveal: str | None = None
         self.filter_submitted_early = False  # Enter in the filter box before the headers were read
         self.warmed = False  # the compiled statistics loops are loaded
@@ -474,20 +475,71 @@ class WeightscopeApp(App[None]):
         """Results so far, in alignment order."""
         return [self.results[p.name] for p in self.alignment.pairs if p.name in self.results] if self.alignment else []
 
+    # Whole-model views: their content is worked out in a worker (seconds on 100,000 tensors)
+
     def action_overview(self) -> None:
-        if self.alignment is None:
-            return
-        grid = anatomy.grid(self.scanned(), hierarchy.badge_status)
-        done = f"{len(self.results):,} of {len(self.alignment.pairs):,} tensors scanned"
-        self.push_screen(OverviewScreen(grid, f"where did B change from A? rel L2 by layer and module ({done})"),
-                         self.show_in_tree)
+        self.prepare_whole("overview")
 
     def action_table(self) -> None:
+        self.prepare_whole("table")
+
+    def action_next_anomaly(self) -> None:
+        if self.anomalies is not None and self.anomalies.scanned == len(self.results):
+            self.step_anomaly(self.anomalies.content)  # nothing new since they were found
+        else:
+            self.prepare_whole("anomalies")
+
+    def action_export(self) -> None:
+        self.prepare_whole("export")
+
+    @work(thread=True, exclusive=True, group="whole", exit_on_error=False)
+    def prepare_whole(self, view: str) -> None:
         if self.alignment is None:
             return
-        rows = [row_of(p, hierarchy.badge_status(self.results[p.name]) if p.name in self.results
-                       else hierarchy.known_status(p), self.results.get(p.name)) for p in self.alignment.pairs]
-        self.push_screen(TableScreen(rows), self.show_in_tree)
+        results = self.scanned()
+        if view == "overview":
+            content = anatomy.grid(results, hierarchy.badge_status)
+        elif view == "table":
+            scanned = {r.pair.name: r for r in results}
+            content = [row_of(p, hierarchy.badge_status(scanned[p.name]) if p.name in scanned
+                              else hierarchy.known_status(p), scanned.get(p.name)) for p in self.alignment.pairs]
+        elif view == "anomalies":
+            content = anatomy.anomalies(results, hierarchy.badge_status)
+        else:
+            from weightscope.core.export import export
+
+            try:
+                content = export(self.a, self.b or self.a, self.alignment, results)
+            except OSError as exc:
+                content = exc
+        if not get_current_worker().is_cancelled:
+            self.post_message(WholeReady(view, content, len(results)))
+
+    def on_whole_ready(self, message: WholeReady) -> None:
+        total = len(self.alignment.pairs)
+        so_far = "" if message.scanned == total else f" ({message.scanned:,} of {total:,} tensors scanned so far)"
+        if message.view == "overview":
+            title = f"where did B change from A? rel L2 by layer and module ({message.scanned:,} of {total:,} tensors scanned)"
+            self.push_screen(OverviewScreen(message.content, title), self.show_in_tree)
+        elif message.view == "table":
+            self.push_screen(TableScreen(message.content), self.show_in_tree)
+        elif message.view == "anomalies":
+            self.anomalies = message
+            self.step_anomaly(message.content)
+        elif isinstance(message.content, OSError):
+            self.notify(f"export failed: {message.content}", severity="error")
+        else:
+            md, js = message.content
+            self.notify(f"wrote {md} and {js}{so_far}", timeout=6)
+
+    def step_anomaly(self, found: list) -> None:
+        if not found:
+            self.notify("no anomalies" + ("" if len(self.results) == len(self.alignment.pairs) else " so far"), timeout=2)
+            return
+        self.anomaly_index = (self.anomaly_index + 1) % len(found)
+        anomaly = found[self.anomaly_index]
+        self.show_in_tree(anomaly.name)
+        self.notify(f"{self.anomaly_index + 1}/{len(found)}: {anomaly.name}: {anomaly.reason}", timeout=4)
 
     def show_in_tree(self, name: str | None) -> None:
         """Put the tree's cursor on a tensor (clearing a filter that hides it)."""
@@ -499,32 +551,6 @@ class WeightscopeApp(App[None]):
             return
         self.query_one(DiffTree).reveal(self.names.nodes[name])
         self.query_one(DiffTree).focus()
-
-    def action_next_anomaly(self) -> None:
-        if self.alignment is None:
-            return
-        found = anatomy.anomalies(self.scanned(), hierarchy.badge_status)
-        if not found:
-            self.notify("no anomalies" + ("" if len(self.results) == len(self.alignment.pairs) else " so far"), timeout=2)
-            return
-        self.anomaly_index = (self.anomaly_index + 1) % len(found)
-        anomaly = found[self.anomaly_index]
-        self.show_in_tree(anomaly.name)
-        self.notify(f"{self.anomaly_index + 1}/{len(found)}: {anomaly.name}: {anomaly.reason}", timeout=4)
-
-    def action_export(self) -> None:
-        if self.alignment is None:
-            return
-        from weightscope.core.export import export
-
-        results = self.scanned()
-        try:
-            md, js = export(self.a, self.b or self.a, self.alignment, results)
-        except OSError as exc:
-            self.notify(f"export failed: {exc}", severity="error")
-            return
-        partial = "" if len(results) == len(self.alignment.pairs) else f" ({len(results):,} tensors scanned so far)"
-        self.notify(f"wrote {md} and {js}{partial}", timeout=6)
 
     # Filtering
 

@@ -63,3 +63,13 @@ class ViewReady(Message):
     view: str
     size: tuple[int, int]
     figure: object
+
+
+@dataclass
+class WholeReady(Message):
+    """A whole-model view's content, worked out off the UI thread: the overview's grid, the
+    table's rows, the anomalies, or the paths an export wrote."""
+
+    view: str
+    content: object
+    scanned: int  # how many results it was worked out from

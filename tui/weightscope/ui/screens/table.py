@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 
 from weightscope.core.align import Pair
 from weightscope.core.checks import nonfinite_text
 from weightscope.core.hierarchy import matcher
 from weightscope.core.scan import PairResult
-from weightscope.ui.widgets import badges
+from weightscope.ui.widgets.pair_table import COLUMNS, PairTable
 
 
 @dataclass(frozen=True)
@@ -44,27 +43,16 @@ def row_of(pair: Pair, status: str, result: PairResult | None) -> Row:
                diff.cosine if diff else None, sum(s.nonfinite for s in sides), text)
 
 
-# (column title, sort key); a key of None (a figure not known) sorts last either way.
-COLUMNS = [
-    ("name", lambda r: r.name),
-    ("status", lambda r: r.status),
-    ("dtype", lambda r: r.dtype),
-    ("shape", lambda r: r.shape),
-    ("rel L2", lambda r: r.rel_l2),
-    ("max |Δ|", lambda r: r.max_abs),
-    ("cosine", lambda r: r.cosine),
-    ("NaN/Inf", lambda r: r.nonfinite),
-]
+# The sort key of each of the table's columns (pair_table.COLUMNS); a key of None (a figure
+# not known) sorts last either way.
+SORT_KEYS = [lambda r: r.name, lambda r: r.status, lambda r: r.dtype, lambda r: r.shape,
+             lambda r: r.rel_l2, lambda r: r.max_abs, lambda r: r.cosine, lambda r: r.nonfinite]
 
 
 def sorted_rows(rows: list[Row], column: int, reverse: bool) -> list[Row]:
-    key = COLUMNS[column][1]
+    key = SORT_KEYS[column]
     known = [r for r in rows if key(r) is not None]
     return sorted(known, key=key, reverse=reverse) + [r for r in rows if key(r) is None]
-
-
-def number(value: float | None, spec: str = ".3g") -> Text:
-    return Text("" if value is None else format(value, spec), justify="right")
 
 
 class TableScreen(Screen[str | None]):
@@ -73,7 +61,7 @@ class TableScreen(Screen[str | None]):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("slash", "focus_filter", "Filter"),
-        *[Binding(str(i + 1), f"sort({i})", f"Sort {title}", show=i in (0, 1, 4)) for i, (title, _) in
+        *[Binding(str(i + 1), f"sort({i})", f"Sort {title}", show=i in (0, 1, 4)) for i, (title, _, _) in
           enumerate(COLUMNS)],
     ]
 
@@ -87,23 +75,15 @@ class TableScreen(Screen[str | None]):
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: substring or glob; digits 1–8 sort by a column (again: reverse)",
                     id="table-filter")
-        yield DataTable(id="pairs", cursor_type="row", zebra_stripes=True)
+        yield PairTable(id="pairs")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#pairs", DataTable)
-        for i, (title, _) in enumerate(COLUMNS):
-            table.add_column(f"{i + 1} {title}", key=str(i))
         self.fill()
-        table.focus()
+        self.query_one(PairTable).focus()
 
     def fill(self) -> None:
-        table = self.query_one("#pairs", DataTable)
-        table.clear()
-        table.add_rows(
-            (Text(r.name), Text(f"{badges.symbol(r.status)} {r.status}", badges.style(r.status)), r.dtype, r.shape,
-             number(r.rel_l2), number(r.max_abs), number(r.cosine, ".6f"), Text(r.nonfinite_text, "red"))
-            for r in self.shown)
+        self.query_one(PairTable).show(self.shown)
 
     def action_sort(self, column: int) -> None:
         self.reverse = not self.reverse if self.sort_column == column else column >= 4
@@ -121,10 +101,10 @@ class TableScreen(Screen[str | None]):
         self.fill()
 
     def on_input_submitted(self) -> None:
-        self.query_one("#pairs", DataTable).focus()
+        self.query_one(PairTable).focus()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.dismiss(self.shown[event.cursor_row].name)
+    def on_pair_table_selected(self, event: PairTable.Selected) -> None:
+        self.dismiss(self.shown[event.index].name)
 
     def action_back(self) -> None:
         self.dismiss(None)
