@@ -13,7 +13,10 @@ after the last result is in:
   and records how long until the tree's cursor has moved (the keypress handled).
 
 Prints, per run, the worst and the 99th percentile of both against the target of 100 ms,
-when the worst happened, and how far the scan got.
+when the worst happened, and how far the scan got. After the second run's results are in,
+it presses `t` (the table of every pair), `o` (the overview) and `e` (export) in turn and
+prints how long each took to be ready and the worst event-loop lag from the key until 0.5 s
+after (the view's first paint included).
 
     python3 bench/tui_responsiveness.py [--seconds 120]
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import multiprocessing
 import os
 import shutil
@@ -43,6 +47,8 @@ def write_pair(root: str) -> tuple[str, str]:
 
 
 AFTER = 2.0  # seconds probed after the last result is in (the end of the scan, the cache written)
+VIEWS = {"t": "table of every pair", "o": "overview", "e": "export (Markdown and JSON)"}
+PAINT = 0.5  # seconds after a view is ready that still count as its opening
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -50,7 +56,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
 
 
-async def measure(a: str, b: str, seconds: float, label: str) -> None:
+async def measure(a: str, b: str, seconds: float, label: str, with_views: bool) -> None:
     from textual import events
 
     from weightscope.ui.app import WeightscopeApp
@@ -94,6 +100,9 @@ async def measure(a: str, b: str, seconds: float, label: str) -> None:
             if ended is None and len(app.results) == len(app.alignment.pairs):
                 ended = time.perf_counter()
         scanned, total = len(app.results), len(app.alignment.pairs)
+        probed = len(lags)
+        views = await open_views(app, lags) if with_views else []
+    del lags[probed:], when[probed:]
     worst = max(range(len(lags)), key=lags.__getitem__)
     slowest = sorted(range(len(presses)), key=presses.__getitem__)[-3:][::-1]
     print(f"{label}: tree shown {shown:.2f} s after start; {scanned:,} of {total:,} results in"
@@ -104,10 +113,41 @@ async def measure(a: str, b: str, seconds: float, label: str) -> None:
     for label, values in (("event-loop lag (10 ms probe)", lags), ("keypress handled (Down/Up)", presses)):
         print(f"{label:28} {len(values):8} {1000 * statistics.median(values):6.1f}ms "
               f"{1000 * percentile(values, 0.99):6.1f}ms {1000 * max(values):6.1f}ms   < 100 ms")
+    for key, took, lag in views:
+        print(f"{key!r} {VIEWS[key]}: ready after {took:.2f} s; the worst event-loop lag meanwhile and in the "
+              f"{PAINT} s after: {1000 * lag:.0f} ms")
 
 
-def run_measure(a: str, b: str, seconds: float, label: str) -> None:
-    asyncio.run(measure(a, b, seconds, label))
+async def open_views(app, lags: list[float]) -> list[tuple[str, float, float]]:
+    """Press t, o and e in turn once every result is in: (key, seconds until its screen is up or
+    its files are written, the worst loop lag from the key until `PAINT` s after)."""
+    from textual import events
+
+    from weightscope.ui.screens.overview import OverviewScreen
+    from weightscope.ui.screens.table import TableScreen
+
+    ready = {"t": lambda: isinstance(app.screen, TableScreen), "o": lambda: isinstance(app.screen, OverviewScreen),
+             "e": lambda: len(glob.glob("weightscope-*")) == 2}
+    out = []
+    for key in VIEWS:
+        first, start = len(lags), time.perf_counter()
+        for name in (key, "escape"):
+            event = events.Key(name, key if name == key else None)
+            event.set_sender(app)
+            app._driver.send_message(event)
+            if name == key:
+                while not ready[key]():
+                    await asyncio.sleep(0.005)
+                took = time.perf_counter() - start
+                await asyncio.sleep(PAINT)
+        out.append((key, took, max(lags[first:], default=0.0)))
+        await asyncio.sleep(0.3)
+    return out
+
+
+def run_measure(a: str, b: str, seconds: float, label: str, with_views: bool) -> None:
+    os.chdir(os.path.dirname(a))  # where `e` writes its files
+    asyncio.run(measure(a, b, seconds, label, with_views))
 
 
 def main() -> None:
@@ -123,8 +163,8 @@ def main() -> None:
     try:
         print(f"writing a 100,000-tensor pair (sparse) to {root} ...", flush=True)
         a, b = write_pair(root)
-        for label in ("scan, empty result cache", "reopened, results from the cache"):
-            run = spawn.Process(target=run_measure, args=(a, b, args.seconds, label))  # a fresh process, as a user's
+        for label, with_views in (("scan, empty result cache", False), ("reopened, results from the cache", True)):
+            run = spawn.Process(target=run_measure, args=(a, b, args.seconds, label, with_views))  # a fresh process, as a user's
             run.start()
             run.join()
     finally:

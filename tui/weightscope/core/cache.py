@@ -4,9 +4,9 @@ A result is keyed by the identity of every file on both sides (real path, size, 
 a hash of the file's first and last 64 KiB, where headers and zip directories live) and by
 the options that change figures. The cache is best effort: any problem reads as a miss.
 
-An entry holds one result per line (JSON lines), read and written a line at a time with
-background work's pause points between them: one `json.load` of a 100,000-tensor entry
-(80 MB) held the interpreter, and with it the app's keys, for 1.5 s.
+An entry holds one result per line (JSON lines), read a line at a time with background
+work's pause points between them: one `json.load` of a 100,000-tensor entry (80 MB) held the
+interpreter, and with it the app's keys, for 1.5 s.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from weightscope import __version__
 from weightscope.core import stats
 from weightscope.core.align import Alignment
 from weightscope.core.checkpoint import Checkpoint
+from weightscope.core.files import open_for_writing
 from weightscope.core.paths import cache_dir
 from weightscope.core.scan import PairResult, ScanOptions
 from weightscope.core.stats import DiffStats, Histogram, SideStats
@@ -85,9 +86,9 @@ def save(cache_key: str, results: list[PairResult]) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = f"{path}.{os.getpid()}.tmp"
-        lines = [json.dumps(result_json(result)) + "\n" for result in results]
-        with open(partial, "w", encoding="utf-8") as f:
-            f.writelines(lines)
+        with open_for_writing(partial) as f:
+            for result in results:
+                f.write(json.dumps(result_json(result)) + "\n")
         os.replace(partial, path)
     except OSError:
         pass

@@ -9,6 +9,7 @@ from pathlib import Path
 from weightscope.core.align import Alignment
 from weightscope.core.anatomy import anomalies
 from weightscope.core.checkpoint import Checkpoint
+from weightscope.core.files import open_for_writing
 from weightscope.core.hierarchy import badge_status
 from weightscope.core.report import EQUAL, human, shape, summary, to_json
 from weightscope.core.scan import PairResult
@@ -52,5 +53,6 @@ def export(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[Pai
     stem = Path(directory) / time.strftime("weightscope-%Y%m%d-%H%M%S")
     md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
     md.write_text(markdown(a, b, alignment, results), encoding="utf-8")
-    js.write_text(json.dumps(to_json(a, b, alignment, results), indent=1), encoding="utf-8")
+    with open_for_writing(js) as f:  # streamed: one 80 MB string would hold the interpreter 0.5 s
+        json.dump(to_json(a, b, alignment, results), f, indent=1)
     return md, js

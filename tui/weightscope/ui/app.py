@@ -50,17 +50,24 @@ VIEWS = ("histograms", "spectrum", "map")
 
 
 @contextmanager
-def long_lived():
-    """Build objects that live as long as the app (headers, the name tree, cached results) with
-    the cyclic GC paused, then freeze them: collecting halfway through is wasted (seconds on a
-    100,000-tensor model), and once frozen, later full collections do not walk them again (each
-    such walk would stall input)."""
+def collector_paused():
+    """The cyclic GC paused while a worker builds many objects: a full collection halfway through
+    is wasted, and holds the interpreter, keys included, for up to a second on 100,000 tensors."""
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
         gc.enable()
+
+
+@contextmanager
+def long_lived():
+    """Build objects that live as long as the app (headers, the name tree, cached results) with
+    the GC paused, then freeze them: later full collections do not walk them again (each such
+    walk would stall input)."""
+    with collector_paused():
+        yield
+        gc.freeze()
 
 
 def single_alignment(checkpoint: Checkpoint) -> Alignment:
@@ -497,29 +504,31 @@ class WeightscopeApp(App[None]):
         if self.alignment is None:
             return
         results = self.scanned()
-        if view == "overview":
-            content = anatomy.grid(results, hierarchy.badge_status)
-        elif view == "table":
-            scanned = {r.pair.name: r for r in results}
-            content = [row_of(p, hierarchy.badge_status(scanned[p.name]) if p.name in scanned
-                              else hierarchy.known_status(p), scanned.get(p.name)) for p in self.alignment.pairs]
-        elif view == "anomalies":
-            content = anatomy.anomalies(results, hierarchy.badge_status)
-        else:
-            from weightscope.core.export import export
-
-            try:
-                content = export(self.a, self.b or self.a, self.alignment, results)
-            except OSError as exc:
-                content = exc
+        with collector_paused():
+            content = self.whole_content(view, results)
         if not get_current_worker().is_cancelled:
             self.post_message(WholeReady(view, content, len(results)))
 
+    def whole_content(self, view: str, results: list[PairResult]) -> object:
+        if view == "overview":
+            return anatomy.grid(results, hierarchy.badge_status)
+        if view == "table":
+            scanned = {r.pair.name: r for r in results}
+            return [row_of(p, hierarchy.badge_status(scanned[p.name]) if p.name in scanned
+                           else hierarchy.known_status(p), scanned.get(p.name)) for p in self.alignment.pairs]
+        if view == "anomalies":
+            return anatomy.anomalies(results, hierarchy.badge_status)
+        from weightscope.core.export import export
+
+        try:
+            return export(self.a, self.b or self.a, self.alignment, results)
+        except OSError as exc:
+            return exc
+
     def on_whole_ready(self, message: WholeReady) -> None:
-        total = len(self.alignment.pairs)
-        so_far = "" if message.scanned == total else f" ({message.scanned:,} of {total:,} tensors scanned so far)"
+        scanned = f"{message.scanned:,} of {len(self.alignment.pairs):,} tensors scanned"
         if message.view == "overview":
-            title = f"where did B change from A? rel L2 by layer and module ({message.scanned:,} of {total:,} tensors scanned)"
+            title = f"where did B change from A? rel L2 by layer and module ({scanned})"
             self.push_screen(OverviewScreen(message.content, title), self.show_in_tree)
         elif message.view == "table":
             self.push_screen(TableScreen(message.content), self.show_in_tree)
@@ -530,6 +539,7 @@ class WeightscopeApp(App[None]):
             self.notify(f"export failed: {message.content}", severity="error")
         else:
             md, js = message.content
+            so_far = "" if message.scanned == len(self.alignment.pairs) else f" ({scanned} so far)"
             self.notify(f"wrote {md} and {js}{so_far}", timeout=6)
 
     def step_anomaly(self, found: list) -> None:
