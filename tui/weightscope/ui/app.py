@@ -2,7 +2,9 @@
 
 Headers are read in a worker right after the first paint; the trees appear as soon as
 names are aligned. Statistics never run on the UI thread: the scan and the detail pane
-each have one exclusive thread worker that polls its cancellation between chunks.
+each have one exclusive thread worker that polls its cancellation between chunks. Nor does
+any other work that grows with the model (the whole-model views, the result cache): on
+100,000 tensors it takes seconds, and the keys must not wait for it.
 """
 
 from __future__ import annotations

@@ -120,15 +120,19 @@ class PairTable(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         widths = self.widths()
         if y == 0:
+            style = self.get_component_rich_style("pair-table--header")
             text = (" " * GAP).join(fit(f"{i + 1} {title}", w, right) for i, ((title, _, right), w)
                                     in enumerate(zip(COLUMNS, widths)))
-            return Strip([Segment(text, self.get_component_rich_style("pair-table--header"))]).adjust_cell_length(
-                width, self.get_component_rich_style("pair-table--header"))
+            return Strip([Segment(text, style)]).adjust_cell_length(width, style)
         index = round(self.scroll_offset.y) + y - 1
         if index >= len(self.rows):
             return Strip.blank(width, self.rich_style)
-        base = self.get_component_rich_style("pair-table--cursor" if index == self.cursor else
-                                              "pair-table--stripe") if index == self.cursor or index % 2 else self.rich_style
+        if index == self.cursor:
+            base = self.get_component_rich_style("pair-table--cursor")
+        elif index % 2:
+            base = self.get_component_rich_style("pair-table--stripe")
+        else:
+            base = self.rich_style
         return Strip(self.cells(self.rows[index], widths, base)).adjust_cell_length(width, base)
 
     def cells(self, row, widths: list[int], base: Style) -> list[Segment]:
