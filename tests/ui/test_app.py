@@ -836,6 +836,16 @@ async def test_the_footer_shows_help_and_quit(demo):
         assert all(key.split(" ", 1)[0] in text for key in FOOTER_HIDDEN)
 
 
+async def test_the_footer_fits_80_columns_and_the_help_names_the_palette(demo):
+    app = WeightscopeApp(*demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        footer = screen_text(app).splitlines()[-1]
+        assert all(key in footer for key in FOOTER_SHOWN), footer  # the palette key left out, to make room
+        await pilot.press("question_mark")
+        assert "Ctrl+P" in help_text(app)
+
+
 async def test_e_exports_though_the_footer_leaves_it_out(pair, tmp_path, monkeypatch):
     """N, L and c are tested above; `e` writes the comparison as Markdown and JSON into the working directory."""
     monkeypatch.chdir(tmp_path)

@@ -285,7 +285,7 @@ def test_browse_filter_help_quit(terminal, demo):
 
     terminal.keys("?")
     # A screen can be captured while a frame is half written: wait for every line expected.
-    expected = ("weightscope — keys", "next / previous tensor that differs", "filter names", "quit",
+    expected = ("weightscope — keys", "next / previous tensor that differs", "a substring, or a glob", "quit",
                 "changed within tolerance", "only in A")
     terminal.wait("the help screen, keys and badges", lambda s: all(text in s for text in expected))
     terminal.keys("End")  # the last badges lie below the fold of a 40-line terminal: the help scrolls

@@ -145,7 +145,7 @@ class WeightscopeApp(App[None]):
             yield Static("reading headers…", id="placeholder")
         yield DetailPane(id="detail")
         yield Input(placeholder="filter: substring, or glob with * ? [ ]  (Enter keeps, Esc clears)", id="filter")
-        yield Footer()
+        yield Footer(show_command_palette=False)  # Ctrl+P still opens it (in the help); the keys need the room
 
     def title_text(self, extra: str = "") -> str:
         a, b = self.paths

@@ -17,7 +17,7 @@ KEYS = [
     ("← →  h l", "collapse / expand (or go to parent / first child)"),
     ("Enter  Space", "expand or collapse"),
     ("n  N", "next / previous tensor that differs"),
-    ("/", "filter names (substring, or a glob with * ? [ ]); Esc clears"),
+    ("/", "filter: a substring, or a glob * ? [ ]; Esc clears"),
     ("o", "overview: heatmap of layers × modules, sparklines across depth"),
     ("t", "table of every pair; digits sort by a column"),
     ("a", "next anomaly: NaN/Inf, shape or dtype change, one side only, outlier change"),
@@ -26,6 +26,7 @@ KEYS = [
     ("L", "log scale: histogram counts, singular values"),
     ("c", "copy the tensor name (OSC 52, works over SSH)"),
     ("?", "this help"),
+    ("Ctrl+P", "command palette: every action by name"),
     ("q", "quit"),
 ]
 

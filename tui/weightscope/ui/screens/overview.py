@@ -70,7 +70,7 @@ class OverviewScreen(Screen[str | None]):
                     yield Label(column, classes="spark-label")
                     yield Sparkline(self.grid.column_series(column), summary_function=max)
         yield Static(self.legend(), id="overview-legend")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def legend(self) -> Text:
         text = Text("rel L2: ")

@@ -76,7 +76,7 @@ class TableScreen(Screen[str | None]):
         yield Input(placeholder="filter: substring or glob; digits 1–8 sort by a column (again: reverse)",
                     id="table-filter")
         yield PairTable(id="pairs")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.fill()
