@@ -27,7 +27,7 @@ from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.detail import DetailPane
 from weightscope.ui.widgets.diff_tree import DiffTree
-from weightscope.ui.widgets.histogram import HistogramPlot
+from weightscope.ui.widgets.histogram import HistogramPlot, fitted_title
 
 from .helpers import (SIZE, cursor_path, leaf_names, line_of, name_nodes, screen_text, settle, static_text,
                       tree_lines)
@@ -858,6 +858,16 @@ async def test_e_exports_though_the_footer_leaves_it_out(pair, tmp_path, monkeyp
         written = sorted(path.suffix for path in tmp_path.glob("weightscope-*"))
         assert written == [".json", ".md"]
         assert any(note.startswith("wrote ") for note in notes), notes
+
+
+def test_a_histogram_title_is_shortened_to_fit_rather_than_dropped():
+    """plotext leaves out a title wider than the plot: what fell outside the range is said shorter."""
+    outside = [("A", 170, 175), ("B", 1172, 180)]
+    assert fitted_title("values", [], 10) == "values"
+    assert fitted_title("values", outside, 80) == "values  (A: 170 below, 175 above; B: 1,172 below, 180 above)"
+    assert fitted_title("values", outside, 50) == "values (outside: A ↓170 ↑175, B ↓1,172 ↑180)"
+    assert fitted_title("values", outside, 30) == "values (outside: A ↓170 ↑175,…"
+    assert fitted_title("values", outside, 0).startswith("values  (A: 170 below")  # not laid out yet
 
 
 async def test_histograms_fit_in_80_columns(demo):

@@ -13,6 +13,19 @@ from textual_plotext import PlotextPlot
 from weightscope.core.stats import Histogram
 
 
+def fitted_title(title: str, outside: list[tuple[str, int, int]], width: int) -> str:
+    """The title and what fell outside the range, (label, below, above) per line, in `width`
+    cells: plotext drops a title that does not fit. Shortened as needed; whole when `width`
+    is not known yet (0 or less)."""
+    if not outside:
+        return title
+    full = f"{title}  (" + "; ".join(f"{label}: {below:,} below, {above:,} above" for label, below, above in outside) + ")"
+    if len(full) <= width or width <= 0:
+        return full
+    short = f"{title} (outside: " + ", ".join(f"{label} ↓{below:,} ↑{above:,}" for label, below, above in outside) + ")"
+    return short if len(short) <= width else short[:max(width - 1, 0)] + "…"
+
+
 class HistogramPlot(PlotextPlot):
     """Step lines of one or more histograms on a shared x range."""
 
@@ -25,15 +38,13 @@ class HistogramPlot(PlotextPlot):
         """
         plt = self.plt
         plt.clear_figure()
-        outside = []
         for label, hist, colour in series:
             width = (hist.hi - hist.lo) / len(hist.counts)
             xs = [hist.lo + (i + 0.5) * width for i in range(len(hist.counts))]
             ys = [math.log10(1 + c) if log_counts else c for c in hist.counts]
             plt.plot(xs, ys, label=label, color=colour, marker="braille")
-            if hist.below or hist.above:
-                outside.append(f"{label}: {hist.below:,} below, {hist.above:,} above")
-        plt.title(title + (f"  ({'; '.join(outside)})" if outside else ""))
+        plt.title(fitted_title(title, [(label, h.below, h.above) for label, h, _ in series if h.below or h.above],
+                               self.size.width - 1))
         plt.ylabel("log10(1+count)" if log_counts else "count")
         self.refresh()
 
