@@ -51,3 +51,26 @@ def test_most_changed_of_a_group_lists_only_its_members_largest_first():
     assert [n.path for n in names.root.most_changed(2)] == ["b.x.weight", "a.y.weight"]
     names.apply([result(pairs[2], 0.0)])  # b.x came back unchanged: it leaves every ranking
     assert [n.path for n in names.root.most_changed()] == ["a.y.weight", "a.x.weight"]
+
+
+def test_a_tree_holds_no_cycles_and_comes_apart_a_node_at_a_time():
+    import gc
+    import weakref
+
+    pairs = [pair(f"model.layers.{i}.mlp.{m}.weight") for i in range(3) for m in ("up", "down")]
+    names = hierarchy.build(pairs, [result(p, 0.1 * (i + 1)) for i, p in enumerate(pairs)])
+    layer = names.root.children["model"].children["layers"].children["1"]
+    assert layer.parent.path == "model.layers" and layer.differing == 2
+    root = weakref.ref(names.root)
+    gc.disable()  # freed by reference counting alone
+    try:
+        del names
+        assert root() is None and layer.parent is None  # only what is held elsewhere lives on
+        assert [n.path for n in layer.leaves()] == ["model.layers.1.mlp.down.weight", "model.layers.1.mlp.up.weight"]
+    finally:
+        gc.enable()
+    names = hierarchy.build(pairs)
+    kept = names.nodes["model.layers.0.mlp.up.weight"]
+    names.take_apart()
+    assert names.nodes == {} and names.root.children == {} and names.root.top == []
+    assert kept.pair is pairs[0] and kept.status == "pending"  # a node held elsewhere still answers

@@ -10,6 +10,7 @@ updates only its ancestors.
 from __future__ import annotations
 
 import heapq
+import weakref
 import re
 from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
@@ -76,7 +77,9 @@ class NameNode:
 
     part: str
     path: str
-    parent: NameNode | None = None
+    # Weak, so that a tree holds no reference cycles: one dropped (a filter's, replaced on the
+    # next key) is freed at once instead of waiting for a full collection that stalls the UI.
+    parent_ref: weakref.ref[NameNode] | None = None
     pair: Pair | None = None
     result: PairResult | None = None
     children: dict[str, NameNode] = field(default_factory=dict)
@@ -85,6 +88,10 @@ class NameNode:
     max_rel: float | None = None
     top: list[NameNode] = field(default_factory=list)
     _sorted: list[NameNode] | None = None
+
+    @property
+    def parent(self) -> NameNode | None:
+        return self.parent_ref() if self.parent_ref is not None else None
 
     @property
     def status(self) -> str:
@@ -179,6 +186,17 @@ class Names:
             self._order = list(self.root.leaves())
         return self._order
 
+    def take_apart(self) -> None:
+        """Let go of the tree a node at a time (for a background thread): a tree dropped whole
+        is freed in one step that holds the interpreter, keys included, for 0.1 s on 100,000
+        tensors. Nodes still held elsewhere stay usable, without their children."""
+        self.nodes, self._order = {}, None
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            node.children, node.top, node._sorted = {}, [], None
+
     def apply(self, results) -> list[NameNode]:
         """Record results of pairs in this tree; returns the nodes that changed."""
         changed = []
@@ -200,7 +218,7 @@ def build(pairs: list[Pair], results=()) -> Names:
         for part in pair.name.split("."):
             child = node.children.get(part)
             if child is None:
-                child = node.children[part] = NameNode(part, f"{node.path}.{part}" if node.path else part, node)
+                child = node.children[part] = NameNode(part, f"{node.path}.{part}" if node.path else part, weakref.ref(node))
             node = child
         node.pair = pair
         nodes[pair.name] = node

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 import time
+from itertools import islice
 from contextlib import contextmanager
 
 from textual import on, work
@@ -51,15 +53,27 @@ WARM_UP_NOTICE = 2.0  # seconds of loading the statistics loops after which the 
 VIEWS = ("histograms", "spectrum", "map")
 
 
+_pausing = 0  # workers in `collector_paused`
+_pausing_lock = threading.Lock()
+
+
 @contextmanager
 def collector_paused():
     """The cyclic GC paused while a worker builds many objects: a full collection halfway through
-    is wasted, and holds the interpreter, keys included, for up to a second on 100,000 tensors."""
-    gc.disable()
+    is wasted, and holds the interpreter, keys included, for up to a second on 100,000 tensors.
+    It resumes when the last such worker is done: they overlap (a replaced exclusive worker's
+    thread runs to its end)."""
+    global _pausing
+    with _pausing_lock:
+        _pausing += 1
+        gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        with _pausing_lock:
+            _pausing -= 1
+            if not _pausing:
+                gc.enable()
 
 
 @contextmanager
@@ -183,6 +197,7 @@ class WeightscopeApp(App[None]):
                 a, b = open_pair(*self.paths) if self.paths[1] is not None else (open_checkpoint(self.paths[0]), None)
                 alignment = align(a, b) if b is not None else single_alignment(a)
                 tree = hierarchy.build(alignment.pairs)
+                tree.order  # noqa: B018  (worked out here, not on the first `n`: half a second on 100,000 tensors)
         except CheckpointError as exc:
             self.post_message(OpenFailed(str(exc)))
             return
@@ -311,7 +326,9 @@ class WeightscopeApp(App[None]):
 
     @on(Tree.NodeHighlighted)
     def node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        node: NameNode = event.node.data
+        node: NameNode | None = event.node.data
+        if node is None:  # a line of a tree replaced since (by a filter)
+            return
         self.shown = node
         # A lone move starts a tensor's work at once; a held key only where the cursor comes to rest.
         now = time.monotonic()
@@ -461,15 +478,16 @@ class WeightscopeApp(App[None]):
         self.push_screen(HelpScreen())
 
     def step_diff(self, step: int) -> None:
-        order = self.names.order if self.names else []
-        if not order:
+        if self.names is None or not self.names.order:
             return
-        position = order.index(self.shown) if self.shown in order else -1 if step > 0 else 0
-        for offset in range(1, len(order) + 1):
-            node = order[(position + step * offset) % len(order)]
-            if node.own_status in DIFFERS:
-                self.query_one(DiffTree).reveal(node)
-                return
+        if self.names.root.differing:  # else nothing differs: known from the counts, without a walk
+            order = self.names.order
+            position = order.index(self.shown) if self.shown in order else -1 if step > 0 else 0
+            for offset in range(1, len(order) + 1):
+                node = order[(position + step * offset) % len(order)]
+                if node.own_status in DIFFERS:
+                    self.query_one(DiffTree).reveal(node)
+                    return
         self.notify("no tensor differs" if not self.single else "no tensor holds NaN or Inf", timeout=2)
 
     def action_next_diff(self) -> None:
@@ -478,13 +496,11 @@ class WeightscopeApp(App[None]):
     def action_previous_diff(self) -> None:
         self.step_diff(-1)
 
-    # Whole-model views
+    # Whole-model views: their content is worked out in a worker (seconds on 100,000 tensors)
 
     def scanned(self) -> list[PairResult]:
         """Results so far, in alignment order."""
         return [self.results[p.name] for p in self.alignment.pairs if p.name in self.results] if self.alignment else []
-
-    # Whole-model views: their content is worked out in a worker (seconds on 100,000 tensors)
 
     def action_overview(self) -> None:
         self.prepare_whole("overview")
@@ -609,16 +625,19 @@ class WeightscopeApp(App[None]):
             return
         keep = matcher(pattern) if pattern else None
         pairs = [p for p in self.alignment.pairs if keep is None or keep(p.name)]
-        names = hierarchy.build(pairs, list(self.results.values()))
+        results = list(self.results.values())
+        with long_lived():  # frozen, yet freed when replaced: the tree holds no cycles
+            names = hierarchy.build(pairs, results)
+            names.order  # noqa: B018  (as in open_checkpoints)
         if not get_current_worker().is_cancelled:  # a newer pattern replaced this one
-            self.post_message(Filtered(pattern, names))
+            self.post_message(Filtered(pattern, names, len(results)))
 
     def on_filtered(self, message: Filtered) -> None:
         if not self.ready:  # a worker's message that arrives as the app closes
             return
         names = message.tree
-        names.apply(r for name, r in self.results.items()  # results that arrived meanwhile
-                    if name in names.nodes and names.nodes[name].result is None)
+        names.apply(islice(self.results.values(), message.scanned, None))  # results that came meanwhile
+        threading.Thread(target=self.names.take_apart, name="weightscope-free").start()
         self.names = names
         matches = len(names.nodes)
         self.query_one(DiffTree).set_model(names.root, expand_all=bool(message.pattern) and matches <= AUTO_EXPAND)

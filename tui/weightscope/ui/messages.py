@@ -24,10 +24,11 @@ class Opened(Message):
 
 @dataclass
 class Filtered(Message):
-    """The name tree of the pairs a filter keeps."""
+    """The name tree of the pairs a filter keeps, built with the first `scanned` results."""
 
     pattern: str
     tree: Names
+    scanned: int
 
 
 @dataclass

@@ -62,6 +62,11 @@ class DiffTree(Tree[NameNode]):
 
     def set_model(self, root: NameNode, expand_all: bool = False) -> None:
         """Show another name tree (a filtered one, say)."""
+        # The old lines let go of the old tree: they are garbage in cycles, left for a full
+        # collection (or frozen for good), and would keep a whole name tree alive. Their
+        # events still on the way come with no data.
+        for line in (self.root, *self._tree_nodes.values()):  # (clear() makes a root it does not list)
+            line.data = None
         self.clear()
         self._tree_nodes_by_name.clear()
         self.root.data = root
@@ -77,7 +82,7 @@ class DiffTree(Tree[NameNode]):
 
     def populate(self, node: TreeNode[NameNode]) -> None:
         """Add the children of `node` the first time they are needed."""
-        if node.children or not node.data.children:
+        if node.children or node.data is None or not node.data.children:  # (None: a line of a replaced tree)
             return
         for child in node.data.sorted_children():
             added = node.add("", data=child, allow_expand=bool(child.children))
