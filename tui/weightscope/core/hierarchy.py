@@ -10,8 +10,8 @@ updates only its ancestors.
 from __future__ import annotations
 
 import heapq
-import weakref
 import re
+import weakref
 from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 
@@ -218,7 +218,8 @@ def build(pairs: list[Pair], results=()) -> Names:
         for part in pair.name.split("."):
             child = node.children.get(part)
             if child is None:
-                child = node.children[part] = NameNode(part, f"{node.path}.{part}" if node.path else part, weakref.ref(node))
+                path = f"{node.path}.{part}" if node.path else part
+                child = node.children[part] = NameNode(part, path, weakref.ref(node))
             node = child
         node.pair = pair
         nodes[pair.name] = node

@@ -19,10 +19,10 @@ def fitted_title(title: str, outside: list[tuple[str, int, int]], width: int) ->
     is not known yet (0 or less)."""
     if not outside:
         return title
-    full = f"{title}  (" + "; ".join(f"{label}: {below:,} below, {above:,} above" for label, below, above in outside) + ")"
+    full = f"{title}  (" + "; ".join(f"{label}: {lo:,} below, {hi:,} above" for label, lo, hi in outside) + ")"
     if len(full) <= width or width <= 0:
         return full
-    short = f"{title} (outside: " + ", ".join(f"{label} ↓{below:,} ↑{above:,}" for label, below, above in outside) + ")"
+    short = f"{title} (outside: " + ", ".join(f"{label} ↓{lo:,} ↑{hi:,}" for label, lo, hi in outside) + ")"
     return short if len(short) <= width else short[:max(width - 1, 0)] + "…"
 
 
