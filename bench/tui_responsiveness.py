@@ -58,9 +58,16 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
 
 
-async def measure(a: str, b: str, seconds: float, label: str, with_views: bool) -> None:
+def press(app, name: str) -> None:
+    """A key, sent the path a real terminal's keys take (the app's input driver)."""
     from textual import events
 
+    event = events.Key(name, name if len(name) == 1 else None)
+    event.set_sender(app)
+    app._driver.send_message(event)
+
+
+async def measure(a: str, b: str, seconds: float, label: str, with_views: bool) -> None:
     from weightscope.ui.app import WeightscopeApp
     from weightscope.ui.widgets.diff_tree import DiffTree
 
@@ -91,9 +98,7 @@ async def measure(a: str, b: str, seconds: float, label: str, with_views: bool) 
             before = tree.cursor_line
             start = time.perf_counter()
             step += 1
-            key = events.Key("down" if step % 2 else "up", None)  # back and forth on the first lines
-            key.set_sender(app)
-            app._driver.send_message(key)  # the path a real terminal's keys take
+            press(app, "down" if step % 2 else "up")  # back and forth on the first lines
             while tree.cursor_line == before and time.perf_counter() - start < 5:
                 await asyncio.sleep(0.001)
             presses.append(time.perf_counter() - start)
@@ -127,8 +132,6 @@ async def measure(a: str, b: str, seconds: float, label: str, with_views: bool) 
 async def open_views(app, lags: list[float]) -> list[tuple[str, float, float]]:
     """Press t, o and e in turn once every result is in: (key, seconds until its screen is up or
     its files are written, the worst loop lag from the key until `PAINT` s after)."""
-    from textual import events
-
     from weightscope.ui.screens.overview import OverviewScreen
     from weightscope.ui.screens.table import TableScreen
 
@@ -138,9 +141,7 @@ async def open_views(app, lags: list[float]) -> list[tuple[str, float, float]]:
     for key in VIEWS:
         first, start = len(lags), time.perf_counter()
         for name in (key, "escape"):
-            event = events.Key(name, key if name == key else None)
-            event.set_sender(app)
-            app._driver.send_message(event)
+            press(app, name)
             if name == key:
                 while not ready[key]():
                     await asyncio.sleep(0.005)
@@ -150,9 +151,7 @@ async def open_views(app, lags: list[float]) -> list[tuple[str, float, float]]:
         await asyncio.sleep(0.3)
     first, start = len(lags), time.perf_counter()
     for name in ("slash", *FILTER, *["backspace"] * len(FILTER), "escape"):
-        event = events.Key(name, name if len(name) == 1 else None)
-        event.set_sender(app)
-        app._driver.send_message(event)
+        press(app, name)
         await asyncio.sleep(0.3)  # slower than the live filter's delay: every key rebuilds the tree
     out.append(("/", time.perf_counter() - start, max(lags[first:], default=0.0)))
     return out

@@ -203,14 +203,6 @@ class WeightscopeApp(App[None]):
             return
         self.post_message(Opened(a, b, alignment, tree))
 
-    @work(thread=True, group="warm", exit_on_error=False)
-    def warm_up(self) -> None:
-        """Load the compiled statistics loops (and torch, where a GPU wants it) off the UI thread."""
-        self.options()
-        from weightscope.core import kernels  # noqa: F401  (the import loads them)
-
-        self.warmed = True
-
     def options(self) -> ScanOptions:
         """How pairs are compared here; the first call resolves the device (in a worker)."""
         from weightscope.core.device import resolve
@@ -230,8 +222,6 @@ class WeightscopeApp(App[None]):
         area.mount(tree)
         if self.filter_submitted_early or not self.query_one("#filter", Input).has_focus:
             tree.focus()  # unless a filter is being typed: its keys stay in the box
-        # The compiled statistics loops load now, not before: the trees come first.
-        self.warm_up()
         self.set_timer(WARM_UP_NOTICE, self.notice_compiling)
         pattern = self.query_one("#filter", Input).value
         if pattern:  # typed while the headers were read
@@ -248,23 +238,25 @@ class WeightscopeApp(App[None]):
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def run_scan(self) -> None:
-        # Nothing starts before the warm-up has loaded the compiled loops (this import waits for
-        # its import): the first steps here (reading the result cache, or a pass over every pair
-        # for the total and a sort into file order: seconds and a quarter second on 100,000
-        # tensors) then come after the new tree's first paint, not during it.
-        from weightscope.core import kernels  # noqa: F401
+        """Cached results, else the scan. First the compiled statistics loops load (and torch,
+        where a GPU wants it): after the trees, and before the scan's own first steps (reading
+        the result cache, or a pass over every pair for the total and a sort into file order:
+        seconds and a quarter second on 100,000 tensors), which then miss the tree's first paint."""
+        options = self.options()
+        from weightscope.core import kernels  # noqa: F401  (the import loads them)
 
+        self.warmed = True
         worker = get_current_worker()
         a, b = self.a, self.b or self.a
-        key = cache.key(a, b, self.options()) if self.use_cache else None
+        key = cache.key(a, b, options) if self.use_cache else None
         with long_lived():
             cached = cache.load(key, self.alignment) if key else None
-        if cached is not None:
-            self.send_cached(cached)
-            return
         total = sum(pair_bytes(p) for p in self.alignment.pairs)
+        if cached is not None:
+            self.send_cached(cached, total)
+            return
         everything, batch, done, last = [], [], 0, time.monotonic()
-        for result in scan_iter(self.alignment, a, b, self.options(), lambda: worker.is_cancelled):
+        for result in scan_iter(self.alignment, a, b, options, lambda: worker.is_cancelled):
             everything.append(result)
             batch.append(result)
             done += pair_bytes(result.pair)
@@ -284,11 +276,10 @@ class WeightscopeApp(App[None]):
         if finished and key:
             cache.save(key, everything)
 
-    def send_cached(self, results: list[PairResult]) -> None:
+    def send_cached(self, results: list[PairResult], total: int) -> None:
         """Cached results a slice at a time, each sent once the app has taken the one before:
         100,000 in one message held the UI for most of a second."""
         worker = get_current_worker()
-        total = sum(pair_bytes(p) for p in self.alignment.pairs)
         done = 0
         for start in range(0, len(results), CACHED_SLICE):
             part = results[start:start + CACHED_SLICE]
