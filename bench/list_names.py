@@ -175,7 +175,7 @@ def main() -> int:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    from weightscope.core.discover import open_checkpoint
+    from weightscope.sources.discover import open_checkpoint
 
     import_seconds = time.perf_counter() - start
 
@@ -202,7 +202,7 @@ def main() -> int:
 
     torch_imported = "torch" in sys.modules
     print(f"open_checkpoint + every TensorInfo, in-process, page cache warm; best of {RUNS}")
-    print(f"(importing weightscope.core.discover took {import_seconds:.3f} s, not counted)\n")
+    print(f"(importing weightscope.sources.discover took {import_seconds:.3f} s, not counted)\n")
     head = f"{'checkpoint':<18} {'tensors':>8} {'files':>5} {'parameters':>14} {'on disk':>17} "
     print(head + f"{'first s':>8} {'best s':>8} {'target s':>8}  ok")
     ok = not torch_imported

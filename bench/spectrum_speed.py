@@ -27,9 +27,9 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from weightscope.core.lora.adapters import open_pair
-from weightscope.core.align import align
-from weightscope.core.spectrum import pair_spectrum
+from weightscope.sources.lora.adapters import open_pair
+from weightscope.compare.align import align
+from weightscope.analysis.spectrum import pair_spectrum
 
 NAME = "model.layers.0.self_attn.q_proj"
 

@@ -168,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="weightscope-responsive-")
     spawn = multiprocessing.get_context("spawn")
-    from weightscope.core.paths import cache_dir
+    from weightscope.paths import cache_dir
 
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))  # the compiled loops keep their cache
     os.environ["XDG_CACHE_HOME"] = os.path.join(root, "cache")  # a private result cache

@@ -24,10 +24,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from weightscope.core.align import Alignment, align
-from weightscope.core.checkpoint import Checkpoint
-from weightscope.core.discover import open_checkpoint
-from weightscope.core.scan import PairResult, scan
+from weightscope.compare.align import Alignment, align
+from weightscope.sources.checkpoint import Checkpoint
+from weightscope.sources.discover import open_checkpoint
+from weightscope.compare.scan import PairResult, scan
 
 # torch spelling -> safetensors header code, for hand-made headers
 ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",

@@ -44,7 +44,7 @@ async def shoot(base: str, tuned: str, name: str, keys: list[str]) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["XDG_CACHE_HOME"] = cache
-        from weightscope.core.demo import write_demo
+        from weightscope.demo import write_demo
 
         write_demo(Path(cache) / "demo")
         os.chdir(Path(cache) / "demo")  # relative paths: the title bar reads "A base   B finetune"

@@ -24,14 +24,14 @@ def loaded(modules) -> list[str]:
 
 
 def test_core_and_cli_import_light():
-    """Importing weightscope.core, its modules and the CLI, and building the parser, loads no heavy module."""
+    """Importing the core packages, their modules and the CLI, and building the parser, loads no heavy module."""
     modules = python(
         "import json, sys\n"
-        "import weightscope.core, weightscope.core.discover, weightscope.core.align\n"
-        "import weightscope.core.scan, weightscope.core.report, weightscope.cli\n"
+        "import weightscope.sources, weightscope.sources.discover, weightscope.compare.align\n"
+        "import weightscope.compare.scan, weightscope.report.diff, weightscope.cli\n"
         "weightscope.cli.build_parser()\n"
         "print(json.dumps(sorted(sys.modules)))\n")
-    assert "weightscope.core.discover" in modules
+    assert "weightscope.sources.discover" in modules
     assert loaded(modules) == []
 
 
@@ -54,7 +54,7 @@ def test_listing_safetensors_does_not_import_torch(ck, tmp_path):
     directory = ck.write_sharded_safetensors(tmp_path / "ckpt", sd, shards=3)
     listing = python(
         "import json, sys\n"
-        "from weightscope.core.discover import open_checkpoint\n"
+        "from weightscope.sources.discover import open_checkpoint\n"
         f"c = open_checkpoint({str(directory)!r})\n"
         "names = {n: [t.dtype, list(t.shape)] for n, t in c.tensors.items()}\n"
         "print(json.dumps({'names': names, 'heavy': [m for m in sys.modules if m.split('.')[0] in "

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from weightscope.cli import main
-from weightscope.core.lora.adapters import open_merge_check, open_pair
-from weightscope.core.align import align
-from weightscope.core.checkpoint import Checkpoint
-from weightscope.core.errors import CheckpointError
-from weightscope.core.hierarchy import known_status
-from weightscope.core.lora.checkpoint import LoraCheckpoint
-from weightscope.core.lora.notes import annotate
-from weightscope.core.scan import scan
+from weightscope.sources.lora.adapters import open_merge_check, open_pair
+from weightscope.compare.align import align
+from weightscope.sources.checkpoint import Checkpoint
+from weightscope.sources.errors import CheckpointError
+from weightscope.analysis.hierarchy import known_status
+from weightscope.sources.lora.checkpoint import LoraCheckpoint
+from weightscope.analysis.lora_notes import annotate
+from weightscope.compare.scan import scan
 
 P = "base_model.model."
 Q0 = "model.layers.0.self_attn.q_proj"

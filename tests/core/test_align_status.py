@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from weightscope.core.align import align, unwrap
-from weightscope.core.checkpoint import Checkpoint, TensorInfo
-from weightscope.core.report import exit_status
-from weightscope.core.scan import scan
+from weightscope.compare.align import align, unwrap
+from weightscope.sources.checkpoint import Checkpoint, TensorInfo
+from weightscope.report.diff import exit_status
+from weightscope.compare.scan import scan
 
 
 def all_status(d, status):

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from weightscope.core.anatomy import OUTSIDE, anomalies, grid, place
-from weightscope.core.export import export, markdown
-from weightscope.core.hierarchy import badge_status
+from weightscope.analysis.anatomy import OUTSIDE, anomalies, grid, place
+from weightscope.report.export import export, markdown
+from weightscope.analysis.hierarchy import badge_status
 
 
 @pytest.mark.parametrize("name, layer, module", [

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from weightscope.cli import main
-from weightscope.core import cache
-from weightscope.core import scan as scan_module
-from weightscope.core.align import align
-from weightscope.core.discover import open_checkpoint
-from weightscope.core.scan import ScanOptions
+from weightscope.compare import cache
+from weightscope.compare import scan as scan_module
+from weightscope.compare.align import align
+from weightscope.sources.discover import open_checkpoint
+from weightscope.compare.scan import ScanOptions
 
 
 @pytest.fixture(autouse=True)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from weightscope.core import change_map as cm
-from weightscope.core.align import Pair, align
-from weightscope.core.discover import open_checkpoint
+from weightscope.analysis import change_map as cm
+from weightscope.compare.align import Pair, align
+from weightscope.sources.discover import open_checkpoint
 
 VOCAB, HIDDEN = 2000, 64
 NEW = range(900, 1000)  # the rows the fine-tune changed

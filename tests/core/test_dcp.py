@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from weightscope.core.checkpoint import TensorUnreadable
-from weightscope.core.errors import CheckpointError
-from weightscope.core.formats.dcp import read_metadata
+from weightscope.sources.checkpoint import TensorUnreadable
+from weightscope.sources.errors import CheckpointError
+from weightscope.sources.formats.dcp import read_metadata
 
 
 def save(state_dict: dict, directory) -> str:

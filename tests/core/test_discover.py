@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from weightscope.core.errors import CheckpointError
+from weightscope.sources.errors import CheckpointError
 
 
 def values_match(checkpoint, sd):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from weightscope.core.checkpoint import TensorUnreadable
-from weightscope.core.errors import CheckpointError
+from weightscope.sources.checkpoint import TensorUnreadable
+from weightscope.sources.errors import CheckpointError
 
 EDGE = {
     "empty": torch.zeros(0, 4),
@@ -252,7 +252,7 @@ class TestCheckpointApi:
 
     def test_context_manager_closes(self, ck, tmp_path):
         """A checkpoint used as a context manager closes its maps, and loaded tensors stay valid."""
-        from weightscope.core.discover import open_checkpoint
+        from weightscope.sources.discover import open_checkpoint
 
         path = ck.write_safetensors(tmp_path / "m.safetensors", {"w": torch.arange(5.0)})
         with open_checkpoint(str(path)) as c:

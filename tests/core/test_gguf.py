@@ -21,10 +21,10 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from weightscope.cli import main
-from weightscope.core import device
-from weightscope.core.checkpoint import TensorUnreadable
-from weightscope.core.errors import CheckpointError
-from weightscope.core.formats import gguf as gguf_format
+from weightscope.compare import device
+from weightscope.sources.checkpoint import TensorUnreadable
+from weightscope.sources.errors import CheckpointError
+from weightscope.sources.formats import gguf as gguf_format
 
 HEADS, KV_HEADS = 4, 2
 
@@ -203,7 +203,7 @@ class TestExport:
         """Opening a quantized GGUF and listing it imports neither torch nor anything heavy."""
         sd, _ = source
         path = write_gguf(tmp_path / "m.gguf", sd, Q.Q4_0)
-        code = ("import json, sys\nfrom weightscope.core.discover import open_checkpoint\n"
+        code = ("import json, sys\nfrom weightscope.sources.discover import open_checkpoint\n"
                 f"c = open_checkpoint({str(path)!r})\n"
                 "print(json.dumps([len(c.tensors), [m for m in sys.modules if m.split('.')[0] == 'torch']]))")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

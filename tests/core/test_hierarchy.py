@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
-from weightscope.core import hierarchy
-from weightscope.core.align import Pair
-from weightscope.core.checkpoint import TensorInfo
-from weightscope.core.scan import PairResult
-from weightscope.core.stats import DiffStats
+from weightscope.analysis import hierarchy
+from weightscope.compare.align import Pair
+from weightscope.sources.checkpoint import TensorInfo
+from weightscope.compare.scan import PairResult
+from weightscope.compare.stats import DiffStats
 
 
 def pair(name: str) -> Pair:

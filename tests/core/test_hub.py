@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from weightscope.cli import main
-from weightscope.core import hub
-from weightscope.core.errors import CheckpointError
+from weightscope.sources import hub
+from weightscope.sources.errors import CheckpointError
 
 MAIN, V2 = "a" * 40, "b" * 40
 

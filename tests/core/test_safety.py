@@ -13,10 +13,10 @@ import zipfile
 import pytest
 import torch
 
-from weightscope.core.checkpoint import TensorUnreadable
-from weightscope.core.errors import CheckpointError
-from weightscope.core.formats.safetensors import MAX_HEADER
-from weightscope.core.report import exit_status
+from weightscope.sources.checkpoint import TensorUnreadable
+from weightscope.sources.errors import CheckpointError
+from weightscope.sources.formats.safetensors import MAX_HEADER
+from weightscope.report.diff import exit_status
 
 
 @contextlib.contextmanager

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from weightscope.core import scan as scan_module
-from weightscope.core import stats
-from weightscope.core.align import align
-from weightscope.core.discover import open_checkpoint
-from weightscope.core.scan import ScanOptions, inspect, scan
+from weightscope.compare import scan as scan_module
+from weightscope.compare import stats
+from weightscope.compare.align import align
+from weightscope.sources.discover import open_checkpoint
+from weightscope.compare.scan import ScanOptions, inspect, scan
 
 
 def write(path, sd: dict[str, torch.Tensor]):
@@ -163,7 +163,7 @@ class TestStatuses:
 
         monkeypatch.setattr(stats, "pair_stats", boom)
         same = [p for p in alignment.pairs if p.name == "model.embed_tokens.weight"]
-        from weightscope.core.align import Alignment
+        from weightscope.compare.align import Alignment
 
         (result,) = scan(Alignment(same, []), a, b)
         assert result.status == "identical" and result.diff.changed == 0

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from weightscope.cli import main
-from weightscope.core import spectrum as sp
-from weightscope.core.lora.adapters import open_pair
-from weightscope.core.align import Pair, align
-from weightscope.core.stats import Cancelled
+from weightscope.analysis import spectrum as sp
+from weightscope.sources.lora.adapters import open_pair
+from weightscope.compare.align import Pair, align
+from weightscope.compare.stats import Cancelled
 
 
 def low_rank(rows: int, cols: int, sigma: torch.Tensor, seed: int = 0) -> torch.Tensor:

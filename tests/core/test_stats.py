@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightscope.core import device, stats
+from weightscope.compare import device, stats
 
 RTOL = 1e-6
 ATOL = 1e-12  # for figures that are ~0 (a mean of noise), where a relative bound means nothing

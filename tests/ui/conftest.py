@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from weightscope.core.demo import write_demo
+from weightscope.demo import write_demo
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -20,8 +20,8 @@ from textual.widgets import Input, Static
 from textual.worker import Worker, WorkerState
 
 import weightscope.ui.app as app_module
-from weightscope.core.hierarchy import DIFFERS
-from weightscope.core.stats import Cancelled
+from weightscope.analysis.hierarchy import DIFFERS
+from weightscope.compare.stats import Cancelled
 from weightscope.ui.app import WeightscopeApp
 from weightscope.ui.messages import DetailReady, Filtered, Opened
 from weightscope.ui.screens.help import HelpScreen

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from weightscope.core.demo import write_demo
+from weightscope.demo import write_demo
 
 WIDTH, HEIGHT = 120, 40
 POLL = 0.05  # seconds between two looks at the screen

@@ -73,7 +73,7 @@ def build_app_parser() -> argparse.ArgumentParser:
 
 
 def run_app(path_a: str, path_b: str | None, device: str = "auto", use_cache: bool = True) -> int:
-    from weightscope.core.device import resolve
+    from weightscope.compare.device import resolve
     from weightscope.ui.app import WeightscopeApp
 
     if device == "cuda":  # asked for by name: fail now, with exit status 2, if it is not there
@@ -84,7 +84,7 @@ def run_app(path_a: str, path_b: str | None, device: str = "auto", use_cache: bo
 
 
 def run_demo(args) -> int:
-    from weightscope.core.demo import write_demo
+    from weightscope.demo import write_demo
 
     base, tuned = write_demo()
     if args.print_paths:
@@ -122,15 +122,15 @@ class Progress:
 
 
 def run_diff(args) -> int:
-    from weightscope.core import cache
-    from weightscope.core.lora.adapters import open_merge_check, open_pair
-    from weightscope.core.align import align
-    from weightscope.core.checks import Expectations, failures
-    from weightscope.core.device import resolve
-    from weightscope.core.lora.notes import annotate
-    from weightscope.core.report import exit_status, to_json, to_text
-    from weightscope.core.scan import ScanOptions, scan
-    from weightscope.core.spectrum import spectra
+    from weightscope.compare import cache
+    from weightscope.sources.lora.adapters import open_merge_check, open_pair
+    from weightscope.compare.align import align
+    from weightscope.compare.checks import Expectations, failures
+    from weightscope.compare.device import resolve
+    from weightscope.analysis.lora_notes import annotate
+    from weightscope.report.diff import exit_status, to_json, to_text
+    from weightscope.compare.scan import ScanOptions, scan
+    from weightscope.analysis.spectrum import spectra
 
     if args.spectrum and not args.json:
         raise ValueError("--spectrum adds to the JSON document: use it with --json")
@@ -165,11 +165,11 @@ def run_diff(args) -> int:
 
 
 def run_inspect(args) -> int:
-    from weightscope.core.checks import nonfinite_text
-    from weightscope.core.device import resolve
-    from weightscope.core.discover import open_checkpoint
-    from weightscope.core.report import inspect_json, inspect_text
-    from weightscope.core.scan import inspect
+    from weightscope.compare.checks import nonfinite_text
+    from weightscope.compare.device import resolve
+    from weightscope.sources.discover import open_checkpoint
+    from weightscope.report.diff import inspect_json, inspect_text
+    from weightscope.compare.scan import inspect
 
     with open_checkpoint(args.a) as checkpoint:
         progress = Progress("reading")
@@ -194,7 +194,7 @@ COMMANDS = {"diff": run_diff, "inspect": run_inspect, "demo": run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from weightscope.core.errors import CheckpointError
+    from weightscope.sources.errors import CheckpointError
 
     argv = sys.argv[1:] if argv is None else argv
     opens_app = bool(argv) and argv[0] not in COMMANDS and not argv[0].startswith("-")

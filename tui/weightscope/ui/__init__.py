@@ -1,1 +1,1 @@
-"""The Textual app. Everything here asks `weightscope.core` for data and only draws it."""
+"""The Textual app. Everything here asks the engine for data and only draws it."""

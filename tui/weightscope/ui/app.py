@@ -26,14 +26,15 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, ProgressBar, Static, Tree
 from textual.worker import get_current_worker
 
-from weightscope.core import anatomy, cache, hierarchy, stats
-from weightscope.core.align import Alignment, Pair, align
-from weightscope.core.checkpoint import Checkpoint, TensorUnreadable
-from weightscope.core.errors import CheckpointError
-from weightscope.core.hierarchy import DIFFERS, NameNode, Names, matcher
-from weightscope.core.report import human
-from weightscope.core.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
-from weightscope.core.stats import Cancelled
+from weightscope.analysis import anatomy, hierarchy
+from weightscope.compare import cache, stats
+from weightscope.compare.align import Alignment, Pair, align
+from weightscope.sources.checkpoint import Checkpoint, TensorUnreadable
+from weightscope.sources.errors import CheckpointError
+from weightscope.analysis.hierarchy import DIFFERS, NameNode, Names, matcher
+from weightscope.report.diff import human
+from weightscope.compare.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
+from weightscope.compare.stats import Cancelled
 from weightscope.ui.messages import DetailReady, Filtered, Opened, OpenFailed, ScanResults, ViewReady, WholeReady
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.screens.overview import OverviewScreen
@@ -189,8 +190,8 @@ class WeightscopeApp(App[None]):
     @work(thread=True, group="open", exit_on_error=False)
     def open_checkpoints(self) -> None:
         """Headers, alignment and the name tree, all off the UI thread."""
-        from weightscope.core.discover import open_checkpoint
-        from weightscope.core.lora.adapters import open_pair
+        from weightscope.sources.discover import open_checkpoint
+        from weightscope.sources.lora.adapters import open_pair
 
         try:
             with long_lived():
@@ -205,7 +206,7 @@ class WeightscopeApp(App[None]):
 
     def options(self) -> ScanOptions:
         """How pairs are compared here; the first call resolves the device (in a worker)."""
-        from weightscope.core.device import resolve
+        from weightscope.compare.device import resolve
 
         return ScanOptions(device=resolve(self.device))
 
@@ -243,7 +244,7 @@ class WeightscopeApp(App[None]):
         the result cache, or a pass over every pair for the total and a sort into file order:
         seconds and a quarter second on 100,000 tensors), which then miss the tree's first paint."""
         options = self.options()
-        from weightscope.core import kernels  # noqa: F401  (the import loads them)
+        from weightscope.compare import kernels  # noqa: F401  (the import loads them)
 
         self.warmed = True
         worker = get_current_worker()
@@ -265,7 +266,7 @@ class WeightscopeApp(App[None]):
                 batch, last = [], time.monotonic()
         finished = len(everything) == len(self.alignment.pairs)
         if finished:  # what the whole scan says about a LoRA adapter (notes on its tensors)
-            from weightscope.core.lora.notes import annotate
+            from weightscope.analysis.lora_notes import annotate
 
             noted = annotate(a, b, everything)
             unsent = len(everything) - len(batch)  # the batch is the tail of everything
@@ -415,8 +416,8 @@ class WeightscopeApp(App[None]):
 
     @work(thread=True, exclusive=True, group="view", exit_on_error=False)
     def make_figure(self, pair: Pair, view: str, size: tuple[int, int]) -> None:
-        from weightscope.core.change_map import change_map
-        from weightscope.core.spectrum import pair_spectrum
+        from weightscope.analysis.change_map import change_map
+        from weightscope.analysis.spectrum import pair_spectrum
 
         worker = get_current_worker()
 
@@ -527,7 +528,7 @@ class WeightscopeApp(App[None]):
                            else hierarchy.known_status(p), scanned.get(p.name)) for p in self.alignment.pairs]
         if view == "anomalies":
             return anatomy.anomalies(results, hierarchy.badge_status)
-        from weightscope.core.export import export
+        from weightscope.report.export import export
 
         try:
             return export(self.a, self.b or self.a, self.alignment, results)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from weightscope.core.align import Alignment
-from weightscope.core.checkpoint import Checkpoint
-from weightscope.core.hierarchy import Names
-from weightscope.core.scan import PairResult
+from weightscope.compare.align import Alignment
+from weightscope.sources.checkpoint import Checkpoint
+from weightscope.analysis.hierarchy import Names
+from weightscope.compare.scan import PairResult
 
 
 @dataclass

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 
-from weightscope.core.anatomy import OUTSIDE, Cell, Grid
+from weightscope.analysis.anatomy import OUTSIDE, Cell, Grid
 from weightscope.ui.widgets import badges
 
 # One colour per decade of rel L2, from below 1e-6 to 1e-1 and above.

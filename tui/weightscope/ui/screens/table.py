@@ -9,10 +9,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from weightscope.core.align import Pair
-from weightscope.core.checks import nonfinite_text
-from weightscope.core.hierarchy import matcher
-from weightscope.core.scan import PairResult
+from weightscope.compare.align import Pair
+from weightscope.compare.checks import nonfinite_text
+from weightscope.analysis.hierarchy import matcher
+from weightscope.compare.scan import PairResult
 from weightscope.ui.widgets.pair_table import COLUMNS, PairTable
 
 

@@ -11,7 +11,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from weightscope.core.change_map import ChangeMap
+from weightscope.analysis.change_map import ChangeMap
 
 RAMP = ["#0b1020", "#1d3557", "#1f6f8b", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#e76f51", "#d62828"]
 NONFINITE = "#ff00ff"

@@ -10,12 +10,12 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import ContentSwitcher, Static
 
-from weightscope.core.align import Pair
-from weightscope.core.checks import nonfinite_text
-from weightscope.core.hierarchy import NameNode
-from weightscope.core.report import human
-from weightscope.core.scan import PairResult
-from weightscope.core.stats import DiffStats
+from weightscope.compare.align import Pair
+from weightscope.compare.checks import nonfinite_text
+from weightscope.analysis.hierarchy import NameNode
+from weightscope.report.diff import human
+from weightscope.compare.scan import PairResult
+from weightscope.compare.stats import DiffStats
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
 from weightscope.ui.widgets.histogram import HistogramPlot

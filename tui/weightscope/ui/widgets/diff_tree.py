@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from weightscope.core.hierarchy import NameNode
+from weightscope.analysis.hierarchy import NameNode
 from weightscope.ui.widgets import badges
 
 SHORT_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16", "float64": "f64",

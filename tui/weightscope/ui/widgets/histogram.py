@@ -10,7 +10,7 @@ import math
 
 from textual_plotext import PlotextPlot
 
-from weightscope.core.stats import Histogram
+from weightscope.compare.stats import Histogram
 
 
 def fitted_title(title: str, outside: list[tuple[str, int, int]], width: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual_plotext import PlotextPlot
 
-from weightscope.core.spectrum import Spectrum
+from weightscope.analysis.spectrum import Spectrum
 
 
 def summary(spectrum: Spectrum) -> str:

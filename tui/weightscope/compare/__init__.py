@@ -1,0 +1,1 @@
+"""Comparing two checkpoints: aligning their names, the statistics kernels, the scan and its cache."""

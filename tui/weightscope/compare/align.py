@@ -1,0 +1,130 @@
+"""Pairing the tensor names of A and B.
+
+Exact names pair first. What is left pairs once the wrappers that training adds are
+stripped (DDP's `module.`, torch.compile's `_orig_mod.`, FSDP's and activation
+checkpointing's wrapper modules), and then across a missing or extra `model.` prefix.
+Only one-to-one matches pair; every mapping applied is reported.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from weightscope.sources.checkpoint import Checkpoint, TensorInfo
+
+LEADING_WRAPPERS = ("module",)
+ANYWHERE_WRAPPERS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A tensor of A and its counterpart in B; one side is None when it has no counterpart.
+
+    Attributes:
+        name: the name shown for the pair (A's name where A has one).
+        notes: what the user should know about this pair (ties, ...).
+    """
+
+    name: str
+    a: TensorInfo | None
+    b: TensorInfo | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def tied_elsewhere(self) -> bool:
+        """One side only, but tied to a tensor that both sides have: not a real absence."""
+        return any(note.startswith("tied to ") for note in self.notes)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    pairs: list[Pair]
+    notes: list[str]
+
+
+def unwrap(name: str) -> tuple[str, tuple[str, ...]]:
+    """The name without training wrappers, and the wrappers removed."""
+    parts = name.split(".")
+    removed = []
+    while len(parts) > 1 and parts[0] in LEADING_WRAPPERS:
+        removed.append(parts.pop(0))
+    kept = []
+    for part in parts:
+        (removed if part in ANYWHERE_WRAPPERS and len(parts) > 1 else kept).append(part)
+    return ".".join(kept), tuple(dict.fromkeys(removed))
+
+
+def match_unique(left: dict[str, str], right: dict[str, str]) -> list[tuple[str, str]]:
+    """Pairs (left name, right name) whose keys are equal and unique on both sides."""
+    left_count, right_count = Counter(left.values()), Counter(right.values())
+    by_key = {key: name for name, key in right.items() if right_count[key] == 1}
+    return [(name, by_key[key]) for name, key in left.items()
+            if left_count[key] == 1 and key in by_key]
+
+
+def align(a: Checkpoint, b: Checkpoint) -> Alignment:
+    matched: dict[str, str] = {n: n for n in a.tensors if n in b.tensors}
+    taken_b = set(matched)  # matched.values(), as a set: a lookup per name must not scan them all
+    mappings: Counter = Counter()
+
+    def rest_a() -> list[str]:
+        return [n for n in a.tensors if n not in matched]
+
+    def rest_b() -> list[str]:
+        return [n for n in b.tensors if n not in taken_b]
+
+    def pair_up(name_a: str, name_b: str) -> None:
+        matched[name_a] = name_b
+        taken_b.add(name_b)
+        for side, name in (("A", name_a), ("B", name_b)):
+            for wrapper in unwrap(name)[1]:
+                mappings[f"{side}: removed wrapper '{wrapper}.'"] += 1
+
+    for name_a, name_b in match_unique({n: unwrap(n)[0] for n in rest_a()},
+                                       {n: unwrap(n)[0] for n in rest_b()}):
+        pair_up(name_a, name_b)
+
+    bare_a = {n: unwrap(n)[0] for n in rest_a()}
+    bare_b = {n: unwrap(n)[0] for n in rest_b()}
+    for side, mine, theirs in (("A", bare_a, bare_b), ("B", bare_b, bare_a)):
+        for name_mine, name_theirs in match_unique(mine, {n: "model." + k for n, k in theirs.items()}):
+            pair = (name_mine, name_theirs) if side == "A" else (name_theirs, name_mine)
+            if pair[0] not in matched and pair[1] not in taken_b:
+                pair_up(*pair)
+                other = "B" if side == "A" else "A"
+                mappings[f"'model.' prefix in {side}, not in {other}"] += 1
+
+    pairs = [Pair(n, a.tensors[n], b.tensors[matched[n]]) if n in matched else Pair(n, a.tensors[n], None)
+             for n in a.tensors]
+    pairs += [Pair(n, None, b.tensors[n]) for n in b.tensors if n not in taken_b]
+    pairs = note_ties(pairs)
+    notes = [f"names mapped: {what} ({count} tensors)" for what, count in mappings.items()]
+    return Alignment(pairs, notes)
+
+
+def note_ties(pairs: list[Pair]) -> list[Pair]:
+    """A name on one side only that shares storage with a paired tensor gets a note saying so.
+
+    safetensors stores tied weights once (`lm_head.weight` is dropped when tied to the
+    embeddings) while .bin keeps every name.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}  # (side, first name) -> every name of a tie
+    for p in pairs:
+        for side, info in (("A", p.a), ("B", p.b)):
+            if info is not None and info.tied_to is not None:
+                groups.setdefault((side, info.tied_to), [info.tied_to]).append(info.name)
+    if not groups:
+        return pairs
+    both = {(side, info.name) for p in pairs if p.a is not None and p.b is not None
+            for side, info in (("A", p.a), ("B", p.b))}
+    out = []
+    for p in pairs:
+        side, info = ("A", p.a) if p.b is None else ("B", p.b) if p.a is None else (None, None)
+        group = groups.get((side, info.tied_to or info.name), ()) if info is not None else ()
+        partner = next((n for n in group if n != info.name and (side, n) in both), None)
+        if partner is not None:
+            other = "B" if side == "A" else "A"
+            p = Pair(p.name, p.a, p.b, p.notes + (f"tied to {partner} in {side}; {other} stores that tensor once",))
+        out.append(p)
+    return out

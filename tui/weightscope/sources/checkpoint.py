@@ -1,0 +1,144 @@
+"""What every layer above the formats sees: a `Checkpoint` of `TensorInfo`s.
+
+A `Checkpoint` knows its tensors from headers alone; `raw()` and `load()` read one
+tensor's bytes on demand through a memory map, never a whole file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from weightscope.sources.dtypes import ITEMSIZE
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as its header describes it.
+
+    Attributes:
+        name: the full dotted name.
+        dtype: torch spelling (`bfloat16`); None when the header could not be read.
+        shape: dimensions; None when unknown.
+        file: the file that holds the data.
+        span: absolute byte range `[start, end)` of the data in `file`, for tensors stored
+            contiguously; None otherwise.
+        tied_to: for a name that shares its storage with an earlier name, that name.
+        error: why the tensor cannot be read, in one line; None when it can.
+        origin: for a tensor computed rather than stored (a LoRA-adapted weight), how it is
+            computed, e.g. "W + ΔW, LoRA r=8, scaling 2"; `dtype` is then the computation's
+            (float32), not a stored type. None for stored tensors.
+        quant: for a quantized tensor (GGUF `Q4_0`, ...), its quantization type; `dtype` is
+            then what it decodes to (`float32`), which statistics read, and `span` holds the
+            quantized bytes. None for tensors stored as `dtype`.
+    """
+
+    name: str
+    dtype: str | None
+    shape: tuple[int, ...] | None
+    file: str
+    span: tuple[int, int] | None = None
+    tied_to: str | None = None
+    error: str | None = None
+    origin: str | None = None
+    quant: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape) if self.shape is not None else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes as stored in the file (a quantized tensor's decoded size would overstate it)."""
+        if self.quant is not None and self.span is not None:
+            return self.span[1] - self.span[0]
+        return self.numel * ITEMSIZE.get(self.dtype or "", 0)
+
+    @property
+    def stored_dtype(self) -> str | None:
+        """The type to show the user: the quantization type where there is one, else `dtype`."""
+        return self.quant or self.dtype
+
+
+class TensorSource(Protocol):
+    """One opened file of a checkpoint (a format module's reader)."""
+
+    path: str
+
+    def raw(self, info: TensorInfo) -> np.ndarray:
+        """The tensor's bytes in row-major order as `info.dtype`, as a uint8 array (a view
+        where possible); a quantized tensor's bytes are its decoded values."""
+
+    def load(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor itself, on the CPU, backed by the file's map where possible."""
+
+    def close(self) -> None: ...
+
+
+class TensorUnreadable(Exception):
+    """Raised by `raw`/`load` for a tensor whose `error` is set, or whose bytes fail to read."""
+
+
+@dataclass
+class Checkpoint:
+    """A model checkpoint: one file, a sharded directory or a training output directory.
+
+    Attributes:
+        path: what the user named.
+        format: "safetensors", "pytorch", "pytorch-legacy", "gguf" or "dcp".
+        files: the files the weights come from, in order.
+        tensors: every model tensor by name, in file order.
+        notes: what the user should know about how it was read (skipped files, mappings).
+        extras: entries that are not model weights (optimizer state, arguments), one line each.
+        metadata: the safetensors `__metadata__` (or GGUF key-value pairs) of the first file, for display.
+    """
+
+    path: str
+    format: str
+    files: list[str]
+    tensors: dict[str, TensorInfo]
+    notes: list[str] = field(default_factory=list)
+    extras: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, TensorSource] = field(default_factory=dict, repr=False)
+
+    @property
+    def parameters(self) -> int:
+        """Elements over all readable tensors, tied names counted once."""
+        return sum(t.numel for t in self._stored())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self._stored())
+
+    def _stored(self):
+        return (t for t in self.tensors.values() if t.tied_to is None and t.error is None)
+
+    def raw(self, name: str) -> np.ndarray:
+        info = self._readable(name)
+        return self.sources[info.file].raw(info)
+
+    def load(self, name: str) -> torch.Tensor:
+        info = self._readable(name)
+        return self.sources[info.file].load(info)
+
+    def _readable(self, name: str) -> TensorInfo:
+        info = self.tensors[name]
+        if info.error is not None:
+            raise TensorUnreadable(info.error)
+        return info
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

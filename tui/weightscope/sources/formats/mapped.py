@@ -1,0 +1,47 @@
+"""Reading tensors that lie in a file as contiguous byte spans, through one private map."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from weightscope.sources.checkpoint import TensorInfo, TensorUnreadable
+from weightscope.sources.dtypes import torch_dtype
+from weightscope.sources.errors import CheckpointError
+from weightscope.sources.files import map_file
+
+
+class MappedFile:
+    """A `TensorSource` for tensors whose `span` is set: bytes come straight from the map."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._map = None
+
+    def raw(self, info: TensorInfo) -> np.ndarray:
+        start, end = info.span
+        if end == start:
+            return np.empty(0, np.uint8)
+        if self._map is None:
+            try:
+                self._map = map_file(self.path)
+            except CheckpointError as exc:
+                raise TensorUnreadable(exc.problem) from None
+        if self._map is None or end > len(self._map):  # the file shrank since its header was read
+            raise TensorUnreadable(f"data ends at byte {end} but {self.path} is shorter now")
+        return np.frombuffer(self._map, np.uint8, count=end - start, offset=start)
+
+    def load(self, info: TensorInfo):
+        import torch
+
+        if info.span[0] == info.span[1]:  # torch.from_numpy gives an empty array stride 0, which view() refuses
+            return torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+        data = torch.from_numpy(self.raw(info))
+        return data.view(torch_dtype(info.dtype)).reshape(info.shape)
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # arrays still view it; the map goes when they do
+                pass
+            self._map = None
