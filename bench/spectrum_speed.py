@@ -27,7 +27,7 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from weightscope.sources.lora.adapters import open_pair
+from weightscope.sources.pair import open_pair
 from weightscope.compare.align import align
 from weightscope.analysis.spectrum import pair_spectrum
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from weightscope.cli import main
-from weightscope.sources.lora.adapters import open_merge_check, open_pair
+from weightscope.sources.pair import open_merge_check, open_pair
 from weightscope.compare.align import align
 from weightscope.sources.checkpoint import Checkpoint
 from weightscope.sources.errors import CheckpointError

@@ -12,7 +12,7 @@ import torch
 
 from weightscope.cli import main
 from weightscope.analysis import spectrum as sp
-from weightscope.sources.lora.adapters import open_pair
+from weightscope.sources.pair import open_pair
 from weightscope.compare.align import Pair, align
 from weightscope.compare.stats import Cancelled
 

@@ -123,7 +123,7 @@ class Progress:
 
 def run_diff(args) -> int:
     from weightscope.compare import cache
-    from weightscope.sources.lora.adapters import open_merge_check, open_pair
+    from weightscope.sources.pair import open_merge_check, open_pair
     from weightscope.compare.align import align
     from weightscope.compare.checks import Expectations, failures
     from weightscope.compare.device import resolve

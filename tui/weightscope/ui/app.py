@@ -191,7 +191,7 @@ class WeightscopeApp(App[None]):
     def open_checkpoints(self) -> None:
         """Headers, alignment and the name tree, all off the UI thread."""
         from weightscope.sources.discover import open_checkpoint
-        from weightscope.sources.lora.adapters import open_pair
+        from weightscope.sources.pair import open_pair
 
         try:
             with long_lived():

@@ -27,7 +27,6 @@ import numpy as np
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo, TensorSource, TensorUnreadable
 from weightscope.sources.discover import open_checkpoint
 from weightscope.sources.dtypes import FLOATING, ITEMSIZE
-from weightscope.sources.errors import CheckpointError
 from weightscope.sources.lora.checkpoint import LoraCheckpoint, LoraModule, LoraSource
 from weightscope.sources.lora.config import CONFIG, LoraConfig, read_config
 
@@ -47,49 +46,6 @@ LORA_KEY = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)(\.
 
 
 # Opening
-
-
-def open_pair(path_a: str, path_b: str) -> tuple[Checkpoint, Checkpoint]:
-    """A and B as the app and `diff` compare them: B is a LoRA checkpoint over A when it is a
-    PEFT adapter directory or a PEFT-wrapped state dict, and opened as stored otherwise.
-
-    Raises:
-        CheckpointError: either side cannot be opened.
-    """
-    a = open_checkpoint(path_a)
-    try:
-        return a, open_over(a, path_b)
-    except BaseException:
-        a.close()
-        raise
-
-
-def open_merge_check(base_path: str, merged_path: str, adapter_path: str) -> tuple[Checkpoint, Checkpoint]:
-    """(BASE + ΔW, MERGED): their diff is the merge's residual MERGED − (BASE + ΔW) per tensor,
-    zero up to rounding when the adapter was merged right.
-
-    Raises:
-        CheckpointError: a side cannot be opened, or `adapter_path` is not a LoRA adapter.
-    """
-    opened: list[Checkpoint] = []
-    try:
-        base = open_checkpoint(base_path)
-        opened.append(base)
-        weights, config_path = locate(adapter_path)
-        if config_path is None:
-            raise CheckpointError(adapter_path, f"no {CONFIG}: not a PEFT adapter")
-        stored = open_checkpoint(weights)
-        opened.append(stored)
-        config = read_config(config_path)
-        if config.peft_type != "LORA":
-            raise CheckpointError(config_path, f"PEFT type {config.peft_type} is not supported (LoRA only)")
-        applied = apply(base, stored, config, [config_path], f"{base_path} + {adapter_path}", extras=False)
-        opened.append(open_checkpoint(merged_path))
-        return applied, opened[-1]
-    except BaseException:
-        for checkpoint in opened:
-            checkpoint.close()
-        raise
 
 
 def open_over(base: Checkpoint, path: str) -> Checkpoint:

@@ -1,0 +1,56 @@
+"""Opening what is compared: A and B (B possibly a LoRA adapter over A), or a merge check.
+
+A LoRA adapter is one kind of source among the others: a path that holds a PEFT adapter (or
+a PEFT-wrapped state dict) opens as a virtual checkpoint over A (`lora.adapters.open_over`).
+"""
+
+from __future__ import annotations
+
+from weightscope.sources.checkpoint import Checkpoint
+from weightscope.sources.discover import open_checkpoint
+from weightscope.sources.errors import CheckpointError
+from weightscope.sources.lora.adapters import apply, locate, open_over
+from weightscope.sources.lora.config import CONFIG, read_config
+
+
+def open_pair(path_a: str, path_b: str) -> tuple[Checkpoint, Checkpoint]:
+    """A and B as the app and `diff` compare them: B is a LoRA checkpoint over A when it is a
+    PEFT adapter directory or a PEFT-wrapped state dict, and opened as stored otherwise.
+
+    Raises:
+        CheckpointError: either side cannot be opened.
+    """
+    a = open_checkpoint(path_a)
+    try:
+        return a, open_over(a, path_b)
+    except BaseException:
+        a.close()
+        raise
+
+
+def open_merge_check(base_path: str, merged_path: str, adapter_path: str) -> tuple[Checkpoint, Checkpoint]:
+    """(BASE + ΔW, MERGED): their diff is the merge's residual MERGED − (BASE + ΔW) per tensor,
+    zero up to rounding when the adapter was merged right.
+
+    Raises:
+        CheckpointError: a side cannot be opened, or `adapter_path` is not a LoRA adapter.
+    """
+    opened: list[Checkpoint] = []
+    try:
+        base = open_checkpoint(base_path)
+        opened.append(base)
+        weights, config_path = locate(adapter_path)
+        if config_path is None:
+            raise CheckpointError(adapter_path, f"no {CONFIG}: not a PEFT adapter")
+        stored = open_checkpoint(weights)
+        opened.append(stored)
+        config = read_config(config_path)
+        if config.peft_type != "LORA":
+            raise CheckpointError(config_path, f"PEFT type {config.peft_type} is not supported (LoRA only)")
+        applied = apply(base, stored, config, [config_path], f"{base_path} + {adapter_path}", extras=False)
+        opened.append(open_checkpoint(merged_path))
+        return applied, opened[-1]
+    except BaseException:
+        for checkpoint in opened:
+            checkpoint.close()
+        raise
