@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from weightscope.compare import catalog as cat
+from weightscope.compare import kernels, stats
+from weightscope.compare import plan as plans
 from weightscope.compare import scan as scan_module
-from weightscope.compare import stats
 from weightscope.compare.align import align
 from weightscope.sources.discover import open_checkpoint
 from weightscope.compare.scan import ScanOptions, inspect, scan
@@ -155,21 +157,17 @@ class TestStatuses:
             assert scan(alignment, a, b, ScanOptions(atol=2e-3))[0].status == "close"
             assert scan(alignment, a, b, ScanOptions(atol=0.0, rtol=1.0))[0].status == "close"
 
-    def test_identical_pairs_are_never_decoded_as_a_pair(self, opened_pair, monkeypatch):
+    def test_identical_pairs_are_summed_once(self, opened_pair):
+        """Equal bytes are found by comparing bytes, and such a pair's pieces are summed as one
+        side (flagged EQUAL); pairs that differ by one value are not."""
         a, b, alignment, sd_a, _ = opened_pair
-
-        def boom(*args, **kwargs):
-            raise AssertionError("an identical pair was decoded as a pair")
-
-        monkeypatch.setattr(stats, "pair_stats", boom)
-        same = [p for p in alignment.pairs if p.name == "model.embed_tokens.weight"]
-        from weightscope.compare.align import Alignment
-
-        (result,) = scan(Alignment(same, []), a, b)
-        assert result.status == "identical" and result.diff.changed == 0
-        assert_side_matches(result.a, sd_a["model.embed_tokens.weight"])
-        with pytest.raises(AssertionError, match="decoded as a pair"):
-            scan(alignment, a, b)  # the others do need the pass
+        catalog = cat.build(a, b, alignment)
+        plan = plans.build(catalog)
+        (unit,) = plan.units
+        output = scan_module.run_unit(unit)
+        names = [catalog.names[o] for o in unit.owners]
+        equal = {name for name, flags in zip(names, output.flags) if flags & kernels.EQUAL}
+        assert equal == {"model.embed_tokens.weight"}
 
     def test_complex_gets_a_status_without_statistics(self, tmp_path):
         z = torch.randn(4, dtype=torch.complex64)
@@ -219,17 +217,11 @@ class TestSharded:
         sd_b["lm_head.weight"] = sd_a["lm_head.weight"].to(torch.bfloat16).float()  # bf16-level noise
         ck.write_sharded_safetensors(tmp_path / "a", sd_a, shards=3)
         ck.write_sharded_safetensors(tmp_path / "b", sd_b, shards=2)
-        order = []
-        compare = scan_module.Comparer.compare
-
-        def record(self, pair, should_cancel=lambda: False):
-            order.append(pair.name)
-            return compare(self, pair, should_cancel)
-
         with open_checkpoint(str(tmp_path / "a")) as a, open_checkpoint(str(tmp_path / "b")) as b:
             alignment = align(a, b)
-            monkeypatch.setattr(scan_module.Comparer, "compare", record)
             statuses = {r.pair.name: r.status for r in scan(alignment, a, b)}
+            catalog = cat.build(a, b, alignment)
+            order = [catalog.names[o] for u in plans.build(catalog).units for o in dict.fromkeys(u.owners.tolist())]
             in_file_order = [n for n, _ in sorted(a.tensors.items(), key=lambda kv: (kv[1].file, kv[1].span[0]))]
         assert order == in_file_order
         assert statuses.pop("model.layers.1.mlp.up_proj.weight") == "changed"
@@ -237,8 +229,14 @@ class TestSharded:
         assert set(statuses.values()) == {"identical"}
 
 
+@pytest.fixture
+def small_units(monkeypatch):
+    """Units of 1 KB: the test pair is several units, each a run of a few tensors."""
+    monkeypatch.setattr(plans, "UNIT_BYTES", 1024)
+
+
 class TestCancelAndProgress:
-    def test_cancel_stops_early(self, opened_pair):
+    def test_cancel_stops_early(self, opened_pair, small_units):
         a, b, alignment, *_ = opened_pair
         calls = []
 
@@ -248,22 +246,43 @@ class TestCancelAndProgress:
 
         results = scan(alignment, a, b, should_cancel=should_cancel)
         assert 1 <= len(results) < len(alignment.pairs)
-        names = [p.name for p in scan_module.file_order(alignment.pairs)]
-        assert {r.pair.name for r in results} == set(names[:len(results)])  # the first pairs in file order
+        catalog = cat.build(a, b, alignment)
+        (first, *_) = plans.build(catalog).units
+        assert {r.pair.name for r in results} == {catalog.names[o] for o in first.owners}  # the first unit's pairs
 
     def test_cancel_from_the_start(self, opened_pair):
         a, b, alignment, *_ = opened_pair
         assert scan(alignment, a, b, should_cancel=lambda: True) == []
 
-    def test_progress_increases_to_the_total(self, opened_pair):
+    def test_progress_increases_to_the_total(self, opened_pair, small_units):
         a, b, alignment, *_ = opened_pair
         seen = []
         scan(alignment, a, b, progress=lambda done, total: seen.append((done, total)))
-        assert len(seen) == len(alignment.pairs)
+        assert len(seen) > 1
         totals = {t for _, t in seen}
         done = [d for d, _ in seen]
         assert totals == {a.nbytes + b.nbytes}
         assert done == sorted(done) and done[0] > 0 and done[-1] == a.nbytes + b.nbytes
+
+    def test_unit_boundaries_change_nothing(self, opened_pair, monkeypatch):
+        """Units that split a tensor, and pieces of 100 elements, give the same figures as one unit."""
+        a, b, alignment, *_ = opened_pair
+        whole = by_name(scan(alignment, a, b))
+        monkeypatch.setattr(plans, "UNIT_BYTES", 700)
+        monkeypatch.setattr(kernels, "PIECE", 100)
+        split = by_name(scan(alignment, a, b))
+        for name, r in whole.items():
+            s = split[name]
+            assert s.status == r.status, name
+            for x, y in ((r.a, s.a), (r.b, s.b), (r.diff, s.diff)):
+                assert (x is None) == (y is None)
+                if x is not None:
+                    for field, value in vars(x).items():
+                        other = getattr(y, field)
+                        if isinstance(value, float):
+                            assert other == pytest.approx(value, rel=1e-9, abs=1e-15), (name, field)
+                        else:
+                            assert other == value, (name, field)
 
 
 class TestHistograms:
@@ -288,15 +307,6 @@ class TestHistograms:
         assert set(results["model.gone.weight"].histograms) == {"a"}
         assert set(results["model.new.weight"].histograms) == {"b"}
 
-    def test_histograms_for_adds_no_diff_across_shapes(self, tmp_path):
-        """`histograms_for` (what the scan should call for every pair) drops Δ across shapes."""
-        t = randn(13, 6, 4)
-        with open_checkpoint(write(tmp_path / "a.safetensors", {"w": t})) as a, \
-                open_checkpoint(write(tmp_path / "b.safetensors", {"w": t.reshape(4, 6)})) as b:
-            (result,) = scan(align(a, b), a, b)
-            result = scan_module.histograms_for(result, a, b)
-        assert result.status == "shape_mismatch" and set(result.histograms) == {"a", "b"}
-
     def test_same_numel_different_shape_has_no_diff(self, tmp_path):
         t = randn(13, 6, 4)
         with open_checkpoint(write(tmp_path / "a.safetensors", {"w": t})) as a, \
@@ -318,7 +328,7 @@ class TestInspect:
         assert tied_info.tied_to == "model.embed_tokens.weight"
         found = {info.name: (side, error) for info, side, error in results}
         assert set(found) == set(sd) and all(error is None for _, error in found.values())
-        assert found["lm_head.weight"][0] is found["model.embed_tokens.weight"][0]
+        assert found["lm_head.weight"][0] == found["model.embed_tokens.weight"][0]
         for name, (side, _) in found.items():
             assert_side_matches(side, sd[name])
         assert found["model.norm.weight"][0].posinf == 1

@@ -1,24 +1,22 @@
 """Statistics of one tensor and of a pair against a float64 numpy reference.
 
 Raw bytes come from torch tensors (numpy has no bf16), so every dtype is decoded by the code
-under test and only the reference upcasts with torch. `stats.CHUNK` and
-`device.DEVICE_CHUNK` are made small so that several chunks, the parallel merge and the
-argmax across chunk boundaries are exercised on tensors of a few thousand elements.
+under test and only the reference upcasts with torch. `kernels.PIECE`, `stats.WINDOW` and
+`device.DEVICE_CHUNK` are made small so that several pieces and windows, the merge and the
+argmax across piece boundaries are exercised on tensors of a few thousand elements.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import threading
-import time
 from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 
-from weightscope.compare import device, stats
+from weightscope.compare import device, kernels, stats
 
 RTOL = 1e-6
 ATOL = 1e-12  # for figures that are ~0 (a mean of noise), where a relative bound means nothing
@@ -30,8 +28,10 @@ DIFF_EXACT = ("max_abs_index", "changed", "mismatched", "atol", "rtol")
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks of 1000 elements on both paths: a 5000-element tensor is five chunks."""
-    monkeypatch.setattr(stats, "CHUNK", 1000)
+    """Pieces of 1000 elements read in windows of 3000 (and torch chunks of 1000): a
+    5000-element tensor is five pieces in two windows."""
+    monkeypatch.setattr(kernels, "PIECE", 1000)
+    monkeypatch.setattr(stats, "WINDOW", 3000)
     monkeypatch.setattr(device, "DEVICE_CHUNK", 1000)
 
 
@@ -422,14 +422,16 @@ class TestTolerance:
         assert strict.mismatched == strict.changed
 
 
-class TestIdenticalDiff:
+class TestEqualBytes:
     @pytest.mark.parametrize("t", [noisy(18, torch.bfloat16, (50,)), torch.zeros(7), torch.full((5,), math.nan),
                                    torch.tensor(2.0), torch.zeros(0)], ids=["values", "zeros", "nan", "scalar", "empty"])
     def test_agrees_with_decoding_the_pair(self, t):
-        """What the scan says about identical bytes without decoding equals decoding them."""
+        """Equal bytes are summed once, as one side; the difference known that way equals the one
+        found by decoding both sides (B given as the same values in float64, so no byte is equal)."""
         at, rt = stats.tolerance(spelling(t), spelling(t))
-        side_a, _, decoded = stats.pair_stats(raw(t), spelling(t), raw(t), spelling(t), tuple(t.shape), at, rt)
-        known = stats.identical_diff(t.numel(), side_a, at, rt)
+        _, _, known = stats.pair_stats(raw(t), spelling(t), raw(t), spelling(t), tuple(t.shape), at, rt)
+        wide = t.to(torch.float64)
+        _, _, decoded = stats.pair_stats(raw(t), spelling(t), raw(wide), "float64", tuple(t.shape), at, rt)
         for name in DIFF_EXACT + ("changed_fraction", "max_abs", "mean_abs", "rms", "rel_l2"):
             assert getattr(known, name) == getattr(decoded, name), name
         assert known.cosine == pytest.approx(decoded.cosine) if decoded.cosine is not None else known.cosine is None
@@ -583,64 +585,3 @@ class TestHistograms:
         t = noisy(33, torch.float32)
         with pytest.raises(stats.Cancelled):
             stats.histograms(raw(t), "float32", raw(t), "float32", should_cancel=lambda: True)
-
-
-class TestForeground:
-    """Work a person waits for runs on its own pool, and background work pauses for it."""
-
-    def test_background_chunks_wait_while_a_user_waits(self):
-        done = []
-        with stats.foreground():
-            worker = threading.Thread(target=lambda: done.append(stats.chunked(3, lambda s, e: np.ones(1), lambda: False)))
-            worker.start()
-            worker.join(0.3)
-            assert worker.is_alive() and not done  # paused at its first chunk
-        worker.join(5)
-        assert not worker.is_alive() and done[0].sum() == 1
-
-    def test_foreground_chunks_run_on_their_own_pool(self, monkeypatch):
-        monkeypatch.setattr(stats, "CHUNK", 10)
-        names = set()
-
-        def task(start, stop):
-            names.add(threading.current_thread().name.split("_")[0])
-            return np.zeros(1)
-
-        with stats.foreground():
-            stats.chunked(100, task, lambda: False)
-        assert names == {"weightscope-foreground"}
-        names.clear()
-        stats.chunked(100, task, lambda: False)
-        assert names == {"weightscope-stats"}
-
-
-class TestHeartbeat:
-    """Background work steps aside while an interactive loop's heartbeat is late, never for long."""
-
-    def pause(self, monkeypatch, last_beat: float | None) -> float:
-        monkeypatch.setattr(stats, "_last_beat", last_beat)
-        start = time.monotonic()
-        stats.step_aside()
-        return time.monotonic() - start
-
-    def test_a_late_beat_pauses_background_work_up_to_a_limit(self, monkeypatch):
-        assert stats.LONGEST_PAUSE <= self.pause(monkeypatch, time.monotonic() - 2 * stats.LATE) < 1.0
-
-    def test_a_beat_on_time_a_stopped_loop_or_none_never_pause(self, monkeypatch):
-        assert self.pause(monkeypatch, time.monotonic()) < stats.LATE
-        assert self.pause(monkeypatch, time.monotonic() - 2 * stats.GONE) < stats.LATE
-        assert self.pause(monkeypatch, None) < stats.LATE
-
-    def test_the_pause_ends_when_the_loop_beats_again(self, monkeypatch):
-        monkeypatch.setattr(stats, "_last_beat", time.monotonic() - 2 * stats.LATE)
-        threading.Timer(0.05, stats.heartbeat).start()
-        start = time.monotonic()
-        stats.step_aside()
-        assert 0.04 < time.monotonic() - start < stats.LONGEST_PAUSE
-
-    def test_foreground_work_never_steps_aside(self, monkeypatch):
-        monkeypatch.setattr(stats, "_last_beat", time.monotonic() - 2 * stats.LATE)
-        start = time.monotonic()
-        with stats.foreground():
-            stats.yield_to_foreground()
-        assert time.monotonic() - start < stats.LATE

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from dataclasses import dataclass, field
 
-from weightscope.compare.scan import PairResult
+import numpy as np
+
+from weightscope.analysis.hierarchy import CODE, SEVERITY, badges
+from weightscope.compare import columns as c
+from weightscope.compare import results
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import ResultTable
 
 OUTSIDE = "outside layers"
 # (pattern on the module path after the layer number, module type); first match wins.
@@ -79,8 +84,19 @@ def stack_of(name: str) -> str | None:
     return ".".join(parts[:number]) if number else None
 
 
+_module_types: dict[str, str] = {}
+
+
 def module_type(path: str) -> str:
     """The canonical module of a path inside a layer, e.g. 'self_attn.q_proj.weight' -> 'q'."""
+    shape = re.sub(r"\d+", "0", path)  # the answer does not depend on the numbers: 800 experts, one lookup
+    found = _module_types.get(shape)
+    if found is None:
+        found = _module_types[shape] = classify(path)
+    return found
+
+
+def classify(path: str) -> str:
     parts = path.split(".")
     if len(parts) > 1 and parts[-1] in PARAMETER_SUFFIXES:
         parts = parts[:-1]
@@ -94,8 +110,15 @@ def module_type(path: str) -> str:
 
 @dataclass
 class Cell:
-    """The tensors of one row and module, with their change combined."""
+    """The tensors of one row and module, with their change combined.
 
+    Attributes:
+        count: how many tensors the cell holds.
+        names: its most changed tensors, largest rel L2 first (at most `NAMED`; the cell's
+            first tensors when none changed).
+    """
+
+    count: int = 0
     names: list[str] = field(default_factory=list)
     delta_sq: float = 0.0
     base_sq: float = 0.0
@@ -105,6 +128,9 @@ class Cell:
     def rel_l2(self) -> float | None:
         """‖Δ‖ / ‖A‖ over the cell's tensors together."""
         return math.sqrt(self.delta_sq / self.base_sq) if self.base_sq > 0 else None
+
+
+NAMED = 3
 
 
 @dataclass
@@ -126,30 +152,36 @@ class Grid:
         return [(self.cells.get((row, column)) or Cell()).rel_l2 or 0.0 for row in self.rows]
 
 
-def grid(results: list[PairResult], badge) -> Grid:
-    """The overview grid of scanned pairs.
-
-    Args:
-        badge: maps a result to the status it shows (hierarchy.badge_status).
-    """
-    stacks = {s for s in (stack_of(r.pair.name) for r in results) if s}
-    cells: dict[tuple[str, str], Cell] = {}
-    layers: dict[str, tuple] = {}
-    for result in results:
-        where = place(result.pair.name, stacks)
-        cell = cells.setdefault((where.row, where.module), Cell())
-        cell.names.append(result.pair.name)
-        cell.statuses.add(badge(result))
-        diff, side = result.diff, result.a
-        if diff is not None and diff.rms is not None and side is not None and side.l2 is not None:
-            both = side.finite
-            cell.delta_sq += diff.rms ** 2 * both
-            cell.base_sq += side.l2 ** 2
-        if where.layer is not None:
-            layers[where.row] = (stack_of(result.pair.name) or "", where.layer)
+def grid(catalog: Catalog, table: ResultTable) -> Grid:
+    """The overview grid of the pairs read so far."""
+    read = np.flatnonzero(table.status != results.UNREAD)
+    names = [catalog.names[i] for i in read.tolist()]
+    stacks = {s for s in map(stack_of, names) if s}
+    places = [place(name, stacks) for name in names]
+    keys = [(where.row, where.module) for where in places]
+    ids = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    cell_of = np.array([ids[key] for key in keys], np.int64)
+    values = table.values[read]
+    rms, finite, l2 = values[:, c.FD + c.RMS], values[:, c.FA + c.FINITE], values[:, c.FA + c.L2]
+    measured = ~(np.isnan(rms) | np.isnan(l2))
+    delta_sq = np.bincount(cell_of, np.where(measured, rms ** 2 * np.nan_to_num(finite), 0.0), len(ids))
+    base_sq = np.bincount(cell_of, np.where(measured, np.nan_to_num(l2) ** 2, 0.0), len(ids))
+    counts = np.bincount(cell_of, minlength=len(ids))
+    badge = badges(catalog, table, read)
+    cells = {key: Cell(int(counts[k]), [], float(delta_sq[k]), float(base_sq[k])) for key, k in ids.items()}
+    by_id = list(cells.values())
+    for k, code in set(zip(cell_of.tolist(), badge.tolist())):
+        by_id[k].statuses.add(SEVERITY[code])
+    rel = np.nan_to_num(values[:, c.FD + c.REL_L2], nan=-1.0)
+    for j in np.lexsort((-rel, cell_of)).tolist():  # each cell's most changed first
+        cell = by_id[cell_of[j]]
+        if len(cell.names) < NAMED:
+            cell.names.append(names[j])
+    layers = {where.row: (stack_of(name) or "", where.layer) for name, where in zip(names, places)
+              if where.layer is not None}
     rows = sorted(layers, key=lambda r: layers[r])
     present = {column for row, column in cells if row != OUTSIDE}
-    columns = [c for c in COLUMN_ORDER if c in present] + sorted(present - set(COLUMN_ORDER))
+    columns = [col for col in COLUMN_ORDER if col in present] + sorted(present - set(COLUMN_ORDER))
     outside = sorted(column for row, column in cells if row == OUTSIDE)
     return Grid(rows, columns, cells, outside)
 
@@ -160,7 +192,7 @@ class Anomaly:
     reason: str
 
 
-def anomalies(results: list[PairResult], badge, outlier_decades: float = 1.0) -> list[Anomaly]:
+def anomalies(catalog: Catalog, table: ResultTable, outlier_decades: float = 1.0) -> list[Anomaly]:
     """What deserves a look, most serious first: NaN/Inf, shape and dtype changes, tensors on
     one side only, unreadable tensors, and tensors whose rel_l2 lies far outside the typical
     change of their module type across layers.
@@ -168,27 +200,30 @@ def anomalies(results: list[PairResult], badge, outlier_decades: float = 1.0) ->
     A change is an outlier when its log10(rel_l2) is more than `outlier_decades` from the
     median of its module type and more than 3.5 robust standard deviations (MAD) away.
     """
+    read = np.flatnonzero(table.status != results.UNREAD)
+    badge = badges(catalog, table, read)
     found: list[Anomaly] = []
     reasons = {"nonfinite": "holds NaN or Inf", "shape_mismatch": "shape changed", "dtype": "dtype changed",
                "only_a": "only in A", "only_b": "only in B", "error": "unreadable"}
-    for kind in reasons:
-        found += [Anomaly(r.pair.name, reasons[kind]) for r in results if badge(r) == kind
-                  and not (kind in ("only_a", "only_b") and r.pair.tied_elsewhere)]
-    by_module: dict[str, list[tuple[float, PairResult]]] = {}
-    for r in results:
-        rel = r.diff.rel_l2 if r.diff is not None else None
-        if rel and rel > 0:
-            by_module.setdefault(place(r.pair.name).module, []).append((math.log10(rel), r))
-    for module, values in by_module.items():
-        if len(values) < 4:
+    for kind, reason in reasons.items():
+        for i in read[badge == CODE[kind]].tolist():
+            if not (kind in ("only_a", "only_b") and catalog.tied_elsewhere(i)):
+                found.append(Anomaly(catalog.names[i], reason))
+    rel = table.values[read, c.FD + c.REL_L2]
+    moved = read[np.nan_to_num(rel) > 0]
+    by_module: dict[str, list[int]] = {}
+    for i in moved.tolist():
+        by_module.setdefault(place(catalog.names[i]).module, []).append(i)
+    for module, members in by_module.items():
+        if len(members) < 4:
             continue
-        logs = [v for v, _ in values]
-        middle = statistics.median(logs)
-        spread = 1.4826 * statistics.median(abs(v - middle) for v in logs)
-        for value, r in values:
+        logs = np.log10(table.values[members, c.FD + c.REL_L2])
+        middle = float(np.median(logs))
+        spread = 1.4826 * float(np.median(np.abs(logs - middle)))
+        for i, value in zip(members, logs.tolist()):
             distance = abs(value - middle)
             if distance > outlier_decades and (spread == 0 or distance > 3.5 * spread):
                 factor = 10 ** (value - middle)
                 direction = f"{factor:.0f}× larger" if factor > 1 else f"{1 / factor:.0f}× smaller"
-                found.append(Anomaly(r.pair.name, f"change {direction} than typical for {module} across layers"))
+                found.append(Anomaly(catalog.names[i], f"change {direction} than typical for {module} across layers"))
     return found

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from weightscope.compare.align import Pair
+from weightscope.compare.reading import as_bytes
+from weightscope.compare.stats import Cancelled, code_of, decoded, itemsize
 from weightscope.sources.checkpoint import Checkpoint
-from weightscope.compare.stats import chunk_guard, itemsize, pool, to_float
 
 CHUNK = 1 << 22  # elements of Δ decoded at a time
 
@@ -86,10 +87,12 @@ def change_map(a: Checkpoint, b: Checkpoint, pair: Pair, rows: int, cols: int,
                   matrix_shape(pair.a.shape), rows, cols, should_cancel)
 
 
-def pooled(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, shape: tuple[int, int],
-           rows: int, cols: int, should_cancel: Callable[[], bool] = lambda: False) -> ChangeMap:
-    """The map of two tensors' raw bytes, viewed as matrices of `shape`."""
+def pooled(raw_a, dtype_a: str, raw_b, dtype_b: str, shape: tuple[int, int], rows: int, cols: int,
+           should_cancel: Callable[[], bool] = lambda: False) -> ChangeMap:
+    """The map of two tensors' bytes (arrays or `reading.Bytes`), viewed as matrices of `shape`."""
     m, n = shape
+    raw_a, raw_b = as_bytes(raw_a), as_bytes(raw_b)
+    code_a, code_b = code_of(dtype_a), code_of(dtype_b)
     row_edges, col_edges = edges(m, rows), edges(n, cols)
     grid = (len(row_edges) - 1, len(col_edges) - 1)
     sums, peak, bad = np.zeros(grid), np.zeros(grid), np.zeros(grid, dtype=np.int64)
@@ -99,16 +102,14 @@ def pooled(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, sha
     cell_of_row = np.repeat(np.arange(grid[0]), np.diff(row_edges))
     size_a, size_b = itemsize(dtype_a), itemsize(dtype_b)
     step = max(1, CHUNK // n)
-
-    check = chunk_guard(should_cancel)
-
-    def part(start: int):
-        """(cells, their Σ Δ², max |Δ|, non-finite count) for rows start…start+step."""
-        check()
+    for start in range(0, m, step):
+        if should_cancel():
+            raise Cancelled
         stop = min(start + step, m)
-        x = to_float(raw_a[start * n * size_a:stop * n * size_a], dtype_a).reshape(-1, n)
-        y = to_float(raw_b[start * n * size_b:stop * n * size_b], dtype_b).reshape(-1, n)
-        delta = np.abs(y - x, dtype=np.float64)
+        x = decoded(raw_a.window(start * n * size_a, stop * n * size_a), code_a).reshape(-1, n)
+        y = decoded(raw_b.window(start * n * size_b, stop * n * size_b), code_b).reshape(-1, n)
+        with np.errstate(invalid="ignore"):  # Inf − Inf: counted as non-finite below
+            delta = np.abs(y - x)
         finite = np.isfinite(delta)
         cells = cell_of_row[start:stop]
         firsts = np.flatnonzero(np.diff(cells, prepend=-1))  # where each cell's rows begin in the chunk
@@ -116,19 +117,12 @@ def pooled(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, sha
         def by_cell(values, reduce):
             return reduce.reduceat(reduce.reduceat(values, col_edges[:-1], axis=1), firsts, axis=0)
 
-        if finite.all():
-            nonfinite = 0
-        else:
-            nonfinite = by_cell((~finite).astype(np.int64), np.add)
+        if not finite.all():
+            bad[cells[firsts]] += by_cell((~finite).astype(np.int64), np.add)
             delta = np.where(finite, delta, 0.0)
-        return cells[firsts], by_cell(delta * delta, np.add), by_cell(delta, np.maximum), nonfinite
-
-    starts = range(0, m, step)
-    parts = map(part, starts) if len(starts) == 1 else pool().map(part, starts)
-    for here, square, largest, nonfinite in parts:  # a cell split across chunks gets both parts
-        sums[here] += square
-        peak[here] = np.maximum(peak[here], largest)
-        bad[here] += nonfinite
+        here = cells[firsts]  # a cell split across chunks gets both parts
+        sums[here] += by_cell(delta * delta, np.add)
+        peak[here] = np.maximum(peak[here], by_cell(delta, np.maximum))
     counts = np.outer(np.diff(row_edges), np.diff(col_edges)) - bad
     rms = np.sqrt(np.divide(sums, counts, out=np.zeros(grid), where=counts > 0))
     return ChangeMap(shape, tuple(row_edges.tolist()), tuple(col_edges.tolist()), rms, peak, bad)

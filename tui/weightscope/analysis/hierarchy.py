@@ -1,28 +1,34 @@
-"""The pairs of a comparison as a tree of dotted names, with counts rolled up to every group.
+"""The pairs of a comparison as a tree of dotted names, and the counts rolled up to its groups.
 
-`model.layers.12.mlp.up_proj.weight` becomes the path model → layers → 12 → mlp →
-up_proj → weight. Children sort naturally (`layers.2` before `layers.10`). Each node keeps
-its subtree's counts by status and its most-changed members, so a group shows "7/9 changed"
-and its top tensors without walking its members, and a result arriving for one tensor
-updates only its ancestors.
+`model.layers.12.mlp.up_proj.weight` is the path model → layers → 12 → mlp → up_proj → weight;
+children sort naturally (`layers.2` before `layers.10`). A `NameTree` holds the tree as
+arrays, its nodes in the order the tree shows them, so that every group's tensors are one
+run of `order` (`lo:hi`): a group's counts by status, its largest change and its most
+changed members are reductions over that run (`Rollup`), with no object per tensor and
+nothing to keep current but two arrays as results arrive.
 """
 
 from __future__ import annotations
 
-import heapq
 import re
-import weakref
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from dataclasses import dataclass, field
 
-from weightscope.compare.align import Pair
-from weightscope.compare.scan import PairResult
+import numpy as np
 
-# Most notable first: the status a group shows is its members' first in this order.
+from weightscope.compare import catalog as cat
+from weightscope.compare import columns as c
+from weightscope.compare import results
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import ResultTable
+
+# What a line shows, most notable first: a group shows its members' first in this order.
 SEVERITY = ("error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close",
             "pending", "value_equal", "identical")
-DIFFERS = {"error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close"}
-TOP = 8  # how many most-changed members each group keeps track of
+CODE = {status: code for code, status in enumerate(SEVERITY)}
+DIFFERS = np.array([s in {"error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close"}
+                    for s in SEVERITY])
+TOP = 8  # most-changed members a group lists
 
 
 def matcher(pattern: str):
@@ -38,210 +44,217 @@ def natural_key(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
-def known_status(pair: Pair) -> str:
-    """What the headers alone say about a pair: a final status, or 'pending' until its data is read."""
-    a, b = pair.a, pair.b
-    if (a and a.error) or (b and b.error):
-        return "error"
-    if b is None:
-        return "only_a"
-    if a is None:
-        return "only_b"
-    if a.shape != b.shape:
-        return "shape_mismatch"
-    # A computed tensor (W + ΔW) is float32 because it is computed in float32, not because
-    # anything stored changed type: only stored types count as a dtype change.
-    stored_change = a.stored_dtype != b.stored_dtype and a.origin is None and b.origin is None
-    return "dtype" if stored_change else "pending"
-
-
-def badge_status(result: PairResult) -> str:
-    """The status a tensor shows once read: NaN/Inf and dtype changes outrank the scan status."""
-    if result.status != "error" and any(s is not None and s.nonfinite for s in (result.a, result.b)):
-        return "nonfinite"
-    if result.status in ("identical", "value_equal", "close", "changed"):
-        return "dtype" if known_status(result.pair) == "dtype" else result.status
-    return result.status
-
-
-@dataclass(eq=False, repr=False)  # the generated repr would walk the whole tree
-class NameNode:
-    """One part of a dotted name; a tensor where `pair` is set (a node can also have children).
-
-    Attributes:
-        counts: statuses of every tensor in the subtree (this node's own included).
-        result: the scan result of this node's tensor, once known.
-        max_rel: the largest rel_l2 in the subtree, once known.
-        top: the subtree's tensors with the largest nonzero rel_l2, largest first (at most `TOP`).
-    """
-
-    part: str
-    path: str
-    # Weak, so that a tree holds no reference cycles: one dropped (a filter's, replaced on the
-    # next key) is freed at once instead of waiting for a full collection that stalls the UI.
-    parent_ref: weakref.ref[NameNode] | None = None
-    pair: Pair | None = None
-    result: PairResult | None = None
-    children: dict[str, NameNode] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    parameters: int = 0
-    max_rel: float | None = None
-    top: list[NameNode] = field(default_factory=list)
-    _sorted: list[NameNode] | None = None
-
-    @property
-    def parent(self) -> NameNode | None:
-        return self.parent_ref() if self.parent_ref is not None else None
-
-    @property
-    def status(self) -> str:
-        """The most notable status in the subtree (a tensor's own, for a tensor)."""
-        return next((s for s in SEVERITY if self.counts.get(s)), "identical")
-
-    @property
-    def own_status(self) -> str | None:
-        """This node's tensor's status; None for a pure group."""
-        if self.pair is None:
-            return None
-        return badge_status(self.result) if self.result else known_status(self.pair)
-
-    @property
-    def differing(self) -> int:
-        """How many tensors in the subtree differ in any way."""
-        return sum(self.counts.get(s, 0) for s in DIFFERS)
-
-    @property
-    def tensors(self) -> int:
-        return sum(self.counts.values())
-
-    def sorted_children(self) -> list[NameNode]:
-        if self._sorted is None:
-            self._sorted = sorted(self.children.values(), key=lambda n: natural_key(n.part))
-        return self._sorted
-
-    def leaves(self):
-        """Every tensor node in the subtree, in natural order."""
-        if self.pair is not None:
-            yield self
-        for child in self.sorted_children():
-            yield from child.leaves()
-
-    @property
-    def rel_l2(self) -> float | None:
-        """This node's tensor's rel_l2, once known."""
-        diff = self.result.diff if self.result is not None else None
-        return diff.rel_l2 if diff is not None else None
-
-    def most_changed(self, count: int = TOP) -> list[NameNode]:
-        """The tensors of the subtree with the largest rel_l2, largest first (`count` ≤ `TOP`)."""
-        return self.top[:count]
-
-    def rank(self, member: NameNode, old_rel: float | None) -> None:
-        """Keep `top` current now that `member`'s rel_l2 is known (it was `old_rel`)."""
-        rel, top = member.rel_l2, self.top
-        if member in top:
-            if old_rel is not None and (rel or 0) < old_rel and len(top) == TOP:
-                # It fell inside a full list: a member outside may now outrank it.
-                ranked = (n for n in self.walk() if n.rel_l2)
-                self.top = heapq.nlargest(TOP, ranked, key=lambda n: n.rel_l2)
-                return
-            top.remove(member)
-        elif not rel or (len(top) == TOP and rel <= top[-1].rel_l2):
-            return  # most results: not among the largest
-        if rel:
-            top.append(member)
-            top.sort(key=lambda n: n.rel_l2, reverse=True)
-            del top[TOP:]
-
-    def walk(self):
-        """Every node of the subtree, in no particular order."""
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            stack.extend(node.children.values())
-            yield node
-
-    def __repr__(self) -> str:
-        return f"NameNode({self.path!r})"
-
-    def ancestors(self):
-        node = self
-        while node is not None:
-            yield node
-            node = node.parent
+def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None) -> np.ndarray:
+    """What each pair's line shows (`SEVERITY` codes): the headers' verdict until it is read,
+    then its scan status, outranked by NaN/Inf and by a change of stored dtype."""
+    index = np.arange(len(catalog)) if index is None else index
+    known, status = catalog.known[index], table.status[index]
+    values = table.values[index]
+    from_headers = np.array([CODE[s] for s in ("pending", "error", "only_a", "only_b", "shape_mismatch", "dtype")],
+                            np.int8)
+    scanned = np.array([CODE[s] for s in results.STATUSES], np.int8)
+    out = np.where(status == results.UNREAD, from_headers[known], scanned[np.maximum(status, 0)])
+    equalish = np.isin(status, (results.IDENTICAL, results.VALUE_EQUAL, results.CLOSE, results.CHANGED))
+    out = np.where(equalish & (known == cat.DTYPE), CODE["dtype"], out)
+    nonfinite = np.zeros(len(index), bool)
+    for base in (c.FA, c.FB):
+        counts = values[:, base + c.FNAN] + values[:, base + c.FPOSINF] + values[:, base + c.FNEGINF]
+        nonfinite |= np.nan_to_num(counts) > 0
+    return np.where(nonfinite & (status != results.UNREAD) & (status != results.ERROR), CODE["nonfinite"],
+                    out).astype(np.int8)
 
 
 @dataclass
-class Names:
-    """A name tree: its root and every tensor's node by pair name."""
+class NameTree:
+    """A tree of the names of some pairs (all, or those a filter keeps), as arrays.
 
-    root: NameNode
-    nodes: dict[str, NameNode]
-    _order: list[NameNode] | None = None
+    Nodes are numbered in the order the tree shows them (depth first, children in natural
+    order); node 0 is the root. Each node's tensors are `order[lo[k]:hi[k]]`, and its subtree
+    is the nodes k … end[k] − 1.
 
-    @property
-    def order(self) -> list[NameNode]:
-        """Tensor nodes in the order the tree shows them (computed on first use)."""
-        if self._order is None:
-            self._order = list(self.root.leaves())
-        return self._order
+    Attributes:
+        parts: each node's own part of the name ("" for the root).
+        parent: each node's parent (-1 for the root).
+        pair: the pair a node is (-1 for a group only).
+        order: pair indices in the order the tree shows them.
+        position: each pair's place in `order` (-1 when the filter left it out).
+        node_of: each pair's node (-1 when left out).
+        pattern: the filter that kept these pairs ("" for all).
+    """
 
-    def take_apart(self) -> None:
-        """Let go of the tree a node at a time (for a background thread): a tree dropped whole
-        is freed in one step that holds the interpreter, keys included, for 0.1 s on 100,000
-        tensors. Nodes still held elsewhere stay usable, without their children."""
-        self.nodes, self._order = {}, None
-        stack = [self.root]
-        while stack:
+    parts: list[str]
+    parent: np.ndarray
+    pair: np.ndarray
+    end: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    order: np.ndarray
+    position: np.ndarray
+    node_of: np.ndarray
+    pattern: str = ""
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def children(self, node: int) -> list[int]:
+        out, child = [], node + 1
+        while child < self.end[node]:
+            out.append(child)
+            child = int(self.end[child])
+        return out
+
+    def ancestors(self, node: int) -> list[int]:
+        """The node, its parent, … the root."""
+        out = [node]
+        while self.parent[out[-1]] >= 0:
+            out.append(int(self.parent[out[-1]]))
+        return out
+
+    def path(self, node: int) -> str:
+        return ".".join(self.parts[k] for k in reversed(self.ancestors(node)[:-1]))
+
+    def is_group(self, node: int) -> bool:
+        return self.end[node] > node + 1
+
+    def tensors(self, node: int) -> int:
+        return int(self.hi[node] - self.lo[node])
+
+
+def build(catalog: Catalog, pattern: str = "") -> NameTree:
+    """The name tree of the pairs whose names match `pattern` (all for "")."""
+    names = catalog.names
+    keep = matcher(pattern) if pattern else None
+    part_keys: dict[str, tuple] = {}
+
+    def key(name: str) -> tuple:
+        parts = name.split(".")
+        out = []
+        for part in parts:
+            found = part_keys.get(part)
+            if found is None:
+                found = part_keys[part] = natural_key(part)
+            out.append(found)
+        return tuple(out)
+
+    kept = [i for i, name in enumerate(names) if keep is None or keep(name)]
+    keys = {i: key(names[i]) for i in kept}
+    order = sorted(kept, key=keys.__getitem__)
+
+    parts, parent, pair, lo = [""], [-1], [-1], [0]
+    hi_at: dict[int, int] = {}
+    end_at: dict[int, int] = {}
+    stack = [0]  # the open path: root, then one node per part
+    previous: list[str] = []
+    for position, i in enumerate(order):
+        split = names[i].split(".")
+        common = 0
+        while common < len(previous) and common < len(split) and previous[common] == split[common]:
+            common += 1
+        if common == len(split) == len(previous):  # the same name twice (cannot happen): keep the first
+            continue
+        while len(stack) > common + 1:
             node = stack.pop()
-            stack.extend(node.children.values())
-            node.children, node.top, node._sorted = {}, [], None
-
-    def apply(self, results) -> list[NameNode]:
-        """Record results of pairs in this tree; returns the nodes that changed."""
-        changed = []
-        for result in results:
-            node = self.nodes.get(result.pair.name)
-            if node is not None:
-                apply(node, result)
-                changed.append(node)
-        return changed
-
-
-def build(pairs: list[Pair], results=()) -> Names:
-    """The tree of all pairs' names, with statuses known from headers counted in, and the
-    given results recorded."""
-    root = NameNode("", "")
-    nodes: dict[str, NameNode] = {}
-    for pair in pairs:
-        node = root
-        for part in pair.name.split("."):
-            child = node.children.get(part)
-            if child is None:
-                path = f"{node.path}.{part}" if node.path else part
-                child = node.children[part] = NameNode(part, path, weakref.ref(node))
-            node = child
-        node.pair = pair
-        nodes[pair.name] = node
-        status, numel = known_status(pair), (pair.a or pair.b).numel
-        while node is not None:
-            node.counts[status] = node.counts.get(status, 0) + 1
-            node.parameters += numel
-            node = node.parent
-    names = Names(root, nodes)
-    names.apply(results)
-    return names
+            hi_at[node], end_at[node] = position, len(parts)
+        for part in split[common:]:
+            parts.append(part)
+            parent.append(stack[-1])
+            pair.append(-1)
+            lo.append(position)
+            stack.append(len(parts) - 1)
+        pair[stack[-1]] = i
+        previous = split
+    for node in stack:
+        hi_at[node], end_at[node] = len(order), len(parts)
+    count = len(parts)
+    hi = np.array([hi_at[k] for k in range(count)], np.int64)
+    end = np.array([end_at[k] for k in range(count)], np.int64)
+    order_array = np.array(order, np.int64)
+    position = np.full(len(names), -1, np.int64)
+    position[order_array] = np.arange(len(order_array))
+    pair_array = np.array(pair, np.int64)
+    node_of = np.full(len(names), -1, np.int64)
+    tensors = np.flatnonzero(pair_array >= 0)
+    node_of[pair_array[tensors]] = tensors
+    return NameTree(parts, np.array(parent, np.int64), pair_array, end, np.array(lo, np.int64), hi, order_array,
+                    position, node_of, pattern)
 
 
-def apply(node: NameNode, result: PairResult) -> None:
-    """Record a tensor's result, moving its count from the old status to the new one."""
-    old, old_rel = node.own_status, node.rel_l2
-    node.result = result
-    new, rel = badge_status(result), node.rel_l2
-    for ancestor in node.ancestors():
-        if old is not None:
-            ancestor.counts[old] -= 1
-        ancestor.counts[new] = ancestor.counts.get(new, 0) + 1
-        if rel is not None and (ancestor.max_rel is None or rel > ancestor.max_rel):
-            ancestor.max_rel = rel
-        ancestor.rank(node, old_rel)
+class Rollup:
+    """What each group of a tree shows, as results arrive: counts by status, the largest rel L2,
+    the most changed members, parameters. Reductions over a group's run of tensors."""
+
+    def __init__(self, tree: NameTree, badge: np.ndarray, rel_l2: np.ndarray, numel: np.ndarray):
+        """
+        Args:
+            badge, rel_l2, numel: per pair (the whole catalog); kept in tree order here.
+        """
+        self.tree = tree
+        self.badge = badge[tree.order].astype(np.int8)
+        self.rel = rel_l2[tree.order].astype(np.float64)
+        self.parameters_before = np.concatenate([[0], np.cumsum(numel[tree.order])])
+        self._counts: dict[int, np.ndarray] = {}
+
+    def update(self, index: np.ndarray, badge: np.ndarray, rel_l2: np.ndarray) -> None:
+        """New statuses and rel L2 of these pairs (any, in the tree or not)."""
+        where = self.tree.position[index]
+        inside = where >= 0
+        self.badge[where[inside]] = badge[inside]
+        self.rel[where[inside]] = rel_l2[inside]
+        self._counts.clear()
+
+    def counts(self, node: int) -> np.ndarray:
+        """Tensors of the node's subtree by status (`SEVERITY` codes)."""
+        found = self._counts.get(node)
+        if found is None:
+            run = self.badge[self.tree.lo[node]:self.tree.hi[node]]
+            found = self._counts[node] = np.bincount(run, minlength=len(SEVERITY))
+        return found
+
+    def status(self, node: int) -> str:
+        """The most notable status in the subtree (a tensor's own, for a tensor)."""
+        if self.tree.pair[node] >= 0 and not self.tree.is_group(node):
+            return SEVERITY[self.badge[self.tree.position[self.tree.pair[node]]]]
+        present = np.flatnonzero(self.counts(node))
+        return SEVERITY[present[0]] if len(present) else "identical"
+
+    def own_status(self, node: int) -> str | None:
+        """The status of the node's own tensor; None for a group only."""
+        pair = self.tree.pair[node]
+        return SEVERITY[self.badge[self.tree.position[pair]]] if pair >= 0 else None
+
+    def differing(self, node: int) -> int:
+        return int(self.counts(node)[DIFFERS].sum())
+
+    def count(self, node: int, status: str) -> int:
+        return int(self.counts(node)[CODE[status]])
+
+    def parameters(self, node: int) -> int:
+        return int(self.parameters_before[self.tree.hi[node]] - self.parameters_before[self.tree.lo[node]])
+
+    def max_rel(self, node: int) -> float | None:
+        run = self.rel[self.tree.lo[node]:self.tree.hi[node]]
+        if not len(run) or np.isnan(run).all():
+            return None
+        return float(np.nanmax(run))
+
+    def most_changed(self, node: int, count: int = TOP) -> list[tuple[int, float]]:
+        """(pair, rel L2) of the subtree's tensors with the largest nonzero rel L2, largest first."""
+        lo = self.tree.lo[node]
+        run = np.nan_to_num(self.rel[lo:self.tree.hi[node]], nan=0.0)
+        if not len(run):
+            return []
+        top = np.argpartition(-run, min(count, len(run) - 1))[:count] if len(run) > count else np.arange(len(run))
+        top = top[np.argsort(-run[top], kind="stable")]
+        return [(int(self.tree.order[lo + j]), float(run[j])) for j in top if run[j] > 0]
+
+    def next_differing(self, after: int, step: int) -> int | None:
+        """The next tensor (a position in tree order) after `after` whose status differs, going
+        forward (step 1) or back (-1), wrapping around; None when none does."""
+        differs = np.flatnonzero(DIFFERS[self.badge])
+        if not len(differs):
+            return None
+        if step > 0:
+            later = differs[differs > after]
+            return int(later[0] if len(later) else differs[0])
+        earlier = differs[differs < after]
+        return int(earlier[-1] if len(earlier) else differs[-1])

@@ -18,9 +18,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
+
+from weightscope.compare import columns as c
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import PairResult, ResultTable
 from weightscope.sources.checkpoint import Checkpoint
 from weightscope.sources.lora.checkpoint import LoraCheckpoint
-from weightscope.compare.scan import PairResult
 
 NEGLIGIBLE = 1e-6
 
@@ -32,40 +36,70 @@ def delta_norm(checkpoint: LoraCheckpoint, name: str) -> float:
     return abs(checkpoint.modules[name].scaling) * math.sqrt(max(square, 0.0))
 
 
-def annotate(a: Checkpoint, b: Checkpoint, results: list[PairResult]) -> list[PairResult]:
-    """The results with each LoRA side's roles noted per pair, and ΔW-size notes and alarms
-    added per pair and to the LoRA checkpoint's notes. Plain checkpoints' results come back as they were."""
+def annotate(a: Checkpoint, b: Checkpoint | None, catalog: Catalog, table: ResultTable
+             ) -> tuple[dict[int, tuple[str, ...]], tuple[list[str], list[str] | None]]:
+    """What a LoRA side adds to a comparison's results: each pair's notes (the scan's own, then
+    what the adapter made of its tensor and whether ΔW is negligible), and each side's notes
+    with the spread of ‖ΔW‖/‖W‖ and the alarm when every module is negligible.
+
+    Returns:
+        (the notes of every pair that has new ones, (A's notes, B's notes or None)), computed
+        afresh from the results: nothing is added to the checkpoints.
+    """
     sides = [(label, side) for label, side in (("A", a), ("B", b)) if isinstance(side, LoraCheckpoint)]
+    side_notes = (list(a.notes), list(b.notes) if b is not None else None)
     if not sides:
-        return results
-    ratios: dict[tuple[str, str], float] = {}
-    out = []
-    for result in results:
-        notes = list(result.notes)
-        for label, checkpoint in sides:
-            info = result.pair.a if label == "A" else result.pair.b
-            if info is None or info.name not in checkpoint.roles:
+        return {}, side_notes
+    ratios: dict[str, list[float]] = {"A": [], "B": []}
+    out: dict[int, tuple[str, ...]] = {}
+    for label, checkpoint in sides:
+        column = catalog.a if label == "A" else catalog.b
+        other = c.FB if label == "A" else c.FA
+        for i, name in enumerate(column.name):
+            if name is None or name not in checkpoint.roles:
                 continue
-            notes.append(f"{label}: {checkpoint.roles[info.name]}")
-            ratio = change_ratio(checkpoint, info.name, result.b if label == "A" else result.a)
+            notes = list(out.get(i, table.notes.get(i, ())))
+            notes.append(f"{label}: {checkpoint.roles[name]}")
+            l2 = table.values[i, other + c.L2]
+            ratio = change_ratio(checkpoint, name, None if np.isnan(l2) else float(l2))
             if ratio is not None:
-                ratios[(label, info.name)] = ratio
+                ratios[label].append(ratio)
                 if ratio < NEGLIGIBLE:
                     notes.append(f"{label}: ALARM ΔW negligible: ‖ΔW‖/‖W‖ = {ratio:.2g} (< {NEGLIGIBLE:g})")
-        out.append(replace(result, notes=tuple(notes)) if len(notes) > len(result.notes) else result)
-    for label, checkpoint in sides:
-        mine = sorted(r for (side, _), r in ratios.items() if side == label)
-        checkpoint.notes.extend(effect_notes(mine))
-    return out
+            out[i] = tuple(notes)
+    side_notes[0].extend(effect_notes(sorted(ratios["A"])))
+    if side_notes[1] is not None:
+        side_notes[1].extend(effect_notes(sorted(ratios["B"])))
+    return out, side_notes
 
 
-def change_ratio(checkpoint: LoraCheckpoint, name: str, other) -> float | None:
+def annotate_results(a: Checkpoint, b: Checkpoint, results: list[PairResult]) -> list[PairResult]:
+    """`annotate` for results held as objects (a scan in this process): the results with their
+    notes, and each LoRA checkpoint's notes extended."""
+    from weightscope.compare import catalog as cat
+    from weightscope.compare.align import Alignment
+
+    alignment = Alignment([r.pair for r in results], [])
+    catalog = cat.build(a, b, alignment)
+    table = ResultTable(len(results))
+    for i, r in enumerate(results):
+        table.values[i, c.FA + c.L2] = r.a.l2 if r.a is not None and r.a.l2 is not None else np.nan
+        table.values[i, c.FB + c.L2] = r.b.l2 if r.b is not None and r.b.l2 is not None else np.nan
+        if r.notes:
+            table.notes[i] = r.notes
+    notes, (notes_a, notes_b) = annotate(a, b, catalog, table)
+    a.notes[:] = notes_a
+    b.notes[:] = notes_b
+    return [replace(r, notes=notes[i]) if i in notes else r for i, r in enumerate(results)]
+
+
+def change_ratio(checkpoint: LoraCheckpoint, name: str, other_l2: float | None) -> float | None:
     """‖ΔW‖/‖W‖ for a computed tensor, with ‖W‖ from the other side's statistics; None where
     either is unknown or ΔW is exactly zero (the zero-factor alarm covers that)."""
-    if name not in checkpoint.modules or other is None or not other.l2:
+    if name not in checkpoint.modules or not other_l2:
         return None
     norm = delta_norm(checkpoint, name)
-    return norm / other.l2 if norm > 0 else None
+    return norm / other_l2 if norm > 0 else None
 
 
 def effect_notes(ratios: list[float]) -> list[str]:

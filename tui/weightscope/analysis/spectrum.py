@@ -30,13 +30,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from weightscope.compare.align import Pair
+from weightscope.compare.reading import as_bytes
+from weightscope.compare.stats import Cancelled, code_of, decoded, itemsize
 from weightscope.sources.checkpoint import Checkpoint, TensorUnreadable
 from weightscope.sources.lora.checkpoint import LoraCheckpoint
-from weightscope.compare.stats import Cancelled
 
 if TYPE_CHECKING:
-    from weightscope.compare.scan import PairResult
+    from weightscope.compare.results import PairResult
 
 TOP = 32  # singular values kept: enough for the ranks LoRA uses, few enough to draw as bars
 OVERSAMPLE = 10
@@ -124,11 +127,15 @@ def as_matrix(shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 
 def pair_spectrum(a: Checkpoint, b: Checkpoint, pair: Pair, k: int = TOP,
-                  should_cancel: Callable[[], bool] = lambda: False) -> Spectrum | None:
+                  should_cancel: Callable[[], bool] = lambda: False, raw_a=None, raw_b=None) -> Spectrum | None:
     """The spectrum of B − A for a pair of the same shape with 2 or more dimensions; None otherwise.
 
     Where one side is a LoRA-computed W + ΔW and the other side is that very W, the change is
     ΔW and its spectrum comes from the factors.
+
+    Args:
+        raw_a, raw_b: each side's bytes, where the caller reads them itself (`reading.Bytes`);
+            by default from the checkpoints' sources.
 
     Raises:
         TensorUnreadable: a side cannot be read.
@@ -139,8 +146,24 @@ def pair_spectrum(a: Checkpoint, b: Checkpoint, pair: Pair, k: int = TOP,
     for lora, info, other in ((b, pair.b, pair.a), (a, pair.a, pair.b)):
         if isinstance(lora, LoraCheckpoint) and info.name in lora.modules and lora.modules[info.name].weight == other:
             return module_spectrum(lora, info.name, k)
-    delta = Delta(a.load(pair.a.name), b.load(pair.b.name), as_matrix(pair.a.shape), should_cancel)
-    return dense_spectrum(delta, k)
+    shape = as_matrix(pair.a.shape)
+    rows_a = RowReader(raw_a if raw_a is not None else a.raw(pair.a.name), pair.a.dtype, shape[1])
+    rows_b = RowReader(raw_b if raw_b is not None else b.raw(pair.b.name), pair.b.dtype, shape[1])
+    return dense_spectrum(Delta(rows_a, rows_b, shape, should_cancel), k)
+
+
+class RowReader:
+    """Rows of a matrix stored as bytes (an array or `reading.Bytes`), as float32 tensors."""
+
+    def __init__(self, raw, dtype: str, cols: int):
+        self.raw, self.code, self.row_bytes = as_bytes(raw), code_of(dtype), cols * itemsize(dtype)
+        self.cols = cols
+
+    def __call__(self, start: int, stop: int):
+        import torch
+
+        values = decoded(self.raw.window(start * self.row_bytes, stop * self.row_bytes), self.code)
+        return torch.from_numpy(values.astype(np.float32)).reshape(-1, self.cols)
 
 
 class Delta:
@@ -149,8 +172,9 @@ class Delta:
     Each pass over it also counts ‖Δ‖²_F (in float64) and the non-finite elements.
     """
 
-    def __init__(self, a, b, shape: tuple[int, int], should_cancel: Callable[[], bool] = lambda: False):
-        self.a, self.b = a.reshape(shape), b.reshape(shape)
+    def __init__(self, rows_a: Callable, rows_b: Callable, shape: tuple[int, int],
+                 should_cancel: Callable[[], bool] = lambda: False):
+        self.rows_a, self.rows_b = rows_a, rows_b
         self.shape = shape
         self.should_cancel = should_cancel
         self.step = max(1, CHUNK // max(1, shape[1]))
@@ -161,7 +185,9 @@ class Delta:
         """(rows start…stop of Δ with non-finite elements zeroed, how many there were, their ‖·‖²_F)."""
         import torch
 
-        delta = self.b[start:stop].float() - self.a[start:stop].float()
+        if self.should_cancel():
+            raise Cancelled
+        delta = self.rows_b(start, stop) - self.rows_a(start, stop)
         # Norms of rows summed in float64: a float32 sum over millions of elements drifts by 0.1%.
         frobenius2 = float(torch.linalg.vector_norm(delta, dim=1).double().square().sum())
         if math.isfinite(frobenius2):  # one cheap reduction proves every element finite

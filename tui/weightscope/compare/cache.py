@@ -1,12 +1,15 @@
-"""Scan results kept on disk, so a second run or a reopened app answers at once.
+"""Scan results kept on disk, so that a second run or a reopened app answers at once.
 
-A result is keyed by the identity of every file on both sides (real path, size, mtime and
-a hash of the file's first and last 64 KiB, where headers and zip directories live) and by
-the options that change figures. The cache is best effort: any problem reads as a miss.
+An entry holds only what the scan computed (statuses, figures, per-pair errors and notes,
+histograms when asked for): what is derived from it (LoRA notes and alarms, roll-ups) is
+worked out again whoever reads it, so the app and `diff` agree whichever wrote it. It is
+keyed by a schema version, the options that change figures, and the identity of every file
+on both sides (real path, size, mtime and a hash of its first and last 64 KiB, where headers
+and zip directories live).
 
-An entry holds one result per line (JSON lines), read a line at a time with background
-work's pause points between them: one `json.load` of a 100,000-tensor entry (80 MB) held the
-interpreter, and with it the app's keys, for 1.5 s.
+Entries are `.npz` files of plain arrays (read without pickle) in `$XDG_CACHE_HOME/weightscope/scans`;
+the least recently used go once the folder passes `WEIGHTSCOPE_CACHE_MAX` (default 2 GB). The
+cache is best effort: any problem reads as a miss.
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
+import re
+
+import numpy as np
 
 from weightscope import __version__
-from weightscope.compare import stats
-from weightscope.compare.align import Alignment
-from weightscope.sources.checkpoint import Checkpoint
-from weightscope.sources.files import open_for_writing
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import ResultTable
+from weightscope.compare.stats import Histogram
 from weightscope.paths import cache_dir
-from weightscope.compare.scan import PairResult, ScanOptions
-from weightscope.compare.stats import DiffStats, Histogram, SideStats
+from weightscope.sources.checkpoint import Checkpoint
 
+SCHEMA = 2
 EDGE = 64 * 1024
+DEFAULT_MAX = 2 * 10**9
+UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 def file_identity(path: str) -> list:
@@ -39,56 +45,96 @@ def file_identity(path: str) -> list:
     return [os.path.realpath(path), st.st_size, st.st_mtime_ns, digest.hexdigest()]
 
 
-def key(a: Checkpoint, b: Checkpoint, options: ScanOptions) -> str:
-    identity = {"version": __version__, "atol": options.atol, "rtol": options.rtol,
-                "histograms": options.histograms,
-                "a": [file_identity(f) for f in a.files], "b": [file_identity(f) for f in b.files]}
+def key(a: Checkpoint, b: Checkpoint, options, single: bool = False) -> str | None:
+    """The entry for comparing these files with these options; None when a file cannot be stat'ed."""
+    try:
+        identity = {"schema": SCHEMA, "version": __version__, "atol": options.atol, "rtol": options.rtol,
+                    "histograms": options.histograms, "device": options.device, "single": single,
+                    "a": [file_identity(f) for f in a.files], "b": [file_identity(f) for f in b.files]}
+    except OSError:
+        return None
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+def folder() -> str:
+    return str(cache_dir() / "scans")
+
+
 def path_for(cache_key: str) -> str:
-    return str(cache_dir() / "scans" / f"{cache_key}.json")
+    return os.path.join(folder(), f"{cache_key}.npz")
 
 
-def result_json(result: PairResult) -> dict:
-    return {"name": result.pair.name, "status": result.status, "error": result.error, "notes": list(result.notes),
-            "a": result.a and asdict(result.a), "b": result.b and asdict(result.b),
-            "diff": result.diff and asdict(result.diff),
-            "histograms": {k: asdict(h) for k, h in result.histograms.items()}}
+def names_digest(catalog: Catalog) -> np.ndarray:
+    return np.frombuffer(hashlib.sha256("\n".join(catalog.names).encode()).digest(), np.uint8)
 
 
-def result_from_json(data: dict, pair) -> PairResult:
-    diff = data["diff"]
-    if diff is not None:
-        index = diff["max_abs_index"]
-        diff = DiffStats(**{**diff, "max_abs_index": tuple(index) if index is not None else None})
-    return PairResult(pair, data["status"], data["error"],
-                      SideStats(**data["a"]) if data["a"] else None, SideStats(**data["b"]) if data["b"] else None,
-                      diff, {k: Histogram(**{**h, "counts": tuple(h["counts"])}) for k, h in data["histograms"].items()},
-                      tuple(data["notes"]))
+def encoded(extras: dict) -> np.ndarray:
+    return np.frombuffer(json.dumps(extras).encode(), np.uint8)
 
 
-def load(cache_key: str, alignment: Alignment) -> list[PairResult] | None:
-    """The cached results for these pairs, in alignment order; None on any miss."""
+def load(cache_key: str, catalog: Catalog) -> ResultTable | None:
+    """The cached results of these pairs; None on any miss."""
+    path = path_for(cache_key)
     try:
-        stored = {}
-        with open(path_for(cache_key), encoding="utf-8") as f:
-            for line in stats.paced(f):
-                result = json.loads(line)
-                stored[result["name"]] = result
-        return [result_from_json(stored[p.name], p) for p in stats.paced(alignment.pairs)]
+        with np.load(path, allow_pickle=False) as entry:
+            if not np.array_equal(entry["names"], names_digest(catalog)):
+                return None
+            table = ResultTable(len(catalog))
+            status, values = entry["status"], entry["values"]
+            if status.shape != table.status.shape or values.shape != table.values.shape:
+                return None
+            table.status[:], table.values[:] = status, values
+            extras = json.loads(bytes(entry["extras"]))
+        table.errors = {int(i): e for i, e in extras["errors"].items()}
+        table.notes = {int(i): tuple(n) for i, n in extras["notes"].items()}
+        table.histograms = {int(i): {side: Histogram(h["lo"], h["hi"], tuple(h["counts"]), h["below"], h["above"])
+                                     for side, h in found.items()} for i, found in extras["histograms"].items()}
+        os.utime(path)  # used now: the last to be evicted
+        return table
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged or foreign: a miss
         return None
 
 
-def save(cache_key: str, results: list[PairResult]) -> None:
+def save(cache_key: str, table: ResultTable, catalog: Catalog) -> None:
+    """Store a complete scan, then evict the least recently used entries beyond the cap."""
     path = path_for(cache_key)
+    extras = {"errors": table.errors, "notes": table.notes,
+              "histograms": {i: {side: vars(h) for side, h in found.items()} for i, found in table.histograms.items()}}
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        partial = f"{path}.{os.getpid()}.tmp"
-        with open_for_writing(partial) as f:
-            for result in results:
-                f.write(json.dumps(result_json(result)) + "\n")
+        os.makedirs(folder(), exist_ok=True)
+        partial = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(partial, status=table.status, values=table.values, names=names_digest(catalog),
+                 extras=encoded(extras))
         os.replace(partial, path)
+        evict(limit())
     except OSError:
         pass
+
+
+def limit() -> int:
+    """The cap in bytes: `WEIGHTSCOPE_CACHE_MAX` as bytes or with a K/M/G/T suffix (decimal)."""
+    text = os.environ.get("WEIGHTSCOPE_CACHE_MAX", "").strip().upper().removesuffix("B")
+    found = re.fullmatch(r"([0-9.]+)\s*([KMGT]?)", text)
+    if not found:
+        return DEFAULT_MAX
+    return int(float(found[1]) * UNITS[found[2]])
+
+
+def evict(cap: int) -> None:
+    """Remove the least recently used entries until the folder holds at most `cap` bytes."""
+    entries = []
+    for entry in os.scandir(folder()):
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, entry.path))
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries):
+        if total <= cap:
+            break
+        try:
+            os.remove(path)
+            total -= size
+        except OSError:
+            pass

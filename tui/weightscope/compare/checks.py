@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from weightscope.compare.scan import PairResult
+import numpy as np
 
-MOVED = ("close", "changed")
+from weightscope.compare import columns as c
+from weightscope.compare import results
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import STATUSES, ResultTable
+
+MOVED = (results.CLOSE, results.CHANGED)
 
 
 @dataclass(frozen=True)
@@ -22,38 +27,48 @@ class Expectations:
         return bool(self.identical or self.changed or self.finite)
 
 
-def matches(result: PairResult, pattern: str) -> bool:
-    names = {result.pair.name} | {i.name for i in (result.pair.a, result.pair.b) if i is not None}
-    return any(fnmatchcase(n, pattern) for n in names)
+def matching(catalog: Catalog, pattern: str) -> list[int]:
+    return [i for i, names in enumerate(zip(catalog.names, catalog.a.name, catalog.b.name))
+            if any(n is not None and fnmatchcase(n, pattern) for n in names)]
 
 
-def describe(result: PairResult) -> str:
-    if result.status == "error":
-        return f"error ({result.error})"
-    d = result.diff
-    if d is not None and d.rel_l2 is not None and result.status in MOVED:
-        return f"{result.status} (rel_l2 {d.rel_l2:.3g})"
-    return result.status
-
-
-def failures(results: list[PairResult], expect: Expectations) -> list[str]:
-    """One line per expectation that does not hold, naming the tensor and why."""
-    lines = []
-    for pattern, wanted, ok in [(p, "identical", lambda r: r.status == "identical") for p in expect.identical] + \
-                               [(p, "changed", lambda r: r.status in MOVED) for p in expect.changed]:
-        matched = [r for r in results if matches(r, pattern)]
-        if not matched:
-            lines.append(f"{pattern}: expected {wanted}, but no tensor matches")
-        lines += [f"{r.pair.name}: expected {wanted} ({pattern}), is {describe(r)}" for r in matched if not ok(r)]
-    if expect.finite:
-        for r in results:
-            bad = [f"{side} has {nonfinite_text(s)}" for side, s in (("A", r.a), ("B", r.b)) if s and s.nonfinite]
-            if bad:
-                lines.append(f"{r.pair.name}: {'; '.join(bad)}")
-    return lines
+def describe(table: ResultTable, i: int) -> str:
+    status = STATUSES[table.status[i]]
+    if status == "error":
+        return f"error ({table.errors.get(i)})"
+    rel = table.values[i, c.FD + c.REL_L2]
+    if table.status[i] in MOVED and not np.isnan(rel):
+        return f"{status} (rel_l2 {rel:.3g})"
+    return status
 
 
 def nonfinite_text(side) -> str:
-    """'3 NaN, 1 +Inf' ('' when every value is finite)."""
+    """'3 NaN, 1 +Inf' ('' when every value is finite), of a `SideStats`."""
     parts = [(side.nan, "NaN"), (side.posinf, "+Inf"), (side.neginf, "-Inf")]
     return ", ".join(f"{n:,} {what}" for n, what in parts if n)
+
+
+def failures(catalog: Catalog, table: ResultTable, expect: Expectations) -> list[str]:
+    """One line per expectation that does not hold, naming the tensor and why."""
+    lines = []
+    checks = [(p, "identical", lambda s: s == results.IDENTICAL) for p in expect.identical] + \
+             [(p, "changed", lambda s: s in MOVED) for p in expect.changed]
+    for pattern, wanted, holds in checks:
+        matched = matching(catalog, pattern)
+        if not matched:
+            lines.append(f"{pattern}: expected {wanted}, but no tensor matches")
+        lines += [f"{catalog.names[i]}: expected {wanted} ({pattern}), is {describe(table, i)}"
+                  for i in matched if not holds(table.status[i])]
+    if expect.finite:
+        values = table.values
+        counts = values[:, [base + k for base in (c.FA, c.FB) for k in (c.FNAN, c.FPOSINF, c.FNEGINF)]]
+        for i in np.flatnonzero((np.nan_to_num(counts) > 0).any(axis=1)).tolist():
+            bad = []
+            for side, base in (("A", c.FA), ("B", c.FB)):
+                counts = [values[i, base + k] for k in (c.FNAN, c.FPOSINF, c.FNEGINF)]
+                if any(n > 0 for n in counts):  # NaN (no such side) compares false
+                    what = ", ".join(f"{int(n):,} {w}" for n, w in zip(counts, ("NaN", "+Inf", "-Inf")) if n > 0)
+                    bad.append(f"{side} has {what}")
+            if bad:
+                lines.append(f"{catalog.names[i]}: {'; '.join(bad)}")
+    return lines

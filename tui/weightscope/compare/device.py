@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from weightscope.compare import columns as c
-from weightscope.compare.stats import Cancelled, DiffStats, SideStats, merge_pair, merge_side
+from weightscope.compare.stats import Cancelled
 
 DEVICE_CHUNK = 1 << 24
 
@@ -87,11 +87,46 @@ def rows(tensors, row: Callable, device: str, should_cancel: Callable[[], bool])
     return (np.stack(out) if out else np.zeros((0, width))), np.array(starts, dtype=np.int64)
 
 
-def side_stats(tensor, device: str, should_cancel: Callable[[], bool] = lambda: False) -> SideStats:
-    return merge_side(rows([tensor], side_row, device, should_cancel)[0])
+def summed(a, b, same_shape: bool, atol: float, rtol: float, device: str,
+           should_cancel: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, int]:
+    """The merged row and flags (as `stats.summed` gives them) of tensors a and b (either None),
+    computed on `device`."""
+    from weightscope.compare import kernels as k
+    from weightscope.compare.stats import merge
+
+    if same_shape:
+        chunk_rows, starts = rows([a, b], lambda x, y: pair_row(x, y, atol, rtol), device, should_cancel)
+        chunk_rows[:, c.D + c.ARGMAX] += starts[:len(chunk_rows)]
+        flags = k.HAS_A | k.HAS_B | k.HAS_D
+    else:
+        parts, flags = [], 0
+        for tensor, base, has in ((a, c.A, k.HAS_A), (b, c.B, k.HAS_B)):
+            if tensor is not None:
+                side_rows, _ = rows([tensor], side_row, device, should_cancel)
+                padded = np.zeros((len(side_rows), c.PAIR))
+                padded[:, base:base + c.SIDE] = side_rows
+                parts.append(padded)
+                flags |= has
+        chunk_rows = np.concatenate(parts)
+    if not len(chunk_rows):
+        return np.zeros(c.PAIR), flags
+    _, merged, _ = merge(chunk_rows, np.full(len(chunk_rows), flags, np.uint8), np.zeros(len(chunk_rows), np.int64))
+    return merged[0], flags
 
 
-def pair_stats(a, b, atol: float, rtol: float, device: str, should_cancel: Callable[[], bool] = lambda: False
-               ) -> tuple[SideStats, SideStats, DiffStats]:
-    chunk_rows, starts = rows([a, b], lambda x, y: pair_row(x, y, atol, rtol), device, should_cancel)
-    return merge_pair(chunk_rows, starts, tuple(a.shape), atol, rtol)
+def side_stats(tensor, device: str, should_cancel: Callable[[], bool] = lambda: False):
+    """`stats.side_stats`, computed on `device`."""
+    from weightscope.compare.stats import figures, side_of
+
+    row, flags = summed(tensor, None, False, 0.0, 0.0, device, should_cancel)
+    values = figures(row[None], np.array([flags], np.uint8), np.array([tensor.numel()]), np.zeros((1, 2)))
+    return side_of(values[0], c.FA)
+
+
+def pair_stats(a, b, atol: float, rtol: float, device: str, should_cancel: Callable[[], bool] = lambda: False):
+    """`stats.pair_stats`, computed on `device`."""
+    from weightscope.compare.stats import diff_of, figures, side_of
+
+    row, flags = summed(a, b, True, atol, rtol, device, should_cancel)
+    values = figures(row[None], np.array([flags], np.uint8), np.array([a.numel()]), np.array([[atol, rtol]]))[0]
+    return side_of(values, c.FA), side_of(values, c.FB), diff_of(values, tuple(a.shape))

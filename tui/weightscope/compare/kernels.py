@@ -1,17 +1,19 @@
-"""The CPU inner loops: sums and counts for one chunk, in one pass over its elements.
+"""The compiled loops: decode stored elements and sum many pieces of tensors in one call.
 
-Loops are compiled with numba (cached on disk) and release the GIL, so chunks run in
-parallel threads. A chunk is walked in small blocks: each block first takes a loop whose sums vectorize;
-when a sum comes out NaN or Inf, the block held such values and is redone by an exact
-scalar loop that counts them. Minima, maxima and the largest difference are
-left to numpy's SIMD reductions in `stats.py` (LLVM will not vectorize float min/max here).
+A *piece* is at most `PIECE` consecutive elements of one tensor, or the same positions of
+both tensors of a pair, lying in a byte buffer read from the files. `scan_pieces` takes a
+whole table of pieces (a run of small tensors, or a range of a large one) and writes one row
+of sums per piece (`columns.py`): a model of 100,000 small tensors costs a few calls, not
+100,000 rounds of Python. Per piece it first compares the two sides' bytes; an equal piece
+is summed once, as one side, and its difference is known to be zero.
 
-The kernels fill the sum and count columns of `columns.py`; min, max and the largest
-difference are filled by the caller.
+A piece is decoded into a float32 scratch buffer (float64 for float64 and wide integers),
+then walked in blocks: each block first takes a loop whose sums vectorize; when a sum comes
+out NaN or Inf the block held such values and is redone by an exact loop that counts them.
+Loops are compiled once with numba and cached on disk.
 """
 
 import os
-import sys
 
 from weightscope.paths import cache_dir
 
@@ -21,24 +23,155 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from weightscope.compare.columns import (  # noqa: E402
-    PAIR, SIDE, AA, AB, BB, BOTH, CHANGED, MISMATCHED, NAN, NEGINF, POSINF, S1, S2, SHIFT, SUMABS, SUMSQ, ZEROS, A, B, D, N)
+    A, AA, AB, ARGMAX, B, BB, BOTH, CHANGED, D, HI, LO, MAXABS, MISMATCHED, N, NAN, NEGINF, PAIR, POSINF, S1, S2,
+    SHIFT, SUMABS, SUMSQ, ZEROS)
 
-BLOCK = 4096
+BLOCK = 2048  # elements per vectorized loop: both sides' block stays in L1 across its loops
+PIECE = 1 << 15  # elements per piece: both sides' decoded scratch stay in a core's L2 cache
 
+# Element types the loops decode, by code. Types past `NARROW` decode to float64 (exactly).
+CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float8_e4m3fn": 3, "float8_e5m2": 4, "float8_e8m0fnu": 5,
+         "int8": 6, "uint8": 7, "int16": 8, "uint16": 9, "bool": 10,
+         "float64": 11, "int32": 12, "uint32": 13, "int64": 14, "uint64": 15}
+NARROW = 11
+ITEMSIZES = np.array([4, 2, 2, 1, 1, 1, 1, 1, 2, 2, 1, 8, 4, 4, 8, 8], np.int64)
+
+# Columns of a piece table (one int64 row per piece).
+KIND, CODE_A, CODE_B, OFF_A, OFF_B, COUNT, START = range(7)
+PIECE_COLUMNS = 7
+# What a piece asks for: both sides of a pair of one shape, one side only, or only whether
+# the bytes are equal (types without statistics).
+PAIRED, SIDE_A, SIDE_B, BYTES = range(4)
+# Flags of a finished piece.
+HAS_A, HAS_B, HAS_D, EQUAL = 1, 2, 4, 8
 
 exact = numba.njit(nogil=True, cache=True, error_model="numpy")
 # Reassociation lets the sums vectorize; NaN and Inf still propagate, which is how a block
 # that holds them is noticed and redone exactly.
 fast = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp"})
+# Only for blocks already known to be finite: min and max vectorize once NaN is ruled out.
+finite_only = numba.njit(nogil=True, cache=True, error_model="numpy",
+                         fastmath={"reassoc", "contract", "arcp", "nnan", "ninf", "nsz"})
+
+
+def byte_tables() -> np.ndarray:
+    """float32 values of every byte of the three float8 types (rows: e4m3fn, e5m2, e8m0fnu)."""
+    b = np.arange(256, dtype=np.uint32)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exponent, mantissa = (b >> 3) & 0xF, b & 0x7
+    e4m3 = sign * np.where(exponent == 0, mantissa / 8 * 2.0 ** -6, (1 + mantissa / 8) * 2.0 ** (exponent - 7.0))
+    e4m3[(b & 0x7F) == 0x7F] = np.nan  # no infinities; S.1111.111 is NaN
+    e5m2 = (b.astype(np.uint16) << 8).view(np.float16).astype(np.float64)  # the top byte of a float16
+    e8m0 = 2.0 ** (b.astype(np.float64) - 127)
+    e8m0[255] = np.nan
+    with np.errstate(invalid="ignore"):  # the NaNs, cast
+        return np.stack([e4m3, e5m2, e8m0]).astype(np.float32)
+
+
+TABLES = byte_tables()
 
 
 @exact
-def bfloat16_to_float32(bits):
-    """bfloat16 is the top half of a float32: shift the bits into place."""
-    out = np.empty(bits.size, np.uint32)
-    for i in range(bits.size):
-        out[i] = np.uint32(bits[i]) << 16
-    return out.view(np.float32)
+def decode_narrow(buf, off, count, code, out, tables):
+    """`count` elements of a narrow type `code` at byte `off` of `buf`, into float32 out[:count]."""
+    if code == 0:
+        src32 = buf[off:off + 4 * count].view(np.float32)
+        for i in range(count):
+            out[i] = src32[i]
+    elif code == 1:  # float16 by its bits: exact for every value, subnormals included
+        src16 = buf[off:off + 2 * count].view(np.uint16)
+        for i in range(count):
+            h = np.uint32(src16[i])
+            em = h & np.uint32(0x7FFF)
+            inf_nan = np.uint32(0x7F800000) if em >= 0x7C00 else np.uint32(0)
+            bits = ((h & np.uint32(0x8000)) << np.uint32(16)) | (em << np.uint32(13)) | inf_nan
+            # the exponent moved 13 bits up; 2^112 rebases it from float16's bias (15) to 127
+            out[i] = np.uint32(bits).view(np.float32) * np.float32(5.192296858534828e33)
+    elif code == 2:  # bfloat16 is the top half of a float32
+        src16 = buf[off:off + 2 * count].view(np.uint16)
+        for i in range(count):
+            out[i] = np.uint32(np.uint32(src16[i]) << np.uint32(16)).view(np.float32)
+    elif code <= 5:
+        table = tables[code - 3]
+        for i in range(count):
+            out[i] = table[buf[off + i]]
+    elif code == 6:
+        src8 = buf[off:off + count].view(np.int8)
+        for i in range(count):
+            out[i] = src8[i]
+    elif code == 7:
+        for i in range(count):
+            out[i] = buf[off + i]
+    elif code == 8:
+        srci16 = buf[off:off + 2 * count].view(np.int16)
+        for i in range(count):
+            out[i] = srci16[i]
+    elif code == 9:
+        src16 = buf[off:off + 2 * count].view(np.uint16)
+        for i in range(count):
+            out[i] = src16[i]
+    else:
+        for i in range(count):
+            out[i] = 1.0 if buf[off + i] else 0.0
+
+
+@exact
+def decode_wide(buf, off, count, code, out, narrow, tables):
+    """`count` elements of any type into float64 out[:count] (narrow types through `narrow`)."""
+    if code < NARROW:
+        decode_narrow(buf, off, count, code, narrow, tables)
+        for i in range(count):
+            out[i] = narrow[i]
+    elif code == 11:
+        src64 = buf[off:off + 8 * count].view(np.float64)
+        for i in range(count):
+            out[i] = src64[i]
+    elif code == 12:
+        srci32 = buf[off:off + 4 * count].view(np.int32)
+        for i in range(count):
+            out[i] = srci32[i]
+    elif code == 13:
+        srcu32 = buf[off:off + 4 * count].view(np.uint32)
+        for i in range(count):
+            out[i] = srcu32[i]
+    elif code == 14:
+        srci64 = buf[off:off + 8 * count].view(np.int64)
+        for i in range(count):
+            out[i] = srci64[i]
+    else:
+        srcu64 = buf[off:off + 8 * count].view(np.uint64)
+        for i in range(count):
+            out[i] = srcu64[i]
+
+
+@exact
+def side_of(buf, off, count, code, narrow, wide, tables, row, base):
+    """One side's columns for `count` stored elements, decoded as narrowly as is exact."""
+    if code < NARROW:
+        decode_narrow(buf, off, count, code, narrow, tables)
+        side_piece(narrow[:count], row, base)
+    else:
+        decode_wide(buf, off, count, code, wide, narrow, tables)
+        side_piece(wide[:count], row, base)
+
+
+@exact
+def same_bytes(buf_a, off_a, buf_b, off_b, nbytes):
+    """Whether two byte ranges are equal, compared 8 bytes at a time, stopping at the first
+    block that differs."""
+    words = nbytes // 8
+    x = buf_a[off_a:off_a + 8 * words].view(np.uint64)
+    y = buf_b[off_b:off_b + 8 * words].view(np.uint64)
+    for start in range(0, words, BLOCK):
+        differ = np.uint64(0)
+        for i in range(start, min(start + BLOCK, words)):
+            differ |= x[i] ^ y[i]
+        if differ:
+            return False
+    for i in range(8 * words, nbytes):
+        if buf_a[off_a + i] != buf_b[off_b + i]:
+            return False
+    return True
 
 
 @exact
@@ -50,12 +183,40 @@ def first_finite(x):
     return 0.0
 
 
+@finite_only
+def block_extremes(x, start, stop):
+    block = x[start:stop]  # a slice of its own: the loop vectorizes (indexing from `start` did not)
+    lo, hi = np.inf, -np.inf
+    for i in range(block.size):
+        v = np.float64(block[i])
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return lo, hi
+
+
+@finite_only
+def pair_block_extremes(a, b, start, stop):
+    """min and max of each side and the largest |b − a| over a block known to be finite."""
+    x, y = a[start:stop], b[start:stop]
+    lo_a, hi_a, lo_b, hi_b, largest = np.inf, -np.inf, np.inf, -np.inf, 0.0
+    for i in range(x.size):
+        va, vb = np.float64(x[i]), np.float64(y[i])
+        lo_a = va if va < lo_a else lo_a
+        hi_a = va if va > hi_a else hi_a
+        lo_b = vb if vb < lo_b else lo_b
+        hi_b = vb if vb > hi_b else hi_b
+        d = abs(vb - va)
+        largest = d if d > largest else largest
+    return lo_a, hi_a, lo_b, hi_b, largest
+
+
 @fast
 def finite_side_block(x, start, stop, shift):
+    block = x[start:stop]
     s1 = s2 = 0.0
     zeros = 0
-    for i in range(start, stop):
-        v = np.float64(x[i])
+    for i in range(block.size):
+        v = np.float64(block[i])
         w = v - shift
         s1 += w
         s2 += w * w
@@ -64,58 +225,54 @@ def finite_side_block(x, start, stop, shift):
 
 
 @exact
-def any_side_block(x, start, stop, shift):
+def any_side_block(x, start, stop, shift, row, base):
     """The exact loop for a block that holds NaN or Inf."""
-    n = nan = posinf = neginf = zeros = 0
-    s1 = s2 = 0.0
     for i in range(start, stop):
         v = np.float64(x[i])
         if abs(v) < np.inf:
-            n += 1
             w = v - shift
-            s1 += w
-            s2 += w * w
-            zeros += v == 0.0
+            row[base + N] += 1
+            row[base + S1] += w
+            row[base + S2] += w * w
+            row[base + ZEROS] += v == 0.0
+            row[base + LO] = min(row[base + LO], v)
+            row[base + HI] = max(row[base + HI], v)
         elif v != v:
-            nan += 1
+            row[base + NAN] += 1
         elif v > 0:
-            posinf += 1
+            row[base + POSINF] += 1
         else:
-            neginf += 1
-    return n, s1, s2, zeros, nan, posinf, neginf
+            row[base + NEGINF] += 1
 
 
 @exact
-def side_chunk(x, row):
-    """One tensor chunk into `row` (`columns.SIDE` wide). Sums are shifted by the first
-    finite value, which keeps the variance exact when the mean is far from zero."""
-    row[:] = 0.0
-    shift = row[SHIFT] = first_finite(x)
+def side_piece(x, row, base):
+    """One side's columns (`columns.SIDE` from `base`) for the decoded values x. Sums are
+    shifted by the first finite value, which keeps the variance exact when the mean is far
+    from zero."""
+    shift = row[base + SHIFT] = first_finite(x)
+    row[base + LO], row[base + HI] = np.inf, -np.inf
     for start in range(0, x.size, BLOCK):
         stop = min(start + BLOCK, x.size)
         s1, s2, zeros = finite_side_block(x, start, stop, shift)
         if abs(s2) < np.inf:
-            add_side(row, 0, stop - start, s1, s2, zeros, 0, 0, 0)
+            lo, hi = block_extremes(x, start, stop)
+            add_side(row, base, stop - start, s1, s2, zeros)
+            row[base + LO] = min(row[base + LO], lo)
+            row[base + HI] = max(row[base + HI], hi)
         else:
-            add_side(row, 0, *any_side_block(x, start, stop, shift))
+            any_side_block(x, start, stop, shift, row, base)
 
 
 @fast
-def finite_pair_block(a, b, start, stop, shift_a, shift_b, atol, rtol):
-    """Both sides' sums and the difference's, in one loop that vectorizes."""
-    s1a = s2a = s1b = s2b = 0.0
-    zeros_a = zeros_b = 0
+def finite_diff_block(a, b, start, stop, atol, rtol):
+    """The difference's sums over a block, in a loop that vectorizes (each side's sums have
+    loops of their own: one loop for all of them would not vectorize)."""
+    x, y = a[start:stop], b[start:stop]
     sumabs = sumsq = aa = bb = ab = 0.0
     changed = mismatched = 0
-    for i in range(start, stop):
-        va, vb = np.float64(a[i]), np.float64(b[i])
-        wa, wb = va - shift_a, vb - shift_b
-        s1a += wa
-        s2a += wa * wa
-        s1b += wb
-        s2b += wb * wb
-        zeros_a += va == 0.0
-        zeros_b += vb == 0.0
+    for i in range(x.size):
+        va, vb = np.float64(x[i]), np.float64(y[i])
         d = abs(vb - va)
         sumabs += d
         sumsq += d * d
@@ -124,84 +281,147 @@ def finite_pair_block(a, b, start, stop, shift_a, shift_b, atol, rtol):
         ab += va * vb
         changed += va != vb
         mismatched += d > atol + rtol * abs(va)
-    return s1a, s2a, s1b, s2b, zeros_a, zeros_b, sumabs, sumsq, aa, bb, ab, changed, mismatched
+    return sumabs, sumsq, aa, bb, ab, changed, mismatched
 
 
 @exact
-def any_diff_block(a, b, start, stop, atol, rtol):
+def any_diff_block(a, b, start, stop, atol, rtol, row):
     """The exact loop for a block where either side holds NaN or Inf.
 
     `changed` counts positions whose values differ (NaN on both sides is equal);
     `mismatched` counts, as `torch.testing.assert_close` does, positions where
     |b - a| > atol + rtol * |a| or where non-finite values differ.
     """
-    both = changed = mismatched = 0
-    sumabs = sumsq = aa = bb = ab = 0.0
     for i in range(start, stop):
         va, vb = np.float64(a[i]), np.float64(b[i])
         if abs(va) < np.inf and abs(vb) < np.inf:
             d = abs(vb - va)
-            both += 1
-            sumabs += d
-            sumsq += d * d
-            aa += va * va
-            bb += vb * vb
-            ab += va * vb
+            row[D + BOTH] += 1
+            row[D + SUMABS] += d
+            row[D + SUMSQ] += d * d
+            row[D + AA] += va * va
+            row[D + BB] += vb * vb
+            row[D + AB] += va * vb
+            if d > row[D + MAXABS]:
+                row[D + MAXABS], row[D + ARGMAX] = d, i
         if va != vb and not (va != va and vb != vb):
-            changed += 1
+            row[D + CHANGED] += 1
             # an infinite side is never within tolerance: rtol * |Inf| would admit anything
             if not (abs(va) < np.inf and abs(vb) < np.inf and abs(vb - va) <= atol + rtol * abs(va)):
-                mismatched += 1
-    return both, sumabs, sumsq, aa, bb, ab, changed, mismatched
+                row[D + MISMATCHED] += 1
 
 
 @exact
-def add_side(row, base, n, s1, s2, zeros, nan, posinf, neginf):
+def pair_piece(a, b, atol, rtol, row):
+    """Both sides' and the difference's columns for decoded values a and b (same length).
+    MAXABS is -1 where no position is finite on both sides; ARGMAX is within the piece."""
+    shift_a = row[A + SHIFT] = first_finite(a)
+    shift_b = row[B + SHIFT] = first_finite(b)
+    row[A + LO], row[A + HI], row[B + LO], row[B + HI] = np.inf, -np.inf, np.inf, -np.inf
+    row[D + MAXABS], row[D + ARGMAX] = -1.0, 0
+    for start in range(0, a.size, BLOCK):
+        stop = min(start + BLOCK, a.size)
+        s1a, s2a, zeros_a = finite_side_block(a, start, stop, shift_a)
+        s1b, s2b, zeros_b = finite_side_block(b, start, stop, shift_b)
+        sumabs, sumsq, aa, bb, ab, changed, mismatched = finite_diff_block(a, b, start, stop, atol, rtol)
+        if not (abs(s2a) < np.inf and abs(s2b) < np.inf and abs(sumsq) < np.inf and abs(aa) < np.inf
+                and abs(bb) < np.inf):
+            any_side_block(a, start, stop, shift_a, row, A)
+            any_side_block(b, start, stop, shift_b, row, B)
+            any_diff_block(a, b, start, stop, atol, rtol, row)
+            continue
+        n = stop - start
+        add_side(row, A, n, s1a, s2a, zeros_a)
+        add_side(row, B, n, s1b, s2b, zeros_b)
+        row[D + BOTH] += n
+        row[D + SUMABS] += sumabs
+        row[D + SUMSQ] += sumsq
+        row[D + AA] += aa
+        row[D + BB] += bb
+        row[D + AB] += ab
+        row[D + CHANGED] += changed
+        row[D + MISMATCHED] += mismatched
+        lo_a, hi_a, lo_b, hi_b, largest = pair_block_extremes(a, b, start, stop)
+        row[A + LO], row[A + HI] = min(row[A + LO], lo_a), max(row[A + HI], hi_a)
+        row[B + LO], row[B + HI] = min(row[B + LO], lo_b), max(row[B + HI], hi_b)
+        if largest > row[D + MAXABS]:  # its first position, in a second look at this block only
+            row[D + MAXABS], row[D + ARGMAX] = largest, start
+            for i in range(start, stop):
+                if abs(np.float64(b[i]) - np.float64(a[i])) == largest:
+                    row[D + ARGMAX] = i
+                    break
+
+
+@exact
+def add_side(row, base, n, s1, s2, zeros):
     row[base + N] += n
     row[base + S1] += s1
     row[base + S2] += s2
     row[base + ZEROS] += zeros
-    row[base + NAN] += nan
-    row[base + POSINF] += posinf
-    row[base + NEGINF] += neginf
 
 
 @exact
-def add_diff(row, both, sumabs, sumsq, aa, bb, ab, changed, mismatched):
-    row[D + BOTH] += both
-    row[D + SUMABS] += sumabs
-    row[D + SUMSQ] += sumsq
-    row[D + AA] += aa
-    row[D + BB] += bb
-    row[D + AB] += ab
-    row[D + CHANGED] += changed
-    row[D + MISMATCHED] += mismatched
+def equal_piece(row):
+    """The columns of a piece whose two sides have equal bytes, from A's: B is A, Δ is zero."""
+    row[B:B + (B - A)] = row[A:B]
+    n, shift, s1 = row[A + N], row[A + SHIFT], row[A + S1]
+    square = row[A + S2] + 2 * shift * s1 + n * shift * shift  # Σ x² from the shifted sums
+    row[D + BOTH] = n
+    row[D + AA] = row[D + BB] = row[D + AB] = square
+    row[D + MAXABS] = 0.0 if n > 0 else -1.0
 
 
 @exact
-def pair_chunk(a, b, atol, rtol, row):
-    """A chunk of A and the same chunk of B into one pair row; the difference is taken
-    where both sides are finite."""
-    row[:] = 0.0
-    shift_a = row[A + SHIFT] = first_finite(a)
-    shift_b = row[B + SHIFT] = first_finite(b)
-    for start in range(0, a.size, BLOCK):
-        stop = min(start + BLOCK, a.size)
-        s1a, s2a, s1b, s2b, zeros_a, zeros_b, sumabs, sumsq, aa, bb, ab, changed, mismatched = \
-            finite_pair_block(a, b, start, stop, shift_a, shift_b, atol, rtol)
-        if abs(s2a) < np.inf and abs(s2b) < np.inf:
-            n = stop - start
-            add_side(row, A, n, s1a, s2a, zeros_a, 0, 0, 0)
-            add_side(row, B, n, s1b, s2b, zeros_b, 0, 0, 0)
-            add_diff(row, n, sumabs, sumsq, aa, bb, ab, changed, mismatched)
+def scan_pieces(buf_a, buf_b, pieces, tolerances, rows, flags, narrow, wide, tables):
+    """Rows of sums (`columns.PAIR` wide) and flags for every piece of a table.
+
+    Args:
+        buf_a, buf_b: the bytes the pieces' offsets point into (uint8).
+        pieces: one int64 row per piece: KIND, CODE_A, CODE_B, OFF_A, OFF_B, COUNT, START
+            (for BYTES pieces, codes of uint8 and COUNT in bytes).
+        tolerances: (atol, rtol) per piece.
+        rows, flags: filled here; ARGMAX is made absolute by adding the piece's START.
+        narrow, wide: float32 and float64 scratch of shape (2, PIECE).
+    """
+    for k in range(pieces.shape[0]):
+        kind, code_a, code_b = pieces[k, KIND], pieces[k, CODE_A], pieces[k, CODE_B]
+        off_a, off_b, count = pieces[k, OFF_A], pieces[k, OFF_B], pieces[k, COUNT]
+        if count > narrow.shape[1]:
+            raise ValueError("a piece is larger than the scratch buffers")
+        row = rows[k]
+        row[:] = 0.0
+        if kind == SIDE_A:
+            side_of(buf_a, off_a, count, code_a, narrow[0], wide[0], tables, row, A)
+            flags[k] = HAS_A
+            continue
+        if kind == SIDE_B:
+            side_of(buf_b, off_b, count, code_b, narrow[1], wide[1], tables, row, B)
+            flags[k] = HAS_B
+            continue
+        equal = code_a == code_b and same_bytes(buf_a, off_a, buf_b, off_b, count * ITEMSIZES[code_a])
+        if kind == BYTES:
+            flags[k] = EQUAL if equal else 0
+            continue
+        if equal:
+            side_of(buf_a, off_a, count, code_a, narrow[0], wide[0], tables, row, A)
+            equal_piece(row)
+            flags[k] = HAS_A | HAS_B | HAS_D | EQUAL
+            continue
+        atol, rtol = tolerances[k, 0], tolerances[k, 1]
+        if code_a < NARROW and code_b < NARROW:
+            decode_narrow(buf_a, off_a, count, code_a, narrow[0], tables)
+            decode_narrow(buf_b, off_b, count, code_b, narrow[1], tables)
+            pair_piece(narrow[0][:count], narrow[1][:count], atol, rtol, row)
         else:
-            add_side(row, A, *any_side_block(a, start, stop, shift_a))
-            add_side(row, B, *any_side_block(b, start, stop, shift_b))
-            add_diff(row, *any_diff_block(a, b, start, stop, atol, rtol))
+            decode_wide(buf_a, off_a, count, code_a, wide[0], narrow[0], tables)
+            decode_wide(buf_b, off_b, count, code_b, wide[1], narrow[1], tables)
+            pair_piece(wide[0][:count], wide[1][:count], atol, rtol, row)
+        flags[k] = HAS_A | HAS_B | HAS_D
+        row[D + ARGMAX] += pieces[k, START]
 
 
 @exact
-def histogram_chunk(x, lo, hi, row):
+def histogram_piece(x, lo, hi, row):
     """Add the finite values of `x` to `row`: counts over [lo, hi] in row[:-2], then how many
     fell below and above."""
     bins = row.size - 2
@@ -219,8 +439,8 @@ def histogram_chunk(x, lo, hi, row):
 
 
 @exact
-def diff_histogram_chunk(a, b, lo, hi, row):
-    """Like `histogram_chunk`, for b − a where both are finite (no temporary array)."""
+def diff_histogram_piece(a, b, lo, hi, row):
+    """Like `histogram_piece`, for b − a where both are finite (no temporary array)."""
     bins = row.size - 2
     scale = bins / (hi - lo)
     for i in range(a.size):
@@ -236,25 +456,56 @@ def diff_histogram_chunk(a, b, lo, hi, row):
             row[min(int((v - lo) * scale), bins - 1)] += 1
 
 
+@exact
+def histogram_side(buf, off, count, code, lo, hi, row, narrow, wide, tables):
+    if code < NARROW:
+        decode_narrow(buf, off, count, code, narrow, tables)
+        histogram_piece(narrow[:count], lo, hi, row)
+    else:
+        decode_wide(buf, off, count, code, wide, narrow, tables)
+        histogram_piece(wide[:count], lo, hi, row)
+
+
+@exact
+def histogram_pieces(buf_a, buf_b, pieces, which, lo, hi, row, narrow, wide, tables):
+    """Add every piece to a histogram row (counts over [lo, hi], then below and above) of
+    A's values (`which` 0), B's (1) or b − a where both are finite (2)."""
+    for k in range(pieces.shape[0]):
+        code_a, code_b = pieces[k, CODE_A], pieces[k, CODE_B]
+        off_a, off_b, count = pieces[k, OFF_A], pieces[k, OFF_B], pieces[k, COUNT]
+        if count > narrow.shape[1]:
+            raise ValueError("a piece is larger than the scratch buffers")
+        if which == 0:
+            histogram_side(buf_a, off_a, count, code_a, lo, hi, row, narrow[0], wide[0], tables)
+        elif which == 1:
+            histogram_side(buf_b, off_b, count, code_b, lo, hi, row, narrow[1], wide[1], tables)
+        elif code_a < NARROW and code_b < NARROW:
+            decode_narrow(buf_a, off_a, count, code_a, narrow[0], tables)
+            decode_narrow(buf_b, off_b, count, code_b, narrow[1], tables)
+            diff_histogram_piece(narrow[0][:count], narrow[1][:count], lo, hi, row)
+        else:
+            decode_wide(buf_a, off_a, count, code_a, wide[0], narrow[0], tables)
+            decode_wide(buf_b, off_b, count, code_b, wide[1], narrow[1], tables)
+            diff_histogram_piece(wide[0][:count], wide[1][:count], lo, hi, row)
+
+
+def scratch() -> tuple[np.ndarray, np.ndarray]:
+    """The narrow and wide scratch buffers the loops decode into (one pair per thread)."""
+    return np.empty((2, PIECE), np.float32), np.empty((2, PIECE), np.float64)
+
+
 def load() -> None:
-    """Load (or compile, the first time) every loop for float32 data, once, at import, so the
-    first real tensor does not wait for it. numba's first call loads its whole library, and with
-    it a probe that imports scipy.linalg to offer BLAS to compiled code: 0.2 s of a 0.35 s start
-    here. These loops use no linear algebra, so while the library loads the probe fails at once."""
-    probe = "scipy.linalg.cython_blas"
-    blocked = probe not in sys.modules
-    if blocked:
-        sys.modules[probe] = None  # an import of it raises ImportError; numba then goes without BLAS
-    try:
-        x = np.zeros(8, np.float32)
-        side_chunk(x, np.zeros(SIDE))
-        pair_chunk(x, x, 0.0, 0.0, np.zeros(PAIR))
-        bfloat16_to_float32(np.zeros(8, np.uint16))
-        histogram_chunk(x, 0.0, 1.0, np.zeros(6, np.int64))
-        diff_histogram_chunk(x, x, 0.0, 1.0, np.zeros(6, np.int64))
-    finally:
-        if blocked and sys.modules.get(probe, 0) is None:
-            del sys.modules[probe]
+    """Load (or compile, the first time) every loop, so that the first real tensor does not
+    wait for it: pieces of both scratch widths, paired, one-sided, equal and histograms."""
+    buf = np.zeros(64, np.uint8)
+    pieces = np.array([[PAIRED, 0, 0, 0, 0, 4, 0], [PAIRED, 11, 0, 0, 0, 4, 0], [PAIRED, 0, 1, 0, 16, 4, 0],
+                       [SIDE_A, 1, 0, 0, 0, 4, 0], [SIDE_B, 0, 11, 0, 0, 4, 0], [BYTES, 7, 7, 0, 0, 4, 0]], np.int64)
+    rows, flags = np.zeros((len(pieces), PAIR)), np.zeros(len(pieces), np.uint8)
+    narrow, wide = scratch()
+    scan_pieces(buf, buf, pieces, np.zeros((len(pieces), 2)), rows, flags, narrow, wide, TABLES)
+    for which in range(3):
+        histogram_pieces(buf, buf, pieces[:3], which, 0.0, 1.0, np.zeros(6, np.int64), narrow, wide, TABLES)
+    decode_wide(buf, 0, 4, 1, np.zeros(4), np.zeros(4, np.float32), TABLES)
 
 
 load()

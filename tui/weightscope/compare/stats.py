@@ -1,28 +1,25 @@
-"""Statistics of one tensor and of a pair, in bounded chunks, on the CPU or a torch device.
+"""Statistics of one tensor and of a pair: piece sums merged into figures, many tensors at once.
 
-Chunks are decoded to float32 (float64 where the data is wider), every figure is
-accumulated in float64 per chunk, and chunk rows are merged with the parallel-variance
-formula, so results agree with a float64 reference without a full-size float copy.
-Definitions are in the README.
+The kernels (`kernels.py`) sum pieces of at most `kernels.PIECE` elements into rows of
+`columns.PAIR` float64 sums. `merge` combines each tensor's rows (the parallel-variance
+formula), `figures` turns merged rows into the figures the README defines, in numpy for a
+whole batch of tensors, and `side_of`/`diff_of` read one pair's figures back as `SideStats`
+and `DiffStats`. Every sum is float64, so figures agree with a float64 reference without a
+full-size float copy of any tensor.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
 from weightscope.compare import columns as c
+from weightscope.compare.reading import Bytes
+from weightscope.sources.dtypes import ITEMSIZE
 
-CHUNK = 1 << 18  # elements per chunk: a chunk and its temporaries stay in a core's L2 cache
 HISTOGRAM_BINS = 64
 SAMPLE = 1 << 20  # elements sampled to find a histogram's range
 QUANTILES = (0.001, 0.999)
@@ -31,13 +28,6 @@ EXACT_RANGE = 10_000
 # torch.testing.assert_close's defaults (rtol, atol); other dtypes compare exactly.
 TOLERANCES = {"float16": (1e-3, 1e-5), "bfloat16": (1.6e-2, 1e-5), "float32": (1.3e-6, 1e-5),
               "float64": (1e-7, 1e-7), "complex64": (1.3e-6, 1e-5), "complex128": (1e-7, 1e-7)}
-NUMPY_TYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
-               "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8,
-               "uint64": np.uint64, "uint32": np.uint32, "uint16": np.uint16, "uint8": np.uint8,
-               "bool": np.bool_}
-
-
-T = TypeVar("T")
 
 
 class Cancelled(Exception):
@@ -103,314 +93,309 @@ class Histogram:
     above: int
 
 
-def tolerance(dtype_a: str, dtype_b: str, atol: float | None = None, rtol: float | None = None) -> tuple[float, float]:
+def tolerance(dtype_a: str | None, dtype_b: str | None, atol: float | None = None,
+              rtol: float | None = None) -> tuple[float, float]:
     """(atol, rtol): the looser of the two dtypes' assert_close defaults, unless given."""
-    rt = max(TOLERANCES.get(dtype_a, (0.0, 0.0))[0], TOLERANCES.get(dtype_b, (0.0, 0.0))[0])
-    at = max(TOLERANCES.get(dtype_a, (0.0, 0.0))[1], TOLERANCES.get(dtype_b, (0.0, 0.0))[1])
+    rt = max(TOLERANCES.get(dtype_a or "", (0.0, 0.0))[0], TOLERANCES.get(dtype_b or "", (0.0, 0.0))[0])
+    at = max(TOLERANCES.get(dtype_a or "", (0.0, 0.0))[1], TOLERANCES.get(dtype_b or "", (0.0, 0.0))[1])
     return (at if atol is None else atol), (rt if rtol is None else rtol)
 
 
 def itemsize(dtype: str) -> int:
-    from weightscope.sources.dtypes import ITEMSIZE
-
     return ITEMSIZE[dtype]
 
 
-def to_float(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Raw bytes of `dtype` as float32 values (float64 for float64 and integers); no copy for float32."""
-    from weightscope.compare import kernels
-
-    if dtype.startswith("complex"):
-        raise Unsupported("statistics of complex tensors are not computed")
-    if dtype in ("float32", "float64"):
-        return raw.view(NUMPY_TYPES[dtype])
-    if dtype == "bfloat16":
-        return kernels.bfloat16_to_float32(raw.view(np.uint16))
-    if dtype == "float16":
-        return raw.view(np.float16).astype(np.float32)
-    if dtype in NUMPY_TYPES:
-        return raw.view(NUMPY_TYPES[dtype]).astype(np.float64)
-    import torch  # float8 and other types numpy lacks
-
-    from weightscope.sources.dtypes import torch_dtype
-
-    return torch.from_numpy(raw).view(torch_dtype(dtype)).float().numpy()
+# From piece rows to figures
 
 
-_pools: dict[bool, ThreadPoolExecutor] = {}
-_lock = threading.Lock()
-_waiting_users = 0
-_no_user_waits = threading.Event()
-_no_user_waits.set()
-_thread = threading.local()
+def merge(rows: np.ndarray, flags: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per owner from the rows of its pieces (owners ascending, each owner's pieces together).
+
+    A merged side has SHIFT = its mean, S1 = 0 and S2 = its sum of squared deviations, so a
+    merged row reads like the row of one piece.
+
+    Returns:
+        (the owners, their rows, their flags: HAS_* of any piece, EQUAL of all pieces).
+    """
+    from weightscope.compare.kernels import EQUAL
+
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    if len(starts) == len(owners):  # one piece each: nothing to merge
+        return owners, rows, flags
+    out = np.zeros((len(starts), c.PAIR))
+    for base in (c.A, c.B):
+        side = rows[:, base:base + c.SIDE]
+        n = side[:, c.N]
+        counted = n > 0
+        mean = side[:, c.SHIFT] + np.divide(side[:, c.S1], n, out=np.zeros_like(n), where=counted)
+        m2 = np.maximum(side[:, c.S2] - np.divide(side[:, c.S1] ** 2, n, out=np.zeros_like(n), where=counted), 0.0)
+        total = np.add.reduceat(n, starts)
+        group_mean = np.divide(np.add.reduceat(n * mean, starts), total, out=np.zeros_like(total), where=total > 0)
+        spread = n * (mean - np.repeat(group_mean, np.diff(np.r_[starts, len(owners)]))) ** 2
+        merged = out[:, base:base + c.SIDE]
+        merged[:, c.N], merged[:, c.SHIFT] = total, group_mean
+        merged[:, c.S2] = np.add.reduceat(np.where(counted, m2 + spread, 0.0), starts)
+        for k in (c.ZEROS, c.NAN, c.POSINF, c.NEGINF):
+            merged[:, k] = np.add.reduceat(side[:, k], starts)
+        merged[:, c.LO] = np.minimum.reduceat(np.where(counted, side[:, c.LO], np.inf), starts)
+        merged[:, c.HI] = np.maximum.reduceat(np.where(counted, side[:, c.HI], -np.inf), starts)
+    d, merged = rows[:, c.D:], out[:, c.D:]
+    for k in (c.BOTH, c.SUMABS, c.SUMSQ, c.AA, c.BB, c.AB, c.CHANGED, c.MISMATCHED):
+        merged[:, k] = np.add.reduceat(d[:, k], starts)
+    largest = np.maximum.reduceat(d[:, c.MAXABS], starts)
+    merged[:, c.MAXABS] = largest
+    # the first piece holding the largest |Δ| gives its position (pieces are in element order)
+    sizes = np.diff(np.r_[starts, len(owners)])
+    first = np.minimum.reduceat(np.where(d[:, c.MAXABS] == np.repeat(largest, sizes), np.arange(len(owners)),
+                                         len(owners)), starts)
+    merged[:, c.ARGMAX] = d[np.minimum(first, len(owners) - 1), c.ARGMAX]
+    any_flags = np.bitwise_or.reduceat(flags, starts)
+    all_equal = np.bitwise_and.reduceat(flags & EQUAL, starts)
+    return owners[starts], out, ((any_flags & np.uint8(0xFF ^ EQUAL)) | all_equal).astype(np.uint8)
 
 
-@contextmanager
-def foreground():
-    """Mark work a person is waiting for (the detail pane): in this thread it runs on a pool of
-    its own, and background work (the scan) pauses between chunks until it is done."""
-    global _waiting_users
-    with _lock:
-        _waiting_users += 1
-        _no_user_waits.clear()
-    _thread.foreground = True
-    try:
-        yield
-    finally:
-        _thread.foreground = False
-        with _lock:
-            _waiting_users -= 1
-            if _waiting_users == 0:
-                _no_user_waits.set()
+def figures(rows: np.ndarray, flags: np.ndarray, numel: np.ndarray, tolerances: np.ndarray) -> np.ndarray:
+    """The figures (`columns.FIGURES` wide, NaN where undefined) of merged rows.
+
+    Args:
+        numel: elements per tensor (for the changed fraction).
+        tolerances: (atol, rtol) per tensor.
+    """
+    from weightscope.compare.kernels import HAS_A, HAS_B, HAS_D
+
+    out = np.full((len(rows), c.FIGURES), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for base, at, has in ((c.A, c.FA, HAS_A), (c.B, c.FB, HAS_B)):
+            side, fig = rows[:, base:base + c.SIDE], out[:, at:at + 11]
+            present = (flags & has) != 0
+            n = side[:, c.N]
+            for src, dst in ((c.N, c.FINITE), (c.NAN, c.FNAN), (c.POSINF, c.FPOSINF), (c.NEGINF, c.FNEGINF),
+                             (c.ZEROS, c.FZEROS)):
+                fig[:, dst] = np.where(present, side[:, src], np.nan)
+            valued = present & (n > 0)
+            mean = side[:, c.SHIFT] + side[:, c.S1] / n
+            m2 = np.maximum(side[:, c.S2] - side[:, c.S1] ** 2 / n, 0.0)
+            fig[:, c.MIN] = np.where(valued, side[:, c.LO], np.nan)
+            fig[:, c.MAX] = np.where(valued, side[:, c.HI], np.nan)
+            fig[:, c.MEAN] = np.where(valued, mean, np.nan)
+            fig[:, c.STD] = np.where(valued, np.sqrt(m2 / n), np.nan)
+            fig[:, c.ABSMAX] = np.where(valued, np.maximum(np.abs(side[:, c.LO]), np.abs(side[:, c.HI])), np.nan)
+            fig[:, c.L2] = np.where(valued, np.sqrt(m2 + n * mean ** 2), np.nan)
+        d, fig = rows[:, c.D:], out[:, c.FD:]
+        diffed = (flags & HAS_D) != 0
+        both = d[:, c.BOTH]
+        valued = diffed & (both > 0) & (numel > 0)
+        aa, bb, sumsq = d[:, c.AA], d[:, c.BB], d[:, c.SUMSQ]
+        fig[:, c.FCHANGED] = np.where(diffed, d[:, c.CHANGED], np.nan)
+        fig[:, c.FMISMATCHED] = np.where(diffed, d[:, c.MISMATCHED], np.nan)
+        fig[:, c.CHANGED_FRACTION] = np.where(diffed & (numel > 0), d[:, c.CHANGED] / numel, np.nan)
+        fig[:, c.ATOL] = np.where(diffed, tolerances[:, 0], np.nan)
+        fig[:, c.RTOL] = np.where(diffed, tolerances[:, 1], np.nan)
+        fig[:, c.MAX_ABS] = np.where(valued, d[:, c.MAXABS], np.nan)
+        fig[:, c.MAX_ABS_AT] = np.where(valued & (d[:, c.MAXABS] > 0), d[:, c.ARGMAX], np.nan)
+        fig[:, c.MEAN_ABS] = np.where(valued, d[:, c.SUMABS] / both, np.nan)
+        fig[:, c.RMS] = np.where(valued, np.sqrt(sumsq / both), np.nan)
+        fig[:, c.REL_L2] = np.where(valued & (aa > 0), np.sqrt(sumsq) / np.sqrt(aa), np.nan)
+        fig[:, c.SNR_DB] = np.where(valued & (aa > 0) & (sumsq > 0), 10 * np.log10(aa / sumsq), np.nan)
+        fig[:, c.COSINE] = np.where(valued & (aa > 0) & (bb > 0), np.clip(d[:, c.AB] / np.sqrt(aa * bb), -1, 1),
+                                    np.nan)
+    return out
 
 
-def pool() -> ThreadPoolExecutor:
-    """The pool for this thread's work: one worker per core (the kernels release the GIL);
-    foreground work has its own, so it never queues behind background chunks."""
-    foreground_work = getattr(_thread, "foreground", False)
-    with _lock:
-        if foreground_work not in _pools:
-            name = "weightscope-foreground" if foreground_work else "weightscope-stats"
-            _pools[foreground_work] = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix=name)
-        return _pools[foreground_work]
+def number(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
 
 
-BEAT = 0.005  # seconds between an interactive loop's heartbeats
-LATE = 1.5 * BEAT  # a beat this overdue: the loop is busy
-LONGEST_PAUSE = 0.2  # a loop that stays busy longer still lets background work move on
-GONE = 1.0  # a loop silent this long has stopped: nothing to step aside for
-_last_beat: float | None = None  # None: no loop beats, background work never waits for one
+def count(value: float) -> int:
+    return int(value)
 
 
-def heartbeat() -> None:
-    """Called every `BEAT` seconds from an interactive event loop. A late beat means the loop is
-    busy (drawing, handling a key) and wants the GIL: background work then steps aside."""
-    global _last_beat
-    _last_beat = time.monotonic()
+def side_of(values: np.ndarray, base: int) -> SideStats | None:
+    """One side's statistics from a row of figures (`columns.FA` or `FB`); None where the side is missing."""
+    fig = values[base:base + 11]
+    if math.isnan(fig[c.FINITE]):
+        return None
+    return SideStats(*(number(fig[k]) for k in (c.MIN, c.MAX, c.MEAN, c.STD, c.ABSMAX, c.L2)),
+                     *(count(fig[k]) for k in (c.FNAN, c.FPOSINF, c.FNEGINF, c.FZEROS, c.FINITE)))
 
 
-def heartbeat_stopped() -> None:
-    global _last_beat
-    _last_beat = None
-
-
-def yield_to_foreground() -> None:
-    """Background work's pause point (a no-op in foreground work)."""
-    if not getattr(_thread, "foreground", False):
-        step_aside()
-
-
-def paced(items: Iterable[T], every: int = 1000) -> Iterator[T]:
-    """`items`, with background work's pause point before every `every`-th: for long loops of
-    small Python steps (reading 100,000 cached results, say)."""
-    for i, item in enumerate(items):
-        if i % every == 0:
-            yield_to_foreground()
-        yield item
-
-
-def step_aside() -> None:
-    """Wait while a person waits for foreground work, and while the interactive loop is busy."""
-    _no_user_waits.wait()
-    start = time.monotonic()
-    while _last_beat is not None and LATE < time.monotonic() - _last_beat < GONE \
-            and time.monotonic() - start < LONGEST_PAUSE:
-        time.sleep(0.001)
-
-
-def chunk_guard(should_cancel: Callable[[], bool]) -> Callable[[], None]:
-    """What each chunk checks first (in whichever thread runs it): cancellation and, for
-    background work, `step_aside`."""
-    background = not getattr(_thread, "foreground", False)
-
-    def check() -> None:
-        if background:
-            step_aside()
-        if should_cancel():
-            raise Cancelled
-
-    return check
-
-
-def chunked(numel: int, task: Callable[[int, int], np.ndarray], should_cancel: Callable[[], bool]) -> np.ndarray:
-    """Rows of `task(start, stop)` over element chunks, run in parallel; stops when cancelled."""
-    check = chunk_guard(should_cancel)
-
-    def guarded(start: int) -> np.ndarray:
-        check()
-        return task(start, min(start + CHUNK, numel))
-
-    starts = range(0, numel, CHUNK)
-    rows = [guarded(0)] if len(starts) == 1 else list(pool().map(guarded, starts))
-    return np.stack(rows)
-
-
-def extremes(x: np.ndarray, row: np.ndarray, base: int) -> None:
-    """Min and max of the finite values, by numpy's SIMD reductions."""
-    if row[base + c.N] == 0:
-        row[base + c.LO], row[base + c.HI] = math.inf, -math.inf
-        return
-    if row[base + c.N] < x.size:
-        x = x[np.isfinite(x)]
-    row[base + c.LO], row[base + c.HI] = x.min(), x.max()
-
-
-def side_row(x: np.ndarray) -> np.ndarray:
-    from weightscope.compare import kernels
-
-    row = np.zeros(c.SIDE)
-    kernels.side_chunk(x, row)
-    extremes(x, row, 0)
-    return row
-
-
-def pair_row(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> np.ndarray:
-    from weightscope.compare import kernels
-
-    row = np.zeros(c.PAIR)
-    kernels.pair_chunk(a, b, atol, rtol, row)
-    extremes(a, row, c.A)
-    extremes(b, row, c.B)
-    row[c.D + c.MAXABS], row[c.D + c.ARGMAX] = -1.0, -1
-    if row[c.D + c.BOTH]:
-        row[c.D + c.MAXABS], row[c.D + c.ARGMAX] = largest_change(a, b, row[c.D + c.BOTH] < a.size)
-    return row
-
-
-def largest_change(a: np.ndarray, b: np.ndarray, nonfinite: bool) -> tuple[float, int]:
-    """max |b − a| where both are finite, and its first index; in float64 only when the
-    chunk's own type overflows (two finite float32 values can be more than float32 apart)."""
-    for dtype in (np.result_type(a, b), np.float64):
-        with np.errstate(invalid="ignore", over="ignore"):  # Inf − Inf and overflow are masked or redone
-            delta = np.abs(np.subtract(b, a, dtype=dtype))
-        if nonfinite:
-            delta[~(np.isfinite(a) & np.isfinite(b))] = -1.0
-        where = int(delta.argmax())
-        if delta[where] < np.inf:
-            break
-    return float(delta[where]), where
-
-
-def side_rows(raw: np.ndarray, dtype: str, should_cancel: Callable[[], bool] = lambda: False) -> np.ndarray:
-    size = itemsize(dtype)
-    numel = raw.size // size
-
-    def task(start: int, stop: int) -> np.ndarray:
-        return side_row(to_float(raw[start * size:stop * size], dtype))
-
-    return chunked(numel, task, should_cancel) if numel else np.zeros((0, c.SIDE))
-
-
-def merge_side(rows: np.ndarray) -> SideStats:
-    """One side's figures from its chunk rows (`columns.SIDE` wide)."""
-    finite, nan, posinf, neginf, zeros = (int(rows[:, k].sum()) for k in (c.N, c.NAN, c.POSINF, c.NEGINF, c.ZEROS))
-    if finite == 0:
-        return SideStats(None, None, None, None, None, None, nan, posinf, neginf, zeros, 0)
-    rows = rows[rows[:, c.N] > 0]
-    n = rows[:, c.N]
-    means = rows[:, c.SHIFT] + rows[:, c.S1] / n
-    m2s = np.maximum(rows[:, c.S2] - rows[:, c.S1] ** 2 / n, 0.0)
-    mean = float((n * means).sum() / finite)
-    m2 = float((m2s + n * (means - mean) ** 2).sum())
-    lo, hi = float(rows[:, c.LO].min()), float(rows[:, c.HI].max())
-    l2 = math.sqrt(float((m2s + n * means ** 2).sum()))
-    return SideStats(lo, hi, mean, math.sqrt(m2 / finite), max(abs(lo), abs(hi)), l2,
-                     nan, posinf, neginf, zeros, finite)
-
-
-def side_stats(raw: np.ndarray, dtype: str, should_cancel: Callable[[], bool] = lambda: False) -> SideStats:
-    """Statistics of one tensor from its raw bytes."""
-    return merge_side(side_rows(raw, dtype, should_cancel))
-
-
-def identical_diff(numel: int, side: SideStats, atol: float, rtol: float) -> DiffStats:
-    """The difference of a pair whose bytes are equal: zero, known without decoding the pair."""
-    if numel == 0:
-        return empty_diff(atol, rtol)
-    undefined = {"max_abs_index": "nothing changed", "snr_db": "nothing changed"}
-    if side.finite == 0:
-        undefined.update(dict.fromkeys(("max_abs", "mean_abs", "rms", "rel_l2", "snr_db", "cosine"),
-                                       "no position is finite on both sides"))
-        return DiffStats(None, None, None, None, None, None, None, 0.0, 0, 0, atol, rtol, undefined)
-    if not side.l2:
-        undefined.update(rel_l2="‖A‖ = 0; see max_abs and rms", snr_db="‖A‖ = 0; see max_abs and rms",
-                         cosine="one side is all zeros")
-    return DiffStats(0.0, None, 0.0, 0.0, 0.0 if side.l2 else None, None, 1.0 if side.l2 else None, 0.0, 0, 0,
-                     atol, rtol, undefined)
-
-
-def empty_diff(atol: float, rtol: float) -> DiffStats:
-    why = "the tensor has no elements"
-    return DiffStats(None, None, None, None, None, None, None, None, 0, 0, atol, rtol,
-                     dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "snr_db", "cosine",
-                                    "changed_fraction"), why))
-
-
-def merge_pair(rows: np.ndarray, starts: np.ndarray, shape: tuple[int, ...], atol: float, rtol: float
-               ) -> tuple[SideStats, SideStats, DiffStats]:
-    """Both sides' and the difference's figures from a pair's chunk rows (`columns.PAIR` wide)."""
-    numel = math.prod(shape)
-    side_a, side_b = merge_side(rows[:, c.A:c.A + c.SIDE]), merge_side(rows[:, c.B:c.B + c.SIDE])
-    if numel == 0:
-        return side_a, side_b, empty_diff(atol, rtol)
-    d = rows[:, c.D:]
-    both = int(d[:, c.BOTH].sum())
-    changed, mismatched = int(d[:, c.CHANGED].sum()), int(d[:, c.MISMATCHED].sum())
+def diff_of(values: np.ndarray, shape: tuple[int, ...]) -> DiffStats | None:
+    """The difference's statistics from a row of figures, each undefined figure with its reason."""
+    fig = values[c.FD:]
+    if math.isnan(fig[c.FCHANGED]):
+        return None
+    keys = ("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "snr_db", "cosine")
     undefined: dict[str, str] = {}
-    if both == 0:
-        why = "no position is finite on both sides"
-        undefined = dict.fromkeys(("max_abs", "max_abs_index", "mean_abs", "rms", "rel_l2", "snr_db", "cosine"),
-                                  why)
-        diff = DiffStats(None, None, None, None, None, None, None, changed / numel, changed, mismatched,
-                         atol, rtol, undefined)
-        return side_a, side_b, diff
-    best = int(np.argmax(d[:, c.MAXABS]))  # the first chunk holding the largest |Δ|
-    max_abs = float(d[best, c.MAXABS])
-    index = None
-    if max_abs > 0:
-        flat = int(starts[best] + d[best, c.ARGMAX])
-        index = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
-    else:
-        undefined["max_abs_index"] = "nothing changed"
-    sumsq, aa, bb, ab = (float(d[:, k].sum()) for k in (c.SUMSQ, c.AA, c.BB, c.AB))
-    rel_l2 = math.sqrt(sumsq) / math.sqrt(aa) if aa > 0 else None
-    snr_db = 10 * math.log10(aa / sumsq) if aa > 0 and sumsq > 0 else None
-    if aa == 0:
-        undefined["rel_l2"] = undefined["snr_db"] = "‖A‖ = 0; see max_abs and rms"
-    elif sumsq == 0:
-        undefined["snr_db"] = "nothing changed"
-    cosine = ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else None
-    if cosine is None:
-        undefined["cosine"] = "one side is all zeros"
-    else:
-        cosine = max(-1.0, min(1.0, cosine))
-    diff = DiffStats(max_abs, index, float(d[:, c.SUMABS].sum()) / both, math.sqrt(sumsq / both), rel_l2, snr_db,
-                     cosine, changed / numel, changed, mismatched, atol, rtol, undefined)
-    return side_a, side_b, diff
-
-
-def pair_stats(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, shape: tuple[int, ...],
-               atol: float, rtol: float, should_cancel: Callable[[], bool] = lambda: False
-               ) -> tuple[SideStats, SideStats, DiffStats]:
-    """Statistics of A, of B and of B − A, in one pass over both (same shape, any dtypes)."""
-    size_a, size_b = itemsize(dtype_a), itemsize(dtype_b)
     numel = math.prod(shape)
+    if numel == 0:
+        undefined = dict.fromkeys((*keys, "changed_fraction"), "the tensor has no elements")
+    elif math.isnan(fig[c.MAX_ABS]):
+        undefined = dict.fromkeys(keys, "no position is finite on both sides")
+    else:
+        if math.isnan(fig[c.MAX_ABS_AT]):
+            undefined["max_abs_index"] = "nothing changed"
+        if math.isnan(fig[c.REL_L2]):
+            undefined["rel_l2"] = undefined["snr_db"] = "‖A‖ = 0; see max_abs and rms"
+        elif math.isnan(fig[c.SNR_DB]):
+            undefined["snr_db"] = "nothing changed"
+        if math.isnan(fig[c.COSINE]):
+            undefined["cosine"] = "one side is all zeros"
+    at = fig[c.MAX_ABS_AT]
+    index = None if math.isnan(at) else tuple(int(i) for i in np.unravel_index(int(at), shape)) if shape else ()
+    return DiffStats(number(fig[c.MAX_ABS]), index, number(fig[c.MEAN_ABS]), number(fig[c.RMS]), number(fig[c.REL_L2]),
+                     number(fig[c.SNR_DB]), number(fig[c.COSINE]), number(fig[c.CHANGED_FRACTION]),
+                     count(fig[c.FCHANGED]), count(fig[c.FMISMATCHED]), float(fig[c.ATOL]), float(fig[c.RTOL]),
+                     undefined)
 
-    def task(start: int, stop: int) -> np.ndarray:
-        a = to_float(raw_a[start * size_a:stop * size_a], dtype_a)
-        b = to_float(raw_b[start * size_b:stop * size_b], dtype_b)
-        if a.dtype != b.dtype:
-            a, b = a.astype(np.float64), b.astype(np.float64)
-        return pair_row(a, b, atol, rtol)
 
-    rows = chunked(numel, task, should_cancel) if numel else np.zeros((0, c.PAIR))
-    return merge_pair(rows, np.arange(0, numel, CHUNK), shape, atol, rtol)
+# One tensor or one pair, read a window at a time
 
 
-def sample(raw: np.ndarray, dtype: str, count: int = SAMPLE) -> np.ndarray:
-    """About `count` evenly spaced finite values as float64 (all of them for small tensors)."""
-    values = sample_positions(raw, dtype, count)
-    return values[np.isfinite(values)]
+def code_of(dtype: str) -> int:
+    """The kernels' code for a dtype.
+
+    Raises:
+        Unsupported: a type without statistics (complex).
+    """
+    from weightscope.compare.kernels import CODES
+
+    if dtype not in CODES:
+        raise Unsupported(f"statistics of {dtype} tensors are not computed")
+    return CODES[dtype]
+
+
+def pieces_over(numel: int, kind: int, code_a: int, code_b: int, size_a: int, size_b: int, start: int = 0,
+                offset_a: int = 0, offset_b: int = 0) -> np.ndarray:
+    """The piece table covering elements [start, start + numel) of a tensor whose bytes begin
+    at `offset_a`/`offset_b` of the buffers."""
+    from weightscope.compare import kernels as k
+
+    starts = np.arange(0, numel, k.PIECE, dtype=np.int64)
+    pieces = np.empty((len(starts), k.PIECE_COLUMNS), np.int64)
+    pieces[:, k.KIND], pieces[:, k.CODE_A], pieces[:, k.CODE_B] = kind, code_a, code_b
+    pieces[:, k.OFF_A], pieces[:, k.OFF_B] = offset_a + starts * size_a, offset_b + starts * size_b
+    pieces[:, k.COUNT] = np.minimum(k.PIECE, numel - starts)
+    pieces[:, k.START] = start + starts
+    return pieces
+
+
+WINDOW = 1 << 21  # elements read and summed between two looks at `should_cancel` (a few ms)
+EMPTY = np.zeros(0, np.uint8)
+
+
+class Sides:
+    """One tensor (a side None) or a pair of one shape, as the windows the kernels read."""
+
+    def __init__(self, a, dtype_a: str | None, b, dtype_b: str | None):
+        from weightscope.compare import kernels as k
+
+        self.a, self.b = as_bytes(a), as_bytes(b)
+        self.kind = k.PAIRED if self.a is not None and self.b is not None else k.SIDE_A if self.a is not None \
+            else k.SIDE_B
+        self.code_a = code_of(dtype_a) if self.a is not None else 0
+        self.code_b = code_of(dtype_b) if self.b is not None else 0
+        self.size_a = itemsize(dtype_a) if self.a is not None else 1
+        self.size_b = itemsize(dtype_b) if self.b is not None else 1
+        self.numel = self.a.size // self.size_a if self.a is not None else self.b.size // self.size_b
+
+    def windows(self, should_cancel: Callable[[], bool]):
+        """(first element, bytes of A, bytes of B, piece table) per window; missing sides read as empty."""
+        for start in range(0, self.numel, WINDOW):
+            if should_cancel():
+                raise Cancelled
+            stop = min(start + WINDOW, self.numel)
+            a = self.a.window(start * self.size_a, stop * self.size_a) if self.a is not None else EMPTY
+            b = self.b.window(start * self.size_b, stop * self.size_b) if self.b is not None else EMPTY
+            yield start, a, b, pieces_over(stop - start, self.kind, self.code_a, self.code_b, self.size_a,
+                                           self.size_b, start)
+
+    def sample(self, count: int = SAMPLE) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Each side's values at the same evenly spaced positions, about `count` of them (float64,
+        non-finite included so that the sides stay aligned)."""
+        step = max(1, self.numel // count)
+        parts_a, parts_b = [], []
+        for start, a, b, _ in self.windows(lambda: False):
+            first = -start % step
+            if self.a is not None:
+                parts_a.append(decoded(a.reshape(-1, self.size_a)[first::step].reshape(-1), self.code_a))
+            if self.b is not None:
+                parts_b.append(decoded(b.reshape(-1, self.size_b)[first::step].reshape(-1), self.code_b))
+        joined = [np.concatenate(parts) if parts else np.empty(0) for parts in (parts_a, parts_b)]
+        return (joined[0] if self.a is not None else None), (joined[1] if self.b is not None else None)
+
+
+def as_bytes(data) -> Bytes | None:
+    from weightscope.compare.reading import as_bytes as wrap
+
+    return wrap(data)
+
+
+def summed(sides: Sides, atol: float, rtol: float, should_cancel: Callable[[], bool]) -> tuple[np.ndarray, int]:
+    """The merged row and flags of one tensor or pair."""
+    from weightscope.compare import kernels as k
+
+    rows, flags = [], []
+    for _, a, b, pieces in sides.windows(should_cancel):
+        r, f = run_pieces(a, b, pieces, np.tile([atol, rtol], (len(pieces), 1)))
+        rows.append(r)
+        flags.append(f)
+    if not rows:  # no elements: an empty row that says which sides there are
+        has = {k.PAIRED: k.HAS_A | k.HAS_B | k.HAS_D, k.SIDE_A: k.HAS_A, k.SIDE_B: k.HAS_B}[sides.kind]
+        return np.zeros(c.PAIR), has
+    rows_, flags_ = np.concatenate(rows), np.concatenate(flags)
+    _, merged, merged_flags = merge(rows_, flags_, np.zeros(len(rows_), np.int64))
+    return merged[0], int(merged_flags[0])
+
+
+_scratch: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def scratch() -> tuple[np.ndarray, np.ndarray]:
+    """This process's scratch buffers for the kernels (callers take turns: one thread computes)."""
+    from weightscope.compare import kernels as k
+
+    global _scratch
+    if _scratch is None or _scratch[0].shape[1] < k.PIECE:
+        _scratch = k.scratch()
+    return _scratch
+
+
+def run_pieces(buf_a: np.ndarray, buf_b: np.ndarray, pieces: np.ndarray, tolerances: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """`kernels.scan_pieces` with this process's scratch buffers."""
+    from weightscope.compare import kernels as k
+
+    rows, flags = np.empty((len(pieces), c.PAIR)), np.empty(len(pieces), np.uint8)
+    k.scan_pieces(buf_a, buf_b, pieces, tolerances, rows, flags, *scratch(), k.TABLES)
+    return rows, flags
+
+
+def side_stats(raw, dtype: str, should_cancel: Callable[[], bool] = lambda: False) -> SideStats:
+    """Statistics of one tensor from its raw bytes (a uint8 array or `reading.Bytes`)."""
+    sides = Sides(raw, dtype, None, None)
+    row, flags = summed(sides, 0.0, 0.0, should_cancel)
+    return side_of(figures(row[None], np.array([flags]), np.array([sides.numel]), np.zeros((1, 2)))[0], c.FA)
+
+
+def pair_stats(raw_a, dtype_a: str, raw_b, dtype_b: str, shape: tuple[int, ...], atol: float, rtol: float,
+               should_cancel: Callable[[], bool] = lambda: False) -> tuple[SideStats, SideStats, DiffStats]:
+    """Statistics of A, of B and of B − A, in one pass over both (same shape, any dtypes)."""
+    row, flags = summed(Sides(raw_a, dtype_a, raw_b, dtype_b), atol, rtol, should_cancel)
+    values = figures(row[None], np.array([flags]), np.array([math.prod(shape)]), np.array([[atol, rtol]]))[0]
+    return side_of(values, c.FA), side_of(values, c.FB), diff_of(values, shape)
+
+
+# Histograms
+
+
+def decoded(raw: np.ndarray, code: int) -> np.ndarray:
+    """Raw bytes of the type `code` as float64 values (for samples: small arrays)."""
+    from weightscope.compare import kernels as k
+
+    count = raw.size // int(k.ITEMSIZES[code])
+    out, narrow = np.empty(count), np.empty(count, np.float32)
+    k.decode_wide(np.ascontiguousarray(raw), 0, count, code, out, narrow, k.TABLES)
+    return out
 
 
 def value_range(*samples: np.ndarray) -> tuple[float, float] | None:
@@ -429,85 +414,52 @@ def value_range(*samples: np.ndarray) -> tuple[float, float] | None:
     return lo, hi
 
 
-def histogram_rows(numel: int, count_chunk, should_cancel: Callable[[], bool]) -> np.ndarray:
-    """Counts (then below, above) summed over element chunks counted in parallel."""
-    return chunked(numel, count_chunk, should_cancel).sum(axis=0)
+def counted(sides: Sides, which: int, lo: float, hi: float, bins: int,
+            should_cancel: Callable[[], bool]) -> Histogram:
+    """A histogram over [lo, hi] of A's values (`which` 0), B's (1) or b − a (2)."""
+    from weightscope.compare import kernels as k
+
+    row = np.zeros(bins + 2, np.int64)
+    for _, a, b, pieces in sides.windows(should_cancel):
+        k.histogram_pieces(a, b, pieces, which, lo, hi, row, *scratch(), k.TABLES)
+    return Histogram(lo, hi, tuple(int(x) for x in row[:-2]), int(row[-2]), int(row[-1]))
 
 
-def as_histogram(lo: float, hi: float, row: np.ndarray) -> Histogram:
-    return Histogram(lo, hi, tuple(int(c) for c in row[:-2]), int(row[-2]), int(row[-1]))
-
-
-def side_histogram(raw: np.ndarray, dtype: str, lo: float, hi: float, bins: int,
-                   should_cancel: Callable[[], bool]) -> Histogram:
-    from weightscope.compare import kernels
-
-    size = itemsize(dtype)
-
-    def count(start: int, stop: int) -> np.ndarray:
-        row = np.zeros(bins + 2, np.int64)
-        kernels.histogram_chunk(to_float(raw[start * size:stop * size], dtype), lo, hi, row)
-        return row
-
-    return as_histogram(lo, hi, histogram_rows(raw.size // size, count, should_cancel))
-
-
-def diff_histogram(raw_a: np.ndarray, dtype_a: str, raw_b: np.ndarray, dtype_b: str, lo: float, hi: float,
-                   bins: int, should_cancel: Callable[[], bool]) -> Histogram:
-    from weightscope.compare import kernels
-
-    size_a, size_b = itemsize(dtype_a), itemsize(dtype_b)
-
-    def count(start: int, stop: int) -> np.ndarray:
-        row = np.zeros(bins + 2, np.int64)
-        a = to_float(raw_a[start * size_a:stop * size_a], dtype_a)
-        b = to_float(raw_b[start * size_b:stop * size_b], dtype_b)
-        if a.dtype != b.dtype:
-            a, b = a.astype(np.float64), b.astype(np.float64)
-        kernels.diff_histogram_chunk(a, b, lo, hi, row)
-        return row
-
-    return as_histogram(lo, hi, histogram_rows(raw_a.size // size_a, count, should_cancel))
-
-
-def histograms(raw_a: np.ndarray | None, dtype_a: str | None, raw_b: np.ndarray | None, dtype_b: str | None,
-               bins: int = HISTOGRAM_BINS, should_cancel: Callable[[], bool] = lambda: False,
-               identical: bool = False) -> dict[str, Histogram]:
+def histograms(raw_a, dtype_a: str | None, raw_b, dtype_b: str | None, bins: int = HISTOGRAM_BINS,
+               should_cancel: Callable[[], bool] = lambda: False, identical: bool = False) -> dict[str, Histogram]:
     """Histograms of A and B on one shared range and, for a same-shape pair, of B − A.
 
     Args:
+        raw_a, raw_b: each side's bytes (uint8 arrays or `reading.Bytes`); None for a missing side.
         identical: the two sides' bytes are equal: B's histogram is A's, and there is no Δ to draw.
 
     Returns:
         {"a": ..., "b": ..., "diff": ...}, each present when its side has finite values.
     """
-    sides = {k: (raw, dtype) for k, raw, dtype in (("a", raw_a, dtype_a), ("b", raw_b, dtype_b)) if raw is not None}
+    paired = raw_a is not None and raw_b is not None and \
+        as_bytes(raw_a).size // itemsize(dtype_a) == as_bytes(raw_b).size // itemsize(dtype_b)
     if identical:
-        sides.pop("b")
-    samples = {k: sample(raw, dtype) for k, (raw, dtype) in sides.items()}
+        raw_b = None
+    if paired and not identical:
+        sides = Sides(raw_a, dtype_a, raw_b, dtype_b)
+        samples = sides.sample()
+        alone = {"a": Sides(raw_a, dtype_a, None, None), "b": Sides(None, None, raw_b, dtype_b)}
+    else:
+        alone = {key: Sides(raw, dtype, None, None) if key == "a" else Sides(None, None, raw, dtype)
+                 for key, raw, dtype in (("a", raw_a, dtype_a), ("b", raw_b, dtype_b)) if raw is not None}
+        samples = tuple(s.sample()[0 if key == "a" else 1] for key, s in alone.items())
+    finite = [x[np.isfinite(x)] for x in samples if x is not None]
     out: dict[str, Histogram] = {}
-    shared = value_range(*samples.values())
+    shared = value_range(*finite)
     if shared is not None:
-        for k, (raw, dtype) in sides.items():
-            out[k] = side_histogram(raw, dtype, *shared, bins, should_cancel)
-        if identical:
+        for key, sides_of_key in alone.items():
+            out[key] = counted(sides_of_key, 0 if key == "a" else 1, *shared, bins, should_cancel)
+        if identical and "a" in out:
             out["b"] = out["a"]
-    if len(sides) == 2 and raw_a.size // itemsize(dtype_a) == raw_b.size // itemsize(dtype_b):
-        a, b = sample_positions(raw_a, dtype_a, SAMPLE), sample_positions(raw_b, dtype_b, SAMPLE)
+    if paired and not identical:
         with np.errstate(invalid="ignore"):  # Inf − Inf: dropped, not worth a warning
-            deltas = b - a
+            deltas = samples[1] - samples[0]
         spread = value_range(deltas[np.isfinite(deltas)])
         if spread is not None:
-            out["diff"] = diff_histogram(raw_a, dtype_a, raw_b, dtype_b, *spread, bins, should_cancel)
+            out["diff"] = counted(sides, 2, *spread, bins, should_cancel)
     return out
-
-
-def sample_positions(raw: np.ndarray, dtype: str, count: int) -> np.ndarray:
-    """Values at evenly spaced positions (non-finite included, so two sides stay aligned)."""
-    size = itemsize(dtype)
-    numel = raw.size // size
-    step = max(1, numel // count)
-    if dtype == "bfloat16" or dtype in NUMPY_TYPES:
-        typed = raw.view(np.uint16 if dtype == "bfloat16" else NUMPY_TYPES[dtype])
-        return to_float(np.ascontiguousarray(typed[::step]).view(np.uint8), dtype).astype(np.float64)
-    return to_float(raw, dtype)[::step].astype(np.float64)

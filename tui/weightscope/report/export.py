@@ -1,58 +1,80 @@
-"""The comparison written to files: JSON (the `diff --json` document) and a Markdown report."""
+"""The comparison written to files: JSON (the `diff --json` document) and a Markdown report.
+
+A report made while the scan is still running says so in both files: "partial: k of N
+tensors read", and `"complete": false` with the count not read yet in the JSON.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from weightscope.compare.align import Alignment
+import numpy as np
+
 from weightscope.analysis.anatomy import anomalies
-from weightscope.sources.checkpoint import Checkpoint
-from weightscope.sources.files import open_for_writing
-from weightscope.analysis.hierarchy import badge_status
-from weightscope.report.diff import EQUAL, human, shape, summary, to_json
-from weightscope.compare.scan import PairResult
+from weightscope.compare import columns as c
+from weightscope.compare import results
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import STATUSES, ResultTable
+from weightscope.report.diff import document, dumps, human, stored_dtypes, summary
 
 
-def markdown(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[PairResult]) -> str:
+def partial_line(catalog: Catalog, table: ResultTable) -> str | None:
+    read = table.read
+    return None if read == len(catalog) else f"partial: {read:,} of {len(catalog):,} tensors read"
+
+
+def markdown(catalog: Catalog, table: ResultTable) -> str:
     """A report for humans: the two sides, counts by status, anomalies, every pair that differs."""
     lines = ["# weightscope comparison", ""]
-    for label, cp in (("A", a), ("B", b)):
-        lines.append(f"- **{label}** `{cp.path}` — {cp.format}, {len(cp.files)} files, {len(cp.tensors):,} tensors, "
-                     f"{human(cp.parameters)} parameters")
-    lines += [f"- note: {n}" for n in alignment.notes]
-    counts = summary(results)
+    partial = partial_line(catalog, table)
+    if partial:
+        lines += [f"**{partial}** (the scan was still running; what follows covers those only)", ""]
+    for label, side in (("A", catalog.summary_a), ("B", catalog.summary_b)):
+        if side is not None:
+            lines.append(f"- **{label}** `{side.path}` — {side.format}, {len(side.files)} files, {side.tensors:,} "
+                         f"tensors, {human(side.parameters)} parameters")
+    lines += [f"- note: {n}" for n in catalog.notes]
+    counts = summary(table)
     lines += ["", "| status | tensors |", "|---|---:|"]
     lines += [f"| {status} | {n:,} |" for status, n in counts.items() if n]
-    found = anomalies(results, badge_status)
+    if partial:
+        lines.append(f"| not read yet | {len(catalog) - table.read:,} |")
+    found = anomalies(catalog, table)
     if found:
         lines += ["", "## Anomalies", ""]
         lines += [f"- `{x.name}`: {x.reason}" for x in found]
-    differing = [r for r in results if r.status not in EQUAL]
-    if differing:
+    equal = [results.IDENTICAL, results.VALUE_EQUAL, results.UNREAD]
+    differing = np.flatnonzero(~np.isin(table.status, equal))
+    if len(differing):
+        dtype_a, dtype_b = stored_dtypes(catalog.a), stored_dtypes(catalog.b)
         lines += ["", "## Tensors that differ", "",
                   "| tensor | status | dtype | shape | rel L2 | max \\|Δ\\| | cosine |", "|---|---|---|---|---:|---:|---:|"]
-        for r in differing:
-            pa, pb = r.pair.a, r.pair.b
-            dtype = " → ".join(dict.fromkeys(i.stored_dtype or "?" for i in (pa, pb) if i is not None))
-            dims = " → ".join(dict.fromkeys(str(shape(i)) for i in (pa, pb) if i is not None))
-            d = r.diff
 
-            def fmt(value, spec=".3g"):
-                return "" if value is None else format(value, spec)
+        def fmt(value: float, spec: str = ".3g") -> str:
+            return "" if np.isnan(value) else format(value, spec)
 
-            lines.append(f"| `{r.pair.name}` | {r.status} | {dtype} | {dims} | {fmt(d and d.rel_l2)} | "
-                         f"{fmt(d and d.max_abs)} | {fmt(d and d.cosine, '.6f')} |")
+        for i in differing.tolist():
+            dtype = " → ".join(dict.fromkeys(d or "?" for d in (dtype_a[i], dtype_b[i]) if d is not None))
+            dims = " → ".join(dict.fromkeys(str(list(s)) for s in (catalog.a.shape[i], catalog.b.shape[i])
+                                            if s is not None))
+            d = table.values[i, c.FD:]
+            lines.append(f"| `{catalog.names[i]}` | {STATUSES[table.status[i]]} | {dtype} | {dims} | "
+                         f"{fmt(d[c.REL_L2])} | {fmt(d[c.MAX_ABS])} | {fmt(d[c.COSINE], '.6f')} |")
     return "\n".join(lines) + "\n"
 
 
-def export(a: Checkpoint, b: Checkpoint, alignment: Alignment, results: list[PairResult],
-           directory: str | Path = ".") -> tuple[Path, Path]:
-    """Write `weightscope-<time>.md` and `.json` into `directory`; returns both paths."""
+def export(catalog: Catalog, table: ResultTable, directory: str | Path = ".") -> tuple[Path, Path]:
+    """Write `weightscope-<time>.md` and `.json` into `directory`; returns both paths.
+
+    Raises:
+        OSError: a file cannot be written.
+    """
     stem = Path(directory) / time.strftime("weightscope-%Y%m%d-%H%M%S")
     md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
-    md.write_text(markdown(a, b, alignment, results), encoding="utf-8")
-    with open_for_writing(js) as f:  # streamed: one 80 MB string would hold the interpreter 0.5 s
-        json.dump(to_json(a, b, alignment, results), f, indent=1)
+    md.write_text(markdown(catalog, table), encoding="utf-8")
+    doc = document(catalog, table)
+    doc["complete"] = table.read == len(catalog)
+    doc["not_read"] = len(catalog) - table.read
+    js.write_bytes(dumps(doc))
     return md, js

@@ -77,6 +77,10 @@ class TensorSource(Protocol):
     def load(self, info: TensorInfo) -> torch.Tensor:
         """The tensor itself, on the CPU, backed by the file's map where possible."""
 
+    def plain(self, info: TensorInfo) -> bool:
+        """Whether the tensor's bytes are exactly `info.span` of `info.file`, in row-major order of
+        `info.dtype`, so that a reader may take them from the file itself."""
+
     def close(self) -> None: ...
 
 

@@ -225,6 +225,9 @@ class DcpDirectory:
             raise TensorUnreadable(f"{self.path}: {info.name}: {failure(exc)}") from None
         return target
 
+    def plain(self, info: TensorInfo) -> bool:
+        return False  # read through torch.distributed.checkpoint
+
     def raw(self, info: TensorInfo) -> np.ndarray:
         return as_bytes(self.load(info))
 

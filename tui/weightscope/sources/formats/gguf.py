@@ -318,6 +318,9 @@ class GGUFFile(MappedFile):
             kinds = ", ".join(f"{k} ×{n}" for k, n in quants.most_common())
             self.notes.append(f"{path}: quantized tensors ({kinds}) are compared as their dequantized float32 values")
 
+    def plain(self, info: TensorInfo) -> bool:
+        return super().plain(info) and info.name not in self._plans  # rows to put back are not plain
+
     def raw(self, info: TensorInfo) -> np.ndarray:
         plan = self._plans.get(info.name)
         if plan is None:

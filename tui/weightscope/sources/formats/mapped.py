@@ -30,6 +30,9 @@ class MappedFile:
             raise TensorUnreadable(f"data ends at byte {end} but {self.path} is shorter now")
         return np.frombuffer(self._map, np.uint8, count=end - start, offset=start)
 
+    def plain(self, info: TensorInfo) -> bool:
+        return info.span is not None and info.quant is None and info.origin is None
+
     def load(self, info: TensorInfo):
         import torch
 

@@ -289,6 +289,9 @@ class TorchLegacyFile:
         infos = [TensorInfo(n, spelling(t.dtype), tuple(t.shape), path) for n, t in contents.tensors]
         self.tensors = mark_ties(infos, [storage_key(t) for _, t in listed.tensors])
 
+    def plain(self, info: TensorInfo) -> bool:
+        return False  # unpickled whole; nothing to read from the file
+
     def load(self, info: TensorInfo):
         return self._tensors[info.name]
 

@@ -100,6 +100,12 @@ class LoraSource:
             return w.addmm_(a.T, b.T, alpha=module.scaling)
         return w.addmm_(b, a, alpha=module.scaling)
 
+    def plain(self, info: TensorInfo) -> bool:
+        if info.origin is not None and info.name in self.modules:
+            return False
+        original = self.stored.get(info.name, info)
+        return original.span == info.span and self.readers[original.file].plain(original)
+
     def load(self, info: TensorInfo):
         if info.origin is not None and info.name in self.modules:
             return self.computed(info.name)

@@ -1,0 +1,123 @@
+"""The messages between a client (the app, `diff`, `inspect`), the engine and its workers.
+
+A client asks with a request carrying a `ticket` it chose; the engine answers with a
+`Reply` or a `Failed` of the same ticket. Scan results flow without asking: `Results` in
+plan order, each acknowledged by the client with `Ack` (the engine keeps at most `WINDOW`
+unacknowledged, so a slow client is never flooded), then `ScanDone`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import Batch
+from weightscope.compare.scan import ScanOptions
+
+WINDOW = 4  # result messages in flight before the engine waits for an acknowledgement
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to compare and how: the engine's start-up arguments."""
+
+    path_a: str
+    path_b: str | None  # None: browse A alone
+    adapter: str | None = None  # check a merge: B against A + ΔW of this adapter
+    options: ScanOptions = ScanOptions()
+    use_cache: bool = True
+    tree: bool = False  # send the name tree with the catalog (the app draws it first)
+    cwd: str = "."
+    environ: dict[str, str] = field(default_factory=dict)
+
+
+# Client -> engine
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Scan every pair (or answer from the cache): `Results` follow, then `ScanDone`."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    number: int
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A question with an answer: `kind` names it, `args` are its arguments.
+
+    Kinds: "detail" (index) -> a Batch with histograms; "spectrum"/"map" (index, rows, cols) ->
+    a Spectrum or ChangeMap (None where there is none); "tree" (pattern) -> a NameTree;
+    "overview", "anomalies" -> their content; "export" (directory) -> the paths written;
+    "spectra" -> {index: Spectrum | None} for every changed pair.
+    """
+
+    ticket: int
+    kind: str
+    args: tuple = ()
+
+
+@dataclass(frozen=True)
+class Cancel:
+    ticket: int
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+# Engine -> client
+
+
+@dataclass
+class Opened:
+    """Both sides' headers are read and their names aligned."""
+
+    catalog: Catalog
+    tree: object | None = None  # analysis.hierarchy.NameTree when the job asked for it
+
+
+@dataclass
+class Results:
+    """A batch of results in plan order, and how far the scan has come in bytes."""
+
+    number: int
+    batch: Batch
+    done: int
+    total: int
+    cached: bool = False
+
+
+@dataclass
+class ScanDone:
+    """The scan is over. `complete` is false when it stopped early (closed or failed).
+
+    Attributes:
+        notes: per pair, notes the results add once all are in (what a LoRA adapter did to
+            each tensor, and the alarms); they replace the pairs' notes.
+        sides: each side's checkpoint notes after the scan (LoRA alarms about the whole adapter).
+    """
+
+    complete: bool
+    notes: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    sides: tuple[list[str], list[str] | None] = ([], None)
+    plan_notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    ticket: int
+    content: object
+
+
+@dataclass
+class Failed:
+    """Something the engine did failed; `ticket` None for its own work (opening, the scan)."""
+
+    ticket: int | None
+    job: str
+    message: str
+    fatal: bool = False  # the engine cannot go on (nothing could be opened)

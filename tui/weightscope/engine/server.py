@@ -1,0 +1,363 @@
+"""The engine: opens the checkpoints, plans the scan, hands its work to the workers and its
+results to the client, in a process of its own.
+
+One loop waits on the client's pipe and the workers'. Work waits in queues: what a person
+waits for (a tensor's figures, its spectrum or map) goes first, to the worker thread of this
+process, which has the open checkpoints; the scan's units go to whichever worker is free.
+Results go to the client in plan order, at most `protocol.WINDOW` messages ahead of its
+acknowledgements. Answers that need only the catalog and the results so far (the name tree
+of a filter, the overview, anomalies, an export) are worked out in a thread here. Anything
+that fails is said to the client in one line, and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Pipe, wait
+
+import numpy as np
+
+from weightscope.compare import columns as c
+from weightscope.compare import plan as plans
+from weightscope.compare.results import Batch, ResultTable
+from weightscope.compare.scan import Assembler, UnitOutput
+from weightscope.engine import protocol as msg
+from weightscope.engine.worker import SLOTS, Done, Opened, Task, serve
+from weightscope.sources.errors import CheckpointError, one_line
+
+CACHED_SLICE = 5000  # cached results per message: the client takes each before the next few come
+SCAN = 0  # the scan's ticket (the client's tickets start at 1)
+
+
+def unexpected(exc: BaseException) -> str:
+    """A bug, said in one line with where it happened."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    place = f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    return one_line(f"{type(exc).__name__}: {exc}{place}")
+
+
+class Worker:
+    """A worker as the engine sees it: where its tasks go, and what it is doing."""
+
+    def __init__(self, conn, tasks: queue.SimpleQueue | None = None):
+        self.conn, self.tasks = conn, tasks
+        self.busy: Task | None = None
+        self.alive = True
+
+    @property
+    def local(self) -> bool:
+        """In this process (a thread), with the engine's open checkpoints."""
+        return self.tasks is not None
+
+    def give(self, task: Task) -> None:
+        self.busy = task
+        if self.local:
+            self.tasks.put(task)
+        else:
+            self.conn.send(task)
+
+
+class LocalPipe:
+    """The local worker's end: tasks from a queue, what came of them into a pipe the loop waits on."""
+
+    def __init__(self, tasks: queue.SimpleQueue, done):
+        self.tasks, self.done = tasks, done
+
+    def recv(self):
+        return self.tasks.get()
+
+    def send(self, done: Done) -> None:
+        self.done.send(done)
+
+
+class Server:
+    def __init__(self, conn, job: msg.Job, worker_conns: list, cancelled):
+        self.conn, self.job, self.cancelled = conn, job, cancelled
+        self.helpers = [Worker(worker_conn) for worker_conn in worker_conns]
+        self.urgent: deque[Task] = deque()  # for the local worker, before anything else
+        self.units: deque[Task] = deque()  # the scan's
+        self.background: deque[Task] = deque()  # spectra of every changed pair (`diff --spectrum`)
+        self.spectra: dict[int, tuple[set[int], dict]] = {}  # ticket -> (indices pending, found)
+        self.threads = ThreadPoolExecutor(1, thread_name_prefix="weightscope-answers")
+        self.answers_in, self.answers_out = Pipe(duplex=False)  # from the answer thread to the loop
+        self.answer_lock = threading.Lock()
+        self.running = True
+        self.scan: ScanState | None = None
+
+    # Life
+
+    def run(self) -> None:
+        from weightscope.engine.opening import open_job
+
+        try:
+            a, b, _, self.catalog = open_job(self.job)
+        except CheckpointError as exc:
+            self.send(msg.Failed(None, "open", str(exc), fatal=True))
+            return
+        except Exception as exc:  # noqa: BLE001  (a bug, or a file nobody foresaw: said, never a traceback)
+            self.send(msg.Failed(None, "open", unexpected(exc), fatal=True))
+            return
+        self.a, self.b = a, b or a
+        self.table = ResultTable(len(self.catalog))
+        tree = None
+        if self.job.tree:
+            from weightscope.analysis import hierarchy
+
+            tree = hierarchy.build(self.catalog)
+        self.send(msg.Opened(self.catalog, tree))
+        self.start_local_worker()
+        self.loop()
+
+    def start_local_worker(self) -> None:
+        tasks: queue.SimpleQueue = queue.SimpleQueue()
+        done_in, done_out = Pipe(duplex=False)
+        self.local = Worker(done_in, tasks)
+        self.workers = [self.local, *self.helpers]
+        opened = Opened(self.job, (self.a, self.b, self.catalog))
+
+        def work():
+            from weightscope.compare import kernels  # noqa: F401  (loads the compiled loops)
+
+            serve(LocalPipe(tasks, done_out), opened, self.cancelled)
+
+        threading.Thread(target=work, name="weightscope-worker", daemon=True).start()
+
+    def loop(self) -> None:
+        while self.running:
+            sources = [self.conn, self.answers_in] + [w.conn for w in self.workers if w.alive]
+            for ready in wait(sources):
+                if ready is self.conn:
+                    try:
+                        self.handle(self.conn.recv())
+                    except (EOFError, OSError):
+                        self.running = False  # the client has gone
+                elif ready is self.answers_in:
+                    self.send(self.answers_in.recv())
+                else:
+                    self.from_worker(next(w for w in self.workers if w.conn is ready))
+            self.dispatch()
+        for helper in self.helpers:
+            if helper.alive:
+                try:
+                    helper.conn.send(None)
+                except OSError:
+                    pass
+
+    def send(self, message) -> None:
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, OSError):
+            self.running = False
+
+    # Requests
+
+    def handle(self, request) -> None:
+        if isinstance(request, msg.Scan):
+            if self.scan is None:
+                self.start_scan()
+        elif isinstance(request, msg.Ack):
+            self.scan.acknowledged()
+        elif isinstance(request, msg.Ask):
+            self.ask(request)
+        elif isinstance(request, msg.Cancel):
+            self.cancel(request.ticket)
+        elif isinstance(request, msg.Close):
+            self.running = False
+
+    def ask(self, request: msg.Ask) -> None:
+        if request.kind in ("detail", "spectrum", "map"):
+            self.urgent.append(Task(request.ticket, request.kind, request.args))
+        elif request.kind == "spectra":
+            changed = np.nan_to_num(self.table.values[:, c.FD + c.FCHANGED]) > 0
+            wanted = {i for i in np.flatnonzero(changed).tolist() if len(self.catalog.a.shape[i] or ()) >= 2}
+            self.spectra[request.ticket] = (set(wanted), dict.fromkeys(np.flatnonzero(changed).tolist()))
+            self.background.extend(Task(request.ticket, "spectrum", (i,)) for i in sorted(wanted))
+            self.spectra_answered(request.ticket)
+        else:
+            self.threads.submit(self.answer, request)
+
+    def answer(self, request: msg.Ask) -> None:
+        """Work out an answer from the catalog and the results so far (in the answer thread)."""
+        from weightscope.engine import answers
+
+        try:
+            reply = msg.Reply(request.ticket, answers.answer(request, self.catalog, self.snapshot()))
+        except OSError as exc:
+            reply = msg.Failed(request.ticket, request.kind, one_line(str(exc)))
+        except Exception as exc:  # noqa: BLE001
+            reply = msg.Failed(request.ticket, request.kind, unexpected(exc))
+        with self.answer_lock:
+            self.answers_out.send(reply)
+
+    def snapshot(self) -> ResultTable:
+        """The results so far, as they stand now (the scan goes on adding to its own table)."""
+        copy = ResultTable(len(self.table))
+        copy.add(self.table.batch())
+        copy.notes.update(self.table.notes)
+        return copy
+
+    def cancel(self, ticket: int) -> None:
+        self.cancelled[ticket % SLOTS] = ticket
+        for pending in (self.urgent, self.units, self.background):
+            kept = [t for t in pending if t.ticket != ticket]
+            pending.clear()
+            pending.extend(kept)
+        self.spectra.pop(ticket, None)
+
+    # Work
+
+    def dispatch(self) -> None:
+        for worker in self.workers:
+            if not worker.alive or worker.busy is not None:
+                continue
+            pending = (self.urgent if worker.local and self.urgent else self.units if self.units
+                       else self.background)
+            if pending:
+                worker.give(pending.popleft())
+
+    def from_worker(self, worker: Worker) -> None:
+        try:
+            done: Done = worker.conn.recv()
+        except (EOFError, OSError):
+            self.lost(worker)
+            return
+        task, worker.busy = worker.busy, None
+        if task.kind == "unit":
+            self.scan.unit_done(task.args[0], done.content if done.error is None else None, done.error)
+        elif task.ticket in self.spectra:
+            self.spectra[task.ticket][0].discard(task.args[0])
+            self.spectra[task.ticket][1][task.args[0]] = done.content if done.error is None else None
+            self.spectra_answered(task.ticket)
+        elif done.cancelled or self.cancelled[task.ticket % SLOTS] == task.ticket:
+            pass
+        elif done.error is not None:
+            self.send(msg.Failed(task.ticket, task.kind, done.error))
+        else:
+            self.send(msg.Reply(task.ticket, done.content))
+
+    def spectra_answered(self, ticket: int) -> None:
+        pending, found = self.spectra[ticket]
+        if not pending:
+            del self.spectra[ticket]
+            self.send(msg.Reply(ticket, found))
+
+    def lost(self, worker: Worker) -> None:
+        """A worker process stopped: what it was doing fails, and it gets no more work."""
+        worker.alive = False
+        task, worker.busy = worker.busy, None
+        why = "a worker process stopped unexpectedly"
+        if task is not None and task.kind == "unit":
+            self.scan.unit_done(task.args[0], None, why)
+        elif task is not None:
+            self.send(msg.Failed(task.ticket, task.kind, why))
+        if not any(w.alive for w in self.workers):
+            self.send(msg.Failed(None, "scan", f"{why}, and none is left", fatal=True))
+            self.running = False
+
+    def start_scan(self) -> None:
+        from weightscope.compare import cache
+
+        options = self.job.options
+        plan = plans.build(self.catalog, options.atol, options.rtol, device=options.device)
+        key = cache.key(self.a, self.b, options, self.catalog.single) if self.job.use_cache else None
+        cached = cache.load(key, self.catalog) if key else None
+        self.scan = ScanState(self, plan, key, cached)
+        if cached is None:
+            self.units.extend(Task(SCAN, "unit", (unit,)) for unit in plan.units)
+
+
+class ScanState:
+    """One scan's progress: results waiting for their turn, for the client's acknowledgements."""
+
+    def __init__(self, server: Server, plan: plans.Plan, key: str | None, cached: ResultTable | None):
+        self.server, self.plan, self.key = server, plan, key
+        self.assembler = Assembler(server.catalog, plan)
+        self.total, self.done_bytes = plan.nbytes, 0
+        self.number = self.unacked = 0
+        self.outbox: list[Batch] = []  # released results not yet sent
+        self.waiting: dict[int, Batch] = {}  # results of units done out of turn
+        self.released = 0
+        self.failures = 0
+        self.cached = cached is not None
+        self.finished = False
+        self.done_message: msg.ScanDone | None = None
+        if cached is not None:  # from the cache: in slices, each taken before the next few come
+            server.table = cached
+            self.done_bytes = self.total
+            self.outbox = [cached.batch(np.arange(start, min(start + CACHED_SLICE, len(cached))))
+                           for start in range(0, len(cached), CACHED_SLICE)]
+            self.released = len(plan.units)
+        else:
+            self.add(self.assembler.with_ties(plan.ready))
+        self.release()
+
+    def add(self, batch: Batch) -> None:
+        if len(batch):
+            self.server.table.add(batch)
+            self.outbox.append(batch)
+
+    def unit_done(self, unit, output: UnitOutput | None, error: str | None) -> None:
+        if error is not None:
+            if self.failures == 0:
+                self.server.send(msg.Failed(None, "scan", error))
+            self.failures += 1
+            output = UnitOutput(unit.number, error=f"not read: {error}")
+        self.waiting[unit.number] = self.assembler.add(output)
+        self.release()
+
+    def release(self) -> None:
+        """Hand on the results of units done, in plan order."""
+        units = self.plan.units
+        while self.released < len(units) and self.released in self.waiting:
+            self.add(self.waiting.pop(self.released))
+            self.done_bytes += units[self.released].nbytes
+            self.released += 1
+        if self.released == len(units) and not self.finished:
+            self.finish()
+        self.flush()
+
+    def acknowledged(self) -> None:
+        self.unacked -= 1
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox and self.unacked < msg.WINDOW:
+            if self.cached:  # slices stay slices: the client takes each in turn
+                batch = self.outbox.pop(0)
+            else:
+                batch, self.outbox = Batch.join(self.outbox), []
+            self.number += 1
+            self.unacked += 1
+            self.server.send(msg.Results(self.number, batch, self.done_bytes, self.total, self.cached))
+        if not self.outbox and self.done_message is not None:
+            self.server.send(self.done_message)
+            self.done_message = None
+
+    def finish(self) -> None:
+        """The scan is over: store it, and add what the whole of it says (LoRA notes)."""
+        from weightscope.analysis.lora_notes import annotate
+        from weightscope.compare import cache
+
+        server = self.server
+        self.finished = True
+        if not self.cached and self.key and self.failures == 0:
+            server.threads.submit(cache.save, self.key, server.snapshot(), server.catalog)
+        notes, sides = {}, ([], None)
+        try:
+            notes, sides = annotate(server.a, server.b if server.job.path_b else None, server.catalog, server.table)
+        except Exception as exc:  # noqa: BLE001
+            server.send(msg.Failed(None, "scan", unexpected(exc)))
+        server.table.notes.update(notes)
+        self.done_message = msg.ScanDone(self.failures == 0, notes, sides, self.plan.notes)
+
+
+def main(conn, job: msg.Job, worker_conns: list, cancelled) -> None:
+    """The engine process's life: the client's environment and directory, then its requests."""
+    os.environ.update(job.environ)
+    os.chdir(job.cwd)
+    Server(conn, job, worker_conns, cancelled).run()
