@@ -1,5 +1,6 @@
-"""Untrusted input (DESIGN.md §5): every bad file gets a one-line error naming it, never runs
-code, never hangs, and damage to one tensor or shard leaves the rest readable."""
+"""Untrusted input (docs/reading-untrusted-files.md): every bad file gets a one-line error
+naming it, never runs code, never hangs, and damage to one tensor or shard leaves the rest
+readable."""
 
 import builtins
 import contextlib

@@ -1,4 +1,4 @@
-"""Opening files that may come from strangers (DESIGN.md §5).
+"""Opening files that may come from strangers (docs/reading-untrusted-files.md, rules 1 and 2).
 
 Every file is stat'ed before it is opened, so a FIFO or a device never blocks or streams
 forever, and a symlink loop becomes an error instead of an exception from deep inside.

@@ -1,10 +1,10 @@
 """GGUF (llama.cpp): a header of key-value metadata and tensor descriptions, then aligned data.
 
 The header is walked here with `struct`, and every count, length, dimension and offset is
-checked against the bytes that remain before anything is read or allocated (DESIGN.md §5):
-the `gguf` package's own reader trusts them, and a hostile header makes it hang or allocate
-without bound. The package is used for what it knows well: block sizes, dequantization
-(`gguf.quants.dequantize`) and the tensor name tables.
+checked against the bytes that remain before anything is read or allocated
+(docs/reading-untrusted-files.md): the `gguf` package's own reader trusts them, and a
+hostile header makes it hang or allocate without bound. The package is used for what it
+knows well: block sizes, dequantization (`gguf.quants.dequantize`) and the tensor name tables.
 
 Tensors are shown as their source checkpoint had them, so that a GGUF pairs with it: names
 mapped back to Hugging Face names, shapes in torch order (GGUF lists the innermost dimension

@@ -1,9 +1,10 @@
 """PyTorch `torch.save` files: the zip format (`.bin`, `.pt`, `.pth`) and the legacy pickle.
 
-Both are unpickled by torch with `weights_only=True` and nothing else (DESIGN.md §5). A zip
-file is first checked with the standard library (every member stored, inside the file),
-then listed with `map_location="meta"`, which reads no data but tells each storage's byte
-offset in the file, so tensors are later read through the same map as safetensors.
+Both are unpickled by torch with `weights_only=True` and nothing else
+(docs/reading-untrusted-files.md, rule 5). A zip file is first checked with the standard
+library (every member stored, inside the file), then listed with `map_location="meta"`,
+which reads no data but tells each storage's byte offset in the file, so tensors are later
+read through the same map as safetensors.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """safetensors: an 8-byte little-endian header length, a JSON header, then the data.
 
 The header is parsed with the standard library and checked before anything is trusted
-(DESIGN.md §5). A bad entry spoils only its own tensor; a header that cannot be parsed
-spoils the file.
+(docs/reading-untrusted-files.md). A bad entry spoils only its own tensor; a header that
+cannot be parsed spoils the file.
 """
 
 from __future__ import annotations

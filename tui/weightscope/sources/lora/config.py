@@ -79,7 +79,8 @@ def pattern_value(patterns: dict, module: str, default):
 
 
 def read_config(path: str) -> LoraConfig:
-    """adapter_config.json, checked field by field (DESIGN.md §5: no booleans for numbers).
+    """adapter_config.json, checked field by field: no booleans for numbers
+    (docs/reading-untrusted-files.md, rule 3).
 
     Raises:
         CheckpointError: unreadable, not JSON, or a field of the wrong type.
