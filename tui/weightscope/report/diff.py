@@ -50,10 +50,15 @@ def shape(info: TensorInfo | None) -> list[int] | None:
     return list(info.shape) if info is not None and info.shape is not None else None
 
 
+def stored_name(info: TensorInfo | None) -> str | None:
+    """The name the file holds the tensor under, which a script can look up in it."""
+    return info and (info.stored_name or info.name)
+
+
 def tensor_json(result: PairResult, histograms: bool = False, spectra: dict | None = None) -> dict:
     pair = result.pair
     a, b = pair.a, pair.b
-    out = {"name": pair.name, "name_a": a and a.name, "name_b": b and b.name, "status": result.status,
+    out = {"name": pair.name, "name_a": stored_name(a), "name_b": stored_name(b), "status": result.status,
            "dtype_a": a and a.stored_dtype, "dtype_b": b and b.stored_dtype,
            "shape_a": shape(a), "shape_b": shape(b),
            "error": result.error, "notes": list(pair.notes) + list(result.notes),

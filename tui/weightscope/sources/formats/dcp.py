@@ -20,6 +20,7 @@ import os
 import pickle
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
@@ -140,7 +141,8 @@ class DcpDirectory:
             if model and is_tensor:
                 name = ".".join(keys[1:] if under is not None and len(keys) > 1 else keys)
                 self._fqns[name] = fqn
-                tensors.append(self._info(name, fqn))
+                info = self._info(name, fqn)
+                tensors.append(info if fqn == name else replace(info, stored_name=fqn))
             else:
                 others[keys[0]][0 if is_tensor else 1] += 1
         self.tensors = tensors

@@ -260,9 +260,11 @@ class GGUFFile(MappedFile):
         import gguf
 
         shape = tuple(reversed(entry.dims))
+        stored = entry.name if entry.name != name else None
 
         def bad(problem: str) -> TensorInfo:
-            return TensorInfo(name, None, shape, self.path, error=f"{self.path}: {entry.name}: {problem}")
+            return TensorInfo(name, None, shape, self.path, error=f"{self.path}: {entry.name}: {problem}",
+                              stored_name=stored)
 
         try:
             kind = gguf.GGMLQuantizationType(entry.ggml_type)
@@ -293,7 +295,7 @@ class GGUFFile(MappedFile):
         if quant is not None or heads is not None:
             self._plans[name] = Plan(quant, heads)
         return TensorInfo(name, PLAIN.get(kind.name, "float32"), shape, self.path,
-                          span=(start, start + nbytes), quant=quant)
+                          span=(start, start + nbytes), quant=quant, stored_name=stored)
 
     def _describe(self, header: Header, arch: str, infos: list[TensorInfo]) -> None:
         path = self.path

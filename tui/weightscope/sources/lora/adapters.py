@@ -176,7 +176,7 @@ class Built:
 
     def put(self, name: str, info: TensorInfo, why: str | None = None) -> None:
         """Show a stored tensor under `name`, in place of any tensor of that name."""
-        self.tensors[name] = replace(info, name=name)
+        self.tensors[name] = info.shown_as(name)
         self.originals[name] = info
         if why:
             self.roles[name] = why
