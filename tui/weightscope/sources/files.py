@@ -55,6 +55,15 @@ def map_file(path: str) -> mmap.mmap | None:
         raise CheckpointError(path, exc.strerror or str(exc)) from None
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, which no tensor decoded from a file may take half of;
+    None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
 def inside(directory: str, path: str) -> bool:
     """Whether `path` resolves to a place inside `directory` (both with symlinks resolved)."""
     root = os.path.realpath(directory)

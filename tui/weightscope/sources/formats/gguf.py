@@ -14,7 +14,6 @@ while `TensorInfo.quant` names their type.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from weightscope.sources.checkpoint import TensorInfo, TensorUnreadable
 from weightscope.sources.dtypes import ITEMSIZE
 from weightscope.sources.errors import CheckpointError, one_line
-from weightscope.sources.files import map_file
+from weightscope.sources.files import map_file, physical_memory
 from weightscope.sources.formats import gguf_names
 from weightscope.sources.formats.mapped import MappedFile
 from weightscope.sources.formats.safetensors import mark_overlaps
@@ -389,10 +388,3 @@ def gguf_version() -> str:
         return version("gguf")
     except PackageNotFoundError:
         return "(unknown version)"
-
-
-def physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        return None
