@@ -329,7 +329,8 @@ class TestWrappedStateDict:
         a, b = opened_pair(path, ck.write_safetensors(tmp_path / "wrapped.safetensors", self.wrapped(sd, tensors)),
                            **given)
         assert b.modules[f"{Q0}.weight"].scaling == pytest.approx(scaling, rel=1e-12)
-        assert_delta(a, b, f"{Q0}.weight", delta({n.replace(".default", ""): t for n, t in tensors.items()}, Q0, scaling))
+        saved = {n.replace(".default", ""): t for n, t in tensors.items()}
+        assert_delta(a, b, f"{Q0}.weight", delta(saved, Q0, scaling))
         assert any("as given" in n for n in b.notes) and not any(n.startswith("ALARM") for n in b.notes)
 
     def test_saved_adapter_without_config(self, ck, tmp_path, base, opened_pair):
@@ -360,7 +361,8 @@ class TestWrappedStateDict:
         sd, path = base
         tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1, "default")
         wrapped = ck.write_safetensors(tmp_path / "wrapped.safetensors", self.wrapped(sd, tensors))
-        for argv, status in (([], "identical"), (["--lora-alpha", "16"], "changed"), (["--lora-scaling", "0"], "identical")):
+        runs = (([], "identical"), (["--lora-alpha", "16"], "changed"), (["--lora-scaling", "0"], "identical"))
+        for argv, status in runs:
             assert main(["diff", str(path), str(wrapped), "--json", *argv]) == 1  # the factors are B's alone
             doc = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
             assert doc[f"{Q0}.weight"]["status"] == status, argv  # never a result cached for another scaling
