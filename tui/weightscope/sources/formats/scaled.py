@@ -86,12 +86,14 @@ def find(tensors: dict[str, TensorInfo]) -> Scaled:
     replaced: dict[str, TensorInfo] = {}  # stored name -> the decoded tensor that takes its place
     recipes: dict[str, dict[str, Recipe]] = {}
     unused: list[str] = []
+    kinds: set[str] = set()  # the suffixes of the scales applied
     named = [name for name in tensors if name.endswith(FP8_SCALES + MXFP4_BLOCKS + ACTIVATION_SCALES)]
     for name in named:
         if not name.endswith(FP8_SCALES):
             continue
         scale = tensors[name]
-        weight = tensors.get(name.removesuffix(next(s for s in FP8_SCALES if name.endswith(s))) + ".weight")
+        suffix = next(s for s in FP8_SCALES if name.endswith(s))
+        weight = tensors.get(name.removesuffix(suffix) + ".weight")
         if weight is None or weight.dtype not in FP8 or weight.tied_to or weight.name in replaced:
             unused.append(name)
             continue
@@ -100,6 +102,7 @@ def find(tensors: dict[str, TensorInfo]) -> Scaled:
         replaced[weight.name] = decoded(weight.name, weight, recipe, quant)
         if isinstance(recipe, Recipe):
             recipes.setdefault(weight.file, {})[weight.name] = recipe
+            kinds.add(suffix.lstrip("."))
     for name in named:
         blocks = tensors[name]
         if not name.endswith(MXFP4_BLOCKS) or blocks.dtype != "uint8":
@@ -113,10 +116,11 @@ def find(tensors: dict[str, TensorInfo]) -> Scaled:
         replaced[name] = decoded(stem, blocks, recipe, "mxfp4")
         if isinstance(recipe, Recipe):
             recipes.setdefault(blocks.file, {})[stem] = recipe
+            kinds.add(scales_suffix)
     if replaced:
         tensors = {info.name: info for info in (replaced.get(name, info) for name, info in tensors.items())}
     activations = [name for name in named if name.endswith(ACTIVATION_SCALES)]
-    return Scaled(tensors, recipes, notes(replaced, activations, unused))
+    return Scaled(tensors, recipes, notes(replaced, sorted(kinds), activations, unused))
 
 
 def decoded(name: str, data: TensorInfo, recipe: Recipe | str, quant: str | None) -> TensorInfo:
@@ -178,14 +182,14 @@ def rows_and_columns(shape: tuple[int, ...]) -> tuple[int, int]:
     return rows, math.prod(shape) // rows if rows else 0
 
 
-def notes(replaced: dict[str, TensorInfo], activations: list[str], unused: list[str]) -> list[str]:
+def notes(replaced: dict[str, TensorInfo], scales: list[str], activations: list[str], unused: list[str]) -> list[str]:
     out = []
     kinds = Counter(info.quant for info in replaced.values() if info.quant)
     if kinds:
         listed = ", ".join(f"{kind} ×{n}" for kind, n in kinds.most_common())
         out.append(f"quantized weights ({listed}) are compared as their dequantized float32 values, under the "
-                   "names their source has; each one's scales (weight_scale_inv, weight_scale, _scales) are "
-                   "listed beside it, already applied")
+                   f"names their source has; their scales ({', '.join(scales)}) are listed beside them, already "
+                   "applied")
     if activations:
         kinds = Counter(next(s for s in ACTIVATION_SCALES if n.endswith(s)).lstrip(".") for n in activations)
         listed = ", ".join(f"{kind} ×{n}" for kind, n in kinds.most_common())

@@ -430,8 +430,8 @@ def summary_notes(base: Checkpoint | None, config: LoraConfig | None, given: Giv
     over = f" over A ({base.path})" if base is not None else " (a full PEFT-wrapped state dict)"
     computed = f"{plural(len(modules), 'tensor')} computed as W + ΔW in float32, on demand"
     if config is None and given is None:
-        notes = [f"ALARM: no {CONFIG} beside {path}: the LoRA scaling is unknown, so ΔW is not applied and the "
-                 f"{plural(len(parsed.factors), 'adapted module')} compare as W; --lora-alpha or --lora-scaling "
+        notes = [f"ALARM: no {CONFIG} beside {path}: the LoRA scaling is unknown, so ΔW is not applied: "
+                 f"{plural(len(parsed.factors), 'adapted module')} compared as W; --lora-alpha or --lora-scaling "
                  "gives the scaling"]
     elif config is None:
         notes = [f"LoRA adapter{over}: no {CONFIG}; {given}, as given; {computed}"]
