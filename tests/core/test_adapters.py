@@ -82,8 +82,8 @@ def opened_pair():
     """`opened_pair(a, b)` opens with `open_pair`; both are closed when the test ends."""
     pairs = []
 
-    def open_(path_a, path_b, adapter=None):
-        pairs.append(open_pair(str(path_a), str(path_b)) if adapter is None
+    def open_(path_a, path_b, adapter=None, **scaling):
+        pairs.append(open_pair(str(path_a), str(path_b), **scaling) if adapter is None
                      else open_merge_check(str(path_a), str(path_b), str(adapter)))
         return pairs[-1]
 
@@ -188,6 +188,37 @@ class TestScaling:
         assert b.modules[f"{module}.weight"].transpose
         assert_delta(a, b, f"{module}.weight", delta(tensors, module, 2.0, transpose=True))
 
+    def test_fan_in_fan_out_is_off_for_linear(self, ck, tmp_path, base, opened_pair):
+        """PEFT turns fan_in_fan_out off for nn.Linear: on a square q_proj, where the shapes cannot
+        tell, ΔW is still B@A (a transposed ΔW is a different matrix), and a note says so."""
+        _, path = base
+        tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1) | factors("model.layers.0.mlp.up_proj", 8, HIDDEN, 2 * HIDDEN, 2)
+        a, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", tensors, fan_in_fan_out=True))
+        assert not torch.allclose(delta(tensors, Q0, 2.0), delta(tensors, Q0, 2.0, transpose=True))
+        assert not b.modules[f"{Q0}.weight"].transpose
+        assert_delta(a, b, f"{Q0}.weight", delta(tensors, Q0, 2.0))
+        assert_delta(a, b, "model.layers.0.mlp.up_proj.weight", delta(tensors, "model.layers.0.mlp.up_proj", 2.0))
+        assert any("fan_in_fan_out is true" in n and "2 modules are nn.Linear" in n for n in b.notes)
+
+    @pytest.mark.parametrize("targets", [("attn.c_attn", "attn.c_proj"), ("attn.c_proj",)])
+    def test_fan_in_fan_out_is_on_for_conv1d(self, ck, tmp_path, opened_pair, targets):
+        """PEFT turns fan_in_fan_out on for GPT-2's Conv1D whatever the config says: a square
+        c_proj transposes too, told by c_attn's shape beside it, or alone by its name."""
+        gen = torch.Generator().manual_seed(0)
+        sd = {"transformer.h.0.attn.c_attn.weight": torch.randn(HIDDEN, 3 * HIDDEN, generator=gen),
+              "transformer.h.0.attn.c_proj.weight": torch.randn(HIDDEN, HIDDEN, generator=gen)}
+        outs = {"attn.c_attn": 3 * HIDDEN, "attn.c_proj": HIDDEN}
+        tensors = {}
+        for i, target in enumerate(targets):
+            tensors |= factors(f"transformer.h.0.{target}", 4, HIDDEN, outs[target], i)
+        a, b = opened_pair(ck.write_safetensors(tmp_path / "gpt2.safetensors", sd),
+                           write_adapter(ck, tmp_path / "adapter", tensors, r=4, lora_alpha=8, fan_in_fan_out=False))
+        for target in targets:
+            module = f"transformer.h.0.{target}"
+            assert b.modules[f"{module}.weight"].transpose
+            assert_delta(a, b, f"{module}.weight", delta(tensors, module, 2.0, transpose=True))
+        assert any("fan_in_fan_out is false" in n and "Conv1D" in n for n in b.notes)
+
     def test_embeddings(self, ck, tmp_path, base, opened_pair):
         """lora_embedding_A (r × vocab) and lora_embedding_B (hidden × r): ΔW = scaling · (B@A)ᵀ."""
         _, path = base
@@ -275,14 +306,68 @@ class TestWrappedStateDict:
         assert_delta(a, b, f"{Q0}.weight", delta({n.replace(".mine", ""): t for n, t in tensors.items()}, Q0, 2.0))
         assert "modules_to_save" in b.roles["lm_head.weight"]
 
-    def test_without_config_the_scaling_is_unknown(self, ck, tmp_path, base, opened_pair):
-        """No adapter_config.json beside a wrapped state dict: ΔW is not guessed; the modules say why."""
+    def test_without_config_w_compares_as_w(self, ck, tmp_path, base, opened_pair):
+        """No adapter_config.json beside a wrapped state dict: ΔW is not guessed, but W (the
+        base_layer) is right there and compares as W, with the alarm that ΔW is not applied."""
+        sd, path = base
+        tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1, "default") | factors(V0, 8, HIDDEN, HIDDEN, 2, "default")
+        a, b = opened_pair(path, ck.write_safetensors(tmp_path / "wrapped.safetensors", self.wrapped(sd, tensors)))
+        found = statuses(a, b)
+        for module in (Q0, V0):
+            assert found[f"{module}.weight"] == "identical"
+            assert "ALARM ΔW not applied" in b.roles[f"{module}.weight"]
+            assert found[f"{module}.lora_A.default.weight"] == "only_b"
+        assert "error" not in found.values()
+        assert any(n.startswith("ALARM") and "scaling is unknown" in n and "2 adapted modules" in n for n in b.notes)
+
+    @pytest.mark.parametrize("given, scaling", [({"lora_alpha": 16}, 2.0), ({"lora_alpha": 4}, 0.5),
+                                                ({"lora_scaling": 3.0}, 3.0)])
+    def test_scaling_from_the_user(self, ck, tmp_path, base, opened_pair, given, scaling):
+        """--lora-alpha A (scaling A/r, r from the factors) or --lora-scaling S applies ΔW as a config would."""
         sd, path = base
         tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1, "default")
-        a, b = opened_pair(path, ck.write_safetensors(tmp_path / "wrapped.safetensors", self.wrapped(sd, tensors)))
-        assert "scaling of ΔW is unknown" in b.tensors[f"{Q0}.weight"].error
-        assert statuses(a, b)[f"{Q0}.weight"] == "error"
-        assert any(n.startswith("ALARM") and "scaling is unknown" in n for n in b.notes)
+        a, b = opened_pair(path, ck.write_safetensors(tmp_path / "wrapped.safetensors", self.wrapped(sd, tensors)),
+                           **given)
+        assert b.modules[f"{Q0}.weight"].scaling == pytest.approx(scaling, rel=1e-12)
+        saved = {n.replace(".default", ""): t for n, t in tensors.items()}
+        assert_delta(a, b, f"{Q0}.weight", delta(saved, Q0, scaling))
+        assert any("as given" in n for n in b.notes) and not any(n.startswith("ALARM") for n in b.notes)
+
+    def test_saved_adapter_without_config(self, ck, tmp_path, base, opened_pair):
+        """An adapter_model.safetensors alone: B is the base with the alarm; with --lora-alpha, W + ΔW."""
+        sd, path = base
+        tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1)
+        adapter = ck.write_safetensors(tmp_path / "adapter_model.safetensors", tensors)
+        a, b = opened_pair(path, adapter)
+        assert statuses(a, b)[f"{Q0}.weight"] == "identical"
+        a, b = opened_pair(path, adapter, lora_alpha=16)
+        assert_delta(a, b, f"{Q0}.weight", delta(tensors, Q0, 2.0))
+
+    def test_config_wins_over_the_user(self, ck, tmp_path, base, opened_pair):
+        _, path = base
+        tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1)
+        a, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", tensors), lora_scaling=5.0)
+        assert b.modules[f"{Q0}.weight"].scaling == 2.0
+        assert any("scaling 5 given is not used" in n for n in b.notes)
+
+    def test_both_or_nonfinite_refused(self, ck, tmp_path, base):
+        _, path = base
+        with pytest.raises(ValueError, match="either"):
+            open_pair(str(path), str(path), lora_alpha=16, lora_scaling=2)
+        with pytest.raises(ValueError, match="finite"):
+            open_pair(str(path), str(path), lora_alpha=float("nan"))
+
+    def test_cli_options(self, ck, tmp_path, base, capsys):
+        sd, path = base
+        tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1, "default")
+        wrapped = ck.write_safetensors(tmp_path / "wrapped.safetensors", self.wrapped(sd, tensors))
+        runs = (([], "identical"), (["--lora-alpha", "16"], "changed"), (["--lora-scaling", "0"], "identical"))
+        for argv, status in runs:
+            assert main(["diff", str(path), str(wrapped), "--json", *argv]) == 1  # the factors are B's alone
+            doc = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
+            assert doc[f"{Q0}.weight"]["status"] == status, argv  # never a result cached for another scaling
+        assert main(["diff", str(path), str(wrapped), "--lora-alpha", "16", "--lora-scaling", "2"]) == 2
+        assert "either a LoRA alpha or a LoRA scaling" in capsys.readouterr().err
 
 
 class TestMergeCheck:
@@ -425,11 +510,12 @@ class TestUnsupported:
         assert "gives r=8 for this module but its factors have rank 4" in b.tensors[f"{Q0}.weight"].error
 
     def test_shape_disagreeing_with_w(self, ck, tmp_path, base, opened_pair):
-        """Factors whose product is not W's shape (fan_in_fan_out set wrongly) are an error, not a guess."""
+        """Factors whose product fits W neither way are an error, not a guess."""
         _, path = base
-        tensors = factors("model.layers.0.mlp.up_proj", 8, HIDDEN, 2 * HIDDEN, 1)
-        _, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", tensors, fan_in_fan_out=True))
-        assert "has shape [16, 32] but W has [32, 16]" in b.tensors["model.layers.0.mlp.up_proj.weight"].error
+        tensors = factors("model.layers.0.mlp.up_proj", 8, 3 * HIDDEN, 2 * HIDDEN, 1)
+        _, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", tensors))
+        assert ("B@A has shape [32, 48] and (B@A)ᵀ [48, 32], but W has [32, 16]"
+                in b.tensors["model.layers.0.mlp.up_proj.weight"].error)
 
     @pytest.mark.parametrize("fields, why", [({"r": True}, "r is True"), ({"lora_alpha": "16"}, "lora_alpha"),
                                              ({"rank_pattern": {"q_proj": 0}}, "rank_pattern"),

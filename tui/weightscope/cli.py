@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--adapter", metavar="ADAPTER",
                       help="check a merge: compare B with A + ΔW of this PEFT LoRA adapter (residuals at rounding "
                            "level when B is A with the adapter merged)")
+    diff.add_argument("--lora-alpha", type=float, metavar="ALPHA",
+                      help="for a LoRA adapter saved without adapter_config.json: scaling ALPHA/r (r from the factors)")
+    diff.add_argument("--lora-scaling", type=float, metavar="S",
+                      help="for a LoRA adapter saved without adapter_config.json: scaling S")
     diff.add_argument("--atol", type=float, help="absolute tolerance of the 'close' verdict (default: per dtype)")
     diff.add_argument("--rtol", type=float, help="relative tolerance of the 'close' verdict (default: per dtype)")
     diff.add_argument("--expect-identical", action="append", default=[], metavar="GLOB",
@@ -136,10 +140,12 @@ def run_diff(args) -> int:
         raise ValueError("--spectrum adds to the JSON document: use it with --json")
     options = ScanOptions(args.atol, args.rtol, resolve(args.device), args.histograms)
     expect = Expectations(args.expect_identical, args.expect_changed, args.fail_on_nonfinite)
-    a, b = open_pair(args.a, args.b) if args.adapter is None else open_merge_check(args.a, args.b, args.adapter)
+    a, b = (open_pair(args.a, args.b, args.lora_alpha, args.lora_scaling) if args.adapter is None
+            else open_merge_check(args.a, args.b, args.adapter))
     with a, b:
         alignment = align(a, b)
-        key = None if args.no_cache else cache.key(a, b, options)
+        given = args.lora_alpha is not None or args.lora_scaling is not None  # the cache key knows only files
+        key = None if args.no_cache or given else cache.key(a, b, options)
         results = cache.load(key, alignment) if key else None
         if results is None:
             progress = Progress("scanning")

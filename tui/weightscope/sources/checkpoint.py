@@ -7,7 +7,7 @@ tensor's bytes on demand through a memory map, never a whole file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from weightscope.sources.dtypes import ITEMSIZE
@@ -36,6 +36,9 @@ class TensorInfo:
         quant: for a quantized tensor (GGUF `Q4_0`, ...), its quantization type; `dtype` is
             then what it decodes to (`float32`), which statistics read, and `span` holds the
             quantized bytes. None for tensors stored as `dtype`.
+        stored_name: the name the file stores the tensor under, where the name shown differs
+            (a GGUF name mapped to its Hugging Face name, an adapter's key under PEFT's
+            prefixes, an MXFP4 weight's `_blocks`); None when they are the same.
     """
 
     name: str
@@ -47,6 +50,7 @@ class TensorInfo:
     error: str | None = None
     origin: str | None = None
     quant: str | None = None
+    stored_name: str | None = None
 
     @property
     def numel(self) -> int:
@@ -63,6 +67,11 @@ class TensorInfo:
     def stored_dtype(self) -> str | None:
         """The type to show the user: the quantization type where there is one, else `dtype`."""
         return self.quant or self.dtype
+
+    def shown_as(self, name: str) -> TensorInfo:
+        """This tensor under another name, keeping the name its file stores it under."""
+        stored = self.stored_name or self.name
+        return replace(self, name=name, stored_name=None if stored == name else stored)
 
 
 class TensorSource(Protocol):

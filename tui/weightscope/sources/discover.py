@@ -16,7 +16,7 @@ from weightscope.sources import hub
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo
 from weightscope.sources.errors import CheckpointError, one_line
 from weightscope.sources.files import inside, read_json, sniff
-from weightscope.sources.formats import dcp
+from weightscope.sources.formats import dcp, scaled
 from weightscope.sources.formats.gguf import GGUFFile
 from weightscope.sources.formats.pytorch import TorchLegacyFile, TorchZipFile
 from weightscope.sources.formats.safetensors import SafetensorsFile
@@ -76,7 +76,8 @@ def open_checkpoint(path: str) -> Checkpoint:
 
 
 def assemble(path: str, format: str, sources: list, notes: list[str], indexed: dict[str, str] | None = None) -> Checkpoint:
-    """A `Checkpoint` from opened files; with an index, only the names it assigns to each file."""
+    """A `Checkpoint` from opened files; with an index, only the names it assigns to each file.
+    Quantized weights (FP8 with scales, MXFP4) become their decoded values (`formats.scaled`)."""
     tensors: dict[str, TensorInfo] = {}
     notes = list(notes)
     extras: list[str] = []
@@ -97,8 +98,9 @@ def assemble(path: str, format: str, sources: list, notes: list[str], indexed: d
         if name not in tensors and os.path.isfile(file):
             tensors[name] = TensorInfo(name, None, None, file, error=f"{file}: has no {name} although the index says so")
     metadata = sources[0].metadata if sources else {}
-    return Checkpoint(path, format, [s.path for s in sources], tensors, notes, extras, metadata,
-                      {s.path: s for s in sources})
+    tensors, readers, quantized = scaled.wrap(sources, tensors)
+    return Checkpoint(path, format, [s.path for s in sources], tensors, notes + quantized, extras, metadata,
+                      readers)
 
 
 def open_directory(path: str, root: str | None = None) -> Checkpoint:

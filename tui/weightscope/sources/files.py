@@ -1,4 +1,4 @@
-"""Opening files that may come from strangers (DESIGN.md §5).
+"""Opening files that may come from strangers (docs/reading-untrusted-files.md, rules 1 and 2).
 
 Every file is stat'ed before it is opened, so a FIFO or a device never blocks or streams
 forever, and a symlink loop becomes an error instead of an exception from deep inside.
@@ -53,6 +53,15 @@ def map_file(path: str) -> mmap.mmap | None:
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     except OSError as exc:
         raise CheckpointError(path, exc.strerror or str(exc)) from None
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, which no tensor decoded from a file may take half of;
+    None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
 
 
 def inside(directory: str, path: str) -> bool:

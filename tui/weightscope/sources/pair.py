@@ -10,19 +10,30 @@ from weightscope.sources.checkpoint import Checkpoint
 from weightscope.sources.discover import open_checkpoint
 from weightscope.sources.errors import CheckpointError
 from weightscope.sources.lora.adapters import apply, locate, open_over
-from weightscope.sources.lora.config import CONFIG, read_config
+from weightscope.sources.lora.checkpoint import LoraCheckpoint
+from weightscope.sources.lora.config import CONFIG, GivenScaling, read_config
 
 
-def open_pair(path_a: str, path_b: str) -> tuple[Checkpoint, Checkpoint]:
+def open_pair(path_a: str, path_b: str, lora_alpha: float | None = None,
+              lora_scaling: float | None = None) -> tuple[Checkpoint, Checkpoint]:
     """A and B as the app and `diff` compare them: B is a LoRA checkpoint over A when it is a
     PEFT adapter directory or a PEFT-wrapped state dict, and opened as stored otherwise.
 
+    Args:
+        lora_alpha, lora_scaling: the scaling of an adapter saved without adapter_config.json
+            (scaling = lora_alpha / r, or lora_scaling); at most one.
+
     Raises:
         CheckpointError: either side cannot be opened.
+        ValueError: both lora_alpha and lora_scaling, or a value that is not finite.
     """
+    given = GivenScaling(lora_alpha, lora_scaling) if (lora_alpha, lora_scaling) != (None, None) else None
     a = open_checkpoint(path_a)
     try:
-        return a, open_over(a, path_b)
+        b = open_over(a, path_b, given)
+        if given is not None and not isinstance(b, LoraCheckpoint):
+            b.notes.append(f"the {given} given is not used: B is not a LoRA adapter")
+        return a, b
     except BaseException:
         a.close()
         raise

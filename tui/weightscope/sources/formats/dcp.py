@@ -1,10 +1,11 @@
 """torch.distributed.checkpoint directories: a pickled `.metadata` and the `*.distcp` files it indexes.
 
 torch reads `.metadata` with a plain `pickle.load`, which runs whatever a hostile file asks
-(DESIGN.md §5.5). Here it is read by an unpickler that admits only the classes DCP metadata
-is made of (its dataclasses, `torch.Size`, dtypes, layouts) — the way `weights_only=True`
-admits only tensors — and everything used from it is then checked: types, shapes, chunks
-that tile their tensor, and byte ranges inside regular files inside the directory.
+(docs/reading-untrusted-files.md, rule 5). Here it is read by an unpickler that admits only
+the classes DCP metadata is made of (its dataclasses, `torch.Size`, dtypes, layouts) — the
+way `weights_only=True` admits only tensors — and everything used from it is then checked:
+types, shapes, chunks that tile their tensor, and byte ranges inside regular files inside
+the directory.
 
 A tensor is read on demand by `torch.distributed.checkpoint.load` with a state dict holding
 only that tensor: in a single process it needs no process group, and it assembles tensors
@@ -19,6 +20,7 @@ import os
 import pickle
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
@@ -139,7 +141,8 @@ class DcpDirectory:
             if model and is_tensor:
                 name = ".".join(keys[1:] if under is not None and len(keys) > 1 else keys)
                 self._fqns[name] = fqn
-                tensors.append(self._info(name, fqn))
+                info = self._info(name, fqn)
+                tensors.append(info if fqn == name else replace(info, stored_name=fqn))
             else:
                 others[keys[0]][0 if is_tensor else 1] += 1
         self.tensors = tensors

@@ -1,10 +1,10 @@
 """GGUF (llama.cpp): a header of key-value metadata and tensor descriptions, then aligned data.
 
 The header is walked here with `struct`, and every count, length, dimension and offset is
-checked against the bytes that remain before anything is read or allocated (DESIGN.md §5):
-the `gguf` package's own reader trusts them, and a hostile header makes it hang or allocate
-without bound. The package is used for what it knows well: block sizes, dequantization
-(`gguf.quants.dequantize`) and the tensor name tables.
+checked against the bytes that remain before anything is read or allocated
+(docs/reading-untrusted-files.md): the `gguf` package's own reader trusts them, and a
+hostile header makes it hang or allocate without bound. The package is used for what it
+knows well: block sizes, dequantization (`gguf.quants.dequantize`) and the tensor name tables.
 
 Tensors are shown as their source checkpoint had them, so that a GGUF pairs with it: names
 mapped back to Hugging Face names, shapes in torch order (GGUF lists the innermost dimension
@@ -14,7 +14,6 @@ while `TensorInfo.quant` names their type.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from weightscope.sources.checkpoint import TensorInfo, TensorUnreadable
 from weightscope.sources.dtypes import ITEMSIZE
 from weightscope.sources.errors import CheckpointError, one_line
-from weightscope.sources.files import map_file
+from weightscope.sources.files import map_file, physical_memory
 from weightscope.sources.formats import gguf_names
 from weightscope.sources.formats.mapped import MappedFile
 from weightscope.sources.formats.safetensors import mark_overlaps
@@ -260,9 +259,11 @@ class GGUFFile(MappedFile):
         import gguf
 
         shape = tuple(reversed(entry.dims))
+        stored = entry.name if entry.name != name else None
 
         def bad(problem: str) -> TensorInfo:
-            return TensorInfo(name, None, shape, self.path, error=f"{self.path}: {entry.name}: {problem}")
+            return TensorInfo(name, None, shape, self.path, error=f"{self.path}: {entry.name}: {problem}",
+                              stored_name=stored)
 
         try:
             kind = gguf.GGMLQuantizationType(entry.ggml_type)
@@ -293,7 +294,7 @@ class GGUFFile(MappedFile):
         if quant is not None or heads is not None:
             self._plans[name] = Plan(quant, heads)
         return TensorInfo(name, PLAIN.get(kind.name, "float32"), shape, self.path,
-                          span=(start, start + nbytes), quant=quant)
+                          span=(start, start + nbytes), quant=quant, stored_name=stored)
 
     def _describe(self, header: Header, arch: str, infos: list[TensorInfo]) -> None:
         path = self.path
@@ -390,10 +391,3 @@ def gguf_version() -> str:
         return version("gguf")
     except PackageNotFoundError:
         return "(unknown version)"
-
-
-def physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX
-        return None

@@ -1,9 +1,10 @@
 """PyTorch `torch.save` files: the zip format (`.bin`, `.pt`, `.pth`) and the legacy pickle.
 
-Both are unpickled by torch with `weights_only=True` and nothing else (DESIGN.md §5). A zip
-file is first checked with the standard library (every member stored, inside the file),
-then listed with `map_location="meta"`, which reads no data but tells each storage's byte
-offset in the file, so tensors are later read through the same map as safetensors.
+Both are unpickled by torch with `weights_only=True` and nothing else
+(docs/reading-untrusted-files.md, rule 5). A zip file is first checked with the standard
+library (every member stored, inside the file), then listed with `map_location="meta"`,
+which reads no data but tells each storage's byte offset in the file, so tensors are later
+read through the same map as safetensors.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from weightscope.sources.files import regular_size
 from weightscope.sources.formats.mapped import MappedFile
 
 MAX_PICKLE = 1 << 30
+MAX_NESTING = 20  # levels of dicts and lists walked for weights: a deeper pickle would exhaust the stack
 # Keys under which training loops nest the model's weights, in the order they are tried.
 WEIGHT_KEYS = ("model_state_dict", "state_dict", "model", "module", "model_state")
 
@@ -43,10 +45,33 @@ def torch_load(path: str, **kwargs):
             with open(path, "rb") as f:
                 return torch.load(f, weights_only=True, **kwargs)
     except pickle.UnpicklingError as exc:
+        protocol = pickle_protocol(path)
+        if protocol is not None and protocol >= 4:
+            raise CheckpointError(path, f"refused to unpickle (weights_only): saved with pickle protocol {protocol}, "
+                                        f"which torch's weights_only loader cannot read ({refusal(str(exc))}); where "
+                                        "you trust the file, re-save it with torch.save's default protocol (2), or as "
+                                        "safetensors") from None
         raise CheckpointError(path, f"refused to unpickle (weights_only): {refusal(str(exc))}") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError, ... for damaged files
         message = str(exc).strip().split("\n")[0] or type(exc).__name__
         raise CheckpointError(path, f"torch.load failed: {message}") from None
+
+
+def pickle_protocol(path: str) -> int | None:
+    """The pickle protocol a torch file was saved with (`torch.save(..., pickle_protocol=4)`):
+    the byte after the PROTO opcode that opens its pickle, `data.pkl` in a zip. None when unknown."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
+                with archive.open(pickles[0]) as member:
+                    head = member.read(2)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(2)
+    except (OSError, zipfile.BadZipFile, IndexError, ValueError, EOFError):
+        return None
+    return head[1] if len(head) == 2 and head[0] == pickle.PROTO[0] else None
 
 
 def refusal(message: str) -> str:
@@ -60,6 +85,9 @@ def refusal(message: str) -> str:
 
 class Contents:
     """What a loaded pickle holds: the model tensors by flattened name, and everything else.
+
+    Weights are a dict of tensors (a state dict, nested or not), or a list or tuple of them
+    (`torch.save([w, b])`), whose tensors are named by their indices: `0`, `1`, `0.1`.
 
     Attributes:
         tensors: (name, tensor) for each model weight, in pickle order.
@@ -88,11 +116,20 @@ class Contents:
     def _is_tensor(self, value) -> bool:
         return isinstance(value, self._torch.Tensor)
 
+    def _holds(self, value, depth: int = 0) -> bool:
+        """A tensor, or a non-empty list or tuple of them (nested, to `MAX_NESTING` levels)."""
+        if self._is_tensor(value):
+            return True
+        return (isinstance(value, (list, tuple)) and len(value) > 0 and depth < MAX_NESTING
+                and all(self._holds(v, depth + 1) for v in value))
+
     def _is_state_dict(self, value) -> bool:
+        if isinstance(value, (list, tuple)):
+            return self._holds(value)
         if not isinstance(value, dict) or not value:
             return False
-        tensors = sum(self._is_tensor(v) for v in value.values())
-        return tensors >= 1 and 2 * tensors >= len(value)
+        held = sum(self._holds(v) for v in value.values())
+        return held >= 1 and 2 * held >= len(value)
 
     def _find_weights(self, obj) -> tuple[str, ...] | None:
         if self._is_state_dict(obj):
@@ -105,13 +142,14 @@ class Contents:
                         return (key, *inner)
         return None
 
-    def _flatten(self, node: dict, prefix: str) -> None:
-        for key, value in node.items():
+    def _flatten(self, node: dict | list | tuple, prefix: str, depth: int = 0) -> None:
+        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
             name = join(prefix, str(key))
             if self._is_tensor(value):
                 self.tensors.append((name, value))
-            elif isinstance(value, dict) and any(self._is_tensor(v) for v in value.values()):
-                self._flatten(value, name)
+            elif depth < MAX_NESTING and (self._holds(value) or isinstance(value, dict)
+                                          and any(self._holds(v) for v in value.values())):
+                self._flatten(value, name, depth + 1)
             else:
                 self.extras.append(self._describe(name, value))
 

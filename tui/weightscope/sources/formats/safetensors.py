@@ -1,8 +1,10 @@
 """safetensors: an 8-byte little-endian header length, a JSON header, then the data.
 
 The header is parsed with the standard library and checked before anything is trusted
-(DESIGN.md §5). A bad entry spoils only its own tensor; a header that cannot be parsed
-spoils the file.
+(docs/reading-untrusted-files.md). A bad entry spoils only its own tensor; a header that
+cannot be parsed spoils the file. What the safetensors library itself refuses but can be
+read safely (bytes no tensor owns, `__metadata__` values that are not strings) is read, with
+a note that says so: another tool will fail on the file.
 """
 
 from __future__ import annotations
@@ -59,13 +61,20 @@ class SafetensorsFile(MappedFile):
         if not isinstance(header, dict):
             raise CheckpointError(self.path, "header is not a JSON object")
         meta = header.pop("__metadata__", None)
+        problems = []
         if isinstance(meta, dict):
             self.metadata = {k: v for k, v in meta.items() if isinstance(v, str)}
+            problems += [f"__metadata__ value {k!r} is {type(v).__name__}, not a string"
+                         for k, v in meta.items() if not isinstance(v, str)]
         elif meta is not None:
-            self.notes.append(f"{self.path}: __metadata__ is not an object; ignored")
+            problems.append("__metadata__ is not an object (ignored)")
         data_start, data_size = 8 + length, size - 8 - length
         entries = [self._entry(name, entry, data_start, data_size) for name, entry in header.items()]
         self.tensors = mark_overlaps(entries)
+        problems += unowned_bytes(header, data_size)
+        if problems:
+            self.notes.append(f"{self.path}: the safetensors library would refuse this file: {'; '.join(problems)}; "
+                              "read anyway")
 
     def _entry(self, name: str, entry, data_start: int, data_size: int) -> TensorInfo:
         def bad(problem: str) -> TensorInfo:
@@ -91,6 +100,30 @@ class SafetensorsFile(MappedFile):
         if end - begin != expected:
             return bad(f"{end - begin} bytes of data for {dtype} {list(shape)}, which needs {expected}")
         return TensorInfo(name, dtype, shape, self.path, span=(data_start + begin, data_start + end))
+
+
+def unowned_bytes(header: dict, data_size: int) -> list[str]:
+    """Where the data holds bytes that no tensor owns. The safetensors library requires the
+    tensors, in offset order, to tile the data exactly, and refuses a file with a hole between
+    two tensors or bytes after the last one. Entries whose offsets are unusable are left out:
+    their own errors say why."""
+    spans = sorted((entry["data_offsets"][0], entry["data_offsets"][1], name) for name, entry in header.items()
+                   if isinstance(entry, dict) and usable_offsets(entry.get("data_offsets"), data_size))
+    problems, reach, last = [], 0, None
+    for begin, end, name in spans:
+        if begin > reach:
+            where = f"between {last} and {name}" if last else f"before the first tensor, {name},"
+            problems.append(f"{begin - reach} bytes {where} belong to no tensor")
+        if end > reach or last is None:
+            reach, last = max(reach, end), name
+    if data_size > reach:
+        problems.append(f"{data_size - reach} bytes after the last tensor belong to no tensor")
+    return problems
+
+
+def usable_offsets(offsets, data_size: int) -> bool:
+    return (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size)
 
 
 def mark_overlaps(entries: list[TensorInfo]) -> list[TensorInfo]:

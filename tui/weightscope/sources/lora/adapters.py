@@ -12,8 +12,10 @@ PEFT-wrapped state dict (`….base_layer.weight` beside `….lora_A.default.weig
 
 A module whose merged weight is not W + scaling · B@A (DoRA, convolution factors, factors
 whose rank or shape disagree with the config or W) is marked with an error that says why,
-never computed as if it were plain LoRA. Alarms known from the adapter alone (factors that
-are all zero, modules that match no base tensor) are raised here, as notes and roles.
+never computed as if it were plain LoRA. Without adapter_config.json the scaling is unknown:
+unless the user gives one (`GivenScaling`), every adapted weight stays W, with an alarm that
+ΔW is not applied. Alarms known from the adapter alone (factors that are all zero, modules
+that match no base tensor) are raised here, as notes and roles.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from weightscope.sources.checkpoint import Checkpoint, TensorInfo, TensorSource,
 from weightscope.sources.discover import open_checkpoint
 from weightscope.sources.dtypes import FLOATING, ITEMSIZE
 from weightscope.sources.lora.checkpoint import LoraCheckpoint, LoraModule, LoraSource
-from weightscope.sources.lora.config import CONFIG, LoraConfig, read_config
+from weightscope.sources.lora.config import CONFIG, GivenScaling, LoraConfig, read_config
 
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."  # where PeftModel keeps the base model: every LoRA key starts with it
@@ -43,13 +45,19 @@ MODULES_TO_SAVE = re.compile(r"^(?P<module>.+)\.modules_to_save\.(?P<adapter>[^.
 ORIGINAL = re.compile(r"^(?P<module>.+)\.original_module\.(?P<param>.+)$")
 BASE_LAYER = re.compile(r"^(?P<module>.+)\.base_layer\.(?P<param>[^.]+)$")
 LORA_KEY = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)(\.|$)")
+# transformers' Conv1D modules (GPT-2, OpenAI GPT, ImageGPT, Decision Transformer), which store W as (in, out)
+CONV1D = ("c_attn", "c_proj", "c_fc", "q_attn")
 
 
 # Opening
 
 
-def open_over(base: Checkpoint, path: str) -> Checkpoint:
-    """The checkpoint at `path`, as a LoRA checkpoint over `base` where it is one."""
+def open_over(base: Checkpoint, path: str, given: GivenScaling | None = None) -> Checkpoint:
+    """The checkpoint at `path`, as a LoRA checkpoint over `base` where it is one.
+
+    Args:
+        given: the scaling to use where the adapter has no adapter_config.json.
+    """
     weights, config_path = locate(path)
     stored = open_checkpoint(weights)
     try:
@@ -61,7 +69,7 @@ def open_over(base: Checkpoint, path: str) -> Checkpoint:
             stored.notes.append(f"PEFT type {config.peft_type} is not supported (LoRA only): "
                                 "the adapter's tensors are shown as stored, not applied to A")
             return stored
-        return apply(base, stored, config, [config_path] if config_path else [], path)
+        return apply(base, stored, config, [config_path] if config_path else [], path, given=given)
     except BaseException:
         stored.close()
         raise
@@ -176,7 +184,7 @@ class Built:
 
     def put(self, name: str, info: TensorInfo, why: str | None = None) -> None:
         """Show a stored tensor under `name`, in place of any tensor of that name."""
-        self.tensors[name] = replace(info, name=name)
+        self.tensors[name] = info.shown_as(name)
         self.originals[name] = info
         if why:
             self.roles[name] = why
@@ -201,7 +209,7 @@ class Built:
 
 
 def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None, config_files: list[str],
-          path: str, extras: bool = True) -> LoraCheckpoint:
+          path: str, extras: bool = True, given: GivenScaling | None = None) -> LoraCheckpoint:
     """A LoRA checkpoint from the adapter's stored tensors over `base`.
 
     When every adapted module has its `base_layer` in `stored` (a full PEFT-wrapped state
@@ -212,6 +220,7 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
             cache sees a change of alpha).
         extras: also show the tensors that are not model weights (factors, magnitude vectors,
             modules matching no base tensor), as tensors only this side has.
+        given: the scaling the user gives, used when `config` is None.
     """
     parsed = parse(stored)
     full = bool(parsed.adapted) and all(f"{m}.weight" in parsed.base_layer for m in parsed.adapted)
@@ -234,6 +243,8 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
 
     modules: dict[str, LoraModule] = {}
     unmatched: list[str] = []
+    flipped: list[str] = []  # modules whose W's layout overrides the config's fan_in_fan_out, as PEFT does
+    layout = square_layout(parsed, built.tensors)
     for module, slots in parsed.factors.items():
         target = resolve(f"{module}.weight", built.tensors)
         if target is None:
@@ -245,13 +256,20 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
             continue
         mapped += target != f"{module}.weight"
         weight = built.originals.get(target, built.tensors[target])
-        recipe = module_tensor(target, module, weight, slots, module in parsed.embedding,
-                               parsed.magnitude.get(module), config)
-        built.computed(target, recipe, weight)
+        embedding = module in parsed.embedding
+        recipe = module_tensor(target, module, weight, slots, embedding, parsed.magnitude.get(module), config,
+                               given, layout)
+        if recipe is None:
+            why = f"ALARM ΔW not applied: no {CONFIG} gives its scaling (--lora-alpha or --lora-scaling would)"
+            built.roles[target] = f"{built.roles[target]}; {why}" if target in built.roles else why
+        else:
+            built.computed(target, recipe, weight)
         if isinstance(recipe, LoraModule):
             modules[target] = recipe
             if on_base and target in built.originals:
                 built.roles[target] += "; W is the adapter's own copy"
+            if config is not None and not embedding and recipe.transpose != config.fan_in_fan_out:
+                flipped.append(target)
         bias = resolve(f"{module}.bias", built.tensors) if "bias" in slots else None
         if bias is not None:
             old = built.tensors[bias]
@@ -272,7 +290,9 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
             built.add(key, info, why)
 
     readers = {**(base.sources if on_base else {}), **stored.sources}
-    notes = summary_notes(base if on_base else None, config, path, modules, parsed, built.roles, extras)
+    notes = summary_notes(base if on_base else None, config, given, path, modules, parsed, built.roles, extras)
+    if flipped:
+        notes.append(fan_in_fan_out_note(config.fan_in_fan_out, flipped))
     if unmatched:
         notes.append(f"ALARM: {plural(len(unmatched), 'adapter module')} match no tensor of A: {listed(unmatched)}")
     notes += zero_alarms(modules, built.roles, readers)
@@ -287,18 +307,24 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
 
 
 def module_tensor(name: str, module: str, weight: TensorInfo, slots: dict[str, TensorInfo], embedding: bool,
-                  magnitude: TensorInfo | None, config: LoraConfig | None) -> LoraModule | str:
-    """The recipe for W + ΔW, or why there is none (one line)."""
+                  magnitude: TensorInfo | None, config: LoraConfig | None, given: GivenScaling | None = None,
+                  layout: bool | None = None) -> LoraModule | str | None:
+    """The recipe for W + ΔW; why there is none (one line); or None where no scaling is known
+    (neither a config nor a given one), so that W stays W.
+
+    Args:
+        layout: whether the model stores square weights transposed, as `square_layout` found.
+    """
     a, b = slots.get("A"), slots.get("B")
     if weight.error:
         return weight.error
+    if config is None and given is None:
+        return None
     if a is None or b is None:
         return f"{module}: lora_{'A' if a is None else 'B'} is missing, so ΔW is unknown"
     if magnitude is not None or (config is not None and config.unsupported):
         what = ", ".join(config.unsupported) if config is not None and config.unsupported else "DoRA"
         return f"{what} is not supported: the merged weight is not W + ΔW; the factors are shown as stored"
-    if config is None:
-        return f"no {CONFIG} beside the weights: the scaling of ΔW is unknown; the factors are shown as stored"
     for info in (a, b):
         if info.error:
             return info.error
@@ -306,17 +332,65 @@ def module_tensor(name: str, module: str, weight: TensorInfo, slots: dict[str, T
             return f"{info.name}: LoRA factors of shape {list(info.shape or [])} (convolutions, ...) are not supported"
         if info.dtype not in FLOATING or weight.dtype not in FLOATING:
             return f"{info.name}: {info.dtype} factors and {weight.dtype} weights cannot form W + ΔW"
-    r = config.rank(module)
     if a.shape[0] != b.shape[1]:
         return f"{module}: lora_A has rank {a.shape[0]} but lora_B has {b.shape[1]}"
+    config = config or given.config(a.shape[0])
+    r = config.rank(module)
     if a.shape[0] != r:
         return f"{module}: {CONFIG} gives r={r} for this module but its factors have rank {a.shape[0]}"
-    transpose = embedding or config.fan_in_fan_out
-    product = (a.shape[1], b.shape[0]) if transpose else (b.shape[0], a.shape[1])
-    if tuple(weight.shape or ()) != product:
-        return (f"{module}: scaling · {'(B@A)ᵀ' if transpose else 'B@A'} has shape {list(product)} "
-                f"but W has {list(weight.shape or [])}")
+    shape = tuple(weight.shape or ())
+    transpose = stored_transposed(module, shape, a, b, embedding, layout)
+    if transpose is None:
+        plain, turned = [b.shape[0], a.shape[1]], [a.shape[1], b.shape[0]]
+        fits = f"(B@A)ᵀ has shape {turned}" if embedding else f"B@A has shape {plain} and (B@A)ᵀ {turned}"
+        return f"{module}: scaling · {fits}, but W has {list(shape)}"
     return LoraModule(name, module, weight, a, b, r, config.alpha_for(module), config.scaling(module), transpose)
+
+
+def stored_transposed(module: str, shape: tuple, a: TensorInfo, b: TensorInfo, embedding: bool,
+                      layout: bool | None) -> bool | None:
+    """Whether W is stored (in, out), so that ΔW = scaling · (B@A)ᵀ; None when W fits neither way.
+
+    PEFT decides this per module, whatever `fan_in_fan_out` says in the config: it turns it off
+    for nn.Linear (W stored (out, in)) and on for transformers' Conv1D (W stored (in, out)), and
+    embeddings always transpose. The module's type is told here by W's shape against the
+    factors'; a square W takes `layout`, else its name (GPT-2's Conv1D names).
+    """
+    plain, turned = (b.shape[0], a.shape[1]), (a.shape[1], b.shape[0])
+    if embedding:
+        return True if shape == turned else None
+    if shape not in (plain, turned):
+        return None
+    if plain != turned:
+        return shape == turned
+    return layout if layout is not None else module.rpartition(".")[2] in CONV1D
+
+
+def square_layout(parsed: Parsed, tensors: dict[str, TensorInfo]) -> bool | None:
+    """Whether this model stores its adapted weights transposed (Conv1D), as the adapter's
+    non-square modules show it, each W matching only one of B@A and (B@A)ᵀ; None when none
+    shows it or they disagree (GPT-2 with a Linear `lm_head` targeted too)."""
+    seen = set()
+    for module, slots in parsed.factors.items():
+        a, b, target = slots.get("A"), slots.get("B"), resolve(f"{module}.weight", tensors)
+        if module in parsed.embedding or target is None or not all(two_d(f) for f in (a, b)):
+            continue
+        plain, turned = (b.shape[0], a.shape[1]), (a.shape[1], b.shape[0])
+        if plain != turned and tensors[target].shape in (plain, turned):
+            seen.add(tensors[target].shape == turned)
+    return seen.pop() if len(seen) == 1 else None
+
+
+def two_d(info: TensorInfo | None) -> bool:
+    return info is not None and info.shape is not None and len(info.shape) == 2
+
+
+def fan_in_fan_out_note(configured: bool, flipped: list[str]) -> str:
+    kind, turn, delta = (("nn.Linear, W stored (out, in)", "off", "B@A") if configured
+                         else ("transformers' Conv1D, W stored (in, out)", "on", "(B@A)ᵀ"))
+    return (f"fan_in_fan_out is {str(configured).lower()} in {CONFIG}, but {plural(len(flipped), 'module')} "
+            f"are {kind} ({listed(flipped)}): PEFT turns it {turn} for those, so ΔW = scaling · {delta} there "
+            "(told by W's shape against the factors'; a square W by the adapter's other modules, or its name)")
 
 
 def all_zero(raw: np.ndarray, dtype: str) -> bool:
@@ -350,18 +424,26 @@ def zero_alarms(modules: dict[str, LoraModule], roles: dict[str, str], readers: 
             f"{listed(list(inert))}"]
 
 
-def summary_notes(base: Checkpoint | None, config: LoraConfig | None, path: str, modules: dict,
-                  parsed: Parsed, roles: dict[str, str], extras: bool) -> list[str]:
+def summary_notes(base: Checkpoint | None, config: LoraConfig | None, given: GivenScaling | None, path: str,
+                  modules: dict, parsed: Parsed, roles: dict[str, str], extras: bool) -> list[str]:
     """What the user should know about how the adapter was read."""
-    if config is None:
-        return [f"ALARM: no {CONFIG} beside {path}: the LoRA scaling is unknown, so ΔW is not applied"]
     over = f" over A ({base.path})" if base is not None else " (a full PEFT-wrapped state dict)"
-    scaling = "lora_alpha/√r (rsLoRA)" if config.use_rslora else "lora_alpha/r"
-    patterns = ", with rank_pattern/alpha_pattern" if config.rank_pattern or config.alpha_pattern else ""
-    notes = [f"LoRA adapter{over}: r={config.r}, lora_alpha={config.alpha:g}, scaling {scaling}{patterns}; "
-             f"{plural(len(modules), 'tensor')} computed as W + ΔW in float32, on demand"]
-    notes += [f"unsupported: {what}" for what in config.unsupported]
-    notes += list(config.cautions)
+    computed = f"{plural(len(modules), 'tensor')} computed as W + ΔW in float32, on demand"
+    if config is None and given is None:
+        notes = [f"ALARM: no {CONFIG} beside {path}: the LoRA scaling is unknown, so ΔW is not applied: "
+                 f"{plural(len(parsed.factors), 'adapted module')} compared as W; --lora-alpha or --lora-scaling "
+                 "gives the scaling"]
+    elif config is None:
+        notes = [f"LoRA adapter{over}: no {CONFIG}; {given}, as given; {computed}"]
+    else:
+        scaling = "lora_alpha/√r (rsLoRA)" if config.use_rslora else "lora_alpha/r"
+        patterns = ", with rank_pattern/alpha_pattern" if config.rank_pattern or config.alpha_pattern else ""
+        notes = [f"LoRA adapter{over}: r={config.r}, lora_alpha={config.alpha:g}, scaling {scaling}{patterns}; "
+                 f"{computed}"]
+        notes += [f"unsupported: {what}" for what in config.unsupported]
+        notes += list(config.cautions)
+        if given is not None:
+            notes.append(f"the {given} given is not used: {CONFIG} gives the scaling")
     replaced = sum(1 for role in roles.values() if role.startswith("replaced whole"))
     if replaced:
         notes.append(f"{plural(replaced, 'tensor')} replaced whole by the adapter")

@@ -71,6 +71,33 @@ class LoraConfig:
         return any(module == m or module.endswith(f".{m}") for m in self.modules_to_save)
 
 
+@dataclass(frozen=True)
+class GivenScaling:
+    """The scaling the user gives (`--lora-alpha A` or `--lora-scaling S`) for an adapter saved
+    without adapter_config.json: scaling = A / r, with r each module's rank from its factors,
+    or S for every module.
+
+    Raises:
+        ValueError: neither or both given, or a value that is not a finite number.
+    """
+
+    alpha: float | None = None
+    scaling: float | None = None
+
+    def __post_init__(self):
+        if (self.alpha is None) == (self.scaling is None):
+            raise ValueError("give either a LoRA alpha or a LoRA scaling")
+        if not math.isfinite(self.alpha if self.alpha is not None else self.scaling):
+            raise ValueError("the LoRA alpha or scaling must be a finite number")
+
+    def config(self, r: int) -> LoraConfig:
+        """The config that gives a module of rank `r` this scaling."""
+        return LoraConfig("LORA", r, self.alpha if self.alpha is not None else self.scaling * r)
+
+    def __str__(self) -> str:
+        return f"lora_alpha {self.alpha:g} (scaling alpha/r)" if self.alpha is not None else f"scaling {self.scaling:g}"
+
+
 def pattern_value(patterns: dict, module: str, default):
     for key, value in patterns.items():
         if re.match(rf"(.*\.)?({key})$", module):
@@ -79,7 +106,8 @@ def pattern_value(patterns: dict, module: str, default):
 
 
 def read_config(path: str) -> LoraConfig:
-    """adapter_config.json, checked field by field (DESIGN.md §5: no booleans for numbers).
+    """adapter_config.json, checked field by field: no booleans for numbers
+    (docs/reading-untrusted-files.md, rule 3).
 
     Raises:
         CheckpointError: unreadable, not JSON, or a field of the wrong type.
