@@ -24,10 +24,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from weightscope.compare import catalog as cat
 from weightscope.compare.align import Alignment, align
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import PairResult, ResultTable
+from weightscope.compare.scan import results_of, scan_catalog
 from weightscope.sources.checkpoint import Checkpoint
 from weightscope.sources.discover import open_checkpoint
-from weightscope.compare.scan import PairResult, scan
 
 # torch spelling -> safetensors header code, for hand-made headers
 ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
@@ -133,11 +136,14 @@ def packed(sd: dict[str, torch.Tensor]) -> tuple[dict, bytes]:
 
 @dataclass
 class Diff:
-    """Two opened checkpoints, their alignment and the status of every pair."""
+    """Two opened checkpoints, their alignment, and what the scan found: as columns (the
+    catalog and result table everything above the engine reads) and as objects."""
 
     a: Checkpoint
     b: Checkpoint
     alignment: Alignment
+    catalog: Catalog
+    table: ResultTable
     results: list[PairResult]
 
     @property
@@ -185,6 +191,8 @@ def diff(opened):
     def run(path_a, path_b) -> Diff:
         a, b = opened(path_a), opened(path_b)
         alignment = align(a, b)
-        return Diff(a, b, alignment, scan(alignment, a, b))
+        catalog = cat.build(a, b, alignment)
+        table = scan_catalog(catalog, a, b)
+        return Diff(a, b, alignment, catalog, table, list(results_of(catalog, table)))
 
     return run

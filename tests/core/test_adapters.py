@@ -19,9 +19,9 @@ from weightscope.sources.pair import open_merge_check, open_pair
 from weightscope.compare.align import align
 from weightscope.sources.checkpoint import Checkpoint
 from weightscope.sources.errors import CheckpointError
-from weightscope.analysis.hierarchy import known_status
+from weightscope.compare.catalog import KNOWN, known_status
 from weightscope.sources.lora.checkpoint import LoraCheckpoint
-from weightscope.analysis.lora_notes import annotate
+from weightscope.analysis.lora_notes import annotate_results
 from weightscope.compare.scan import scan
 
 P = "base_model.model."
@@ -465,7 +465,7 @@ class TestAlarms:
         tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1) | factors(V0, 8, HIDDEN, HIDDEN, 2)
         tensors = {n: t * 1e-4 for n, t in tensors.items()}
         a, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", tensors))
-        results = annotate(a, b, scan(align(a, b), a, b))
+        results = annotate_results(a, b, scan(align(a, b), a, b))
         assert any("negligible next to W in every module" in n for n in b.alarms)
         q = next(r for r in results if r.pair.name == f"{Q0}.weight")
         assert any("ΔW negligible" in n for n in q.notes)
@@ -474,7 +474,7 @@ class TestAlarms:
     def test_trained_adapter_raises_none(self, ck, tmp_path, base, opened_pair):
         _, path = base
         a, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", factors(Q0, 8, HIDDEN, HIDDEN, 1)))
-        annotate(a, b, scan(align(a, b), a, b))
+        annotate_results(a, b, scan(align(a, b), a, b))
         assert b.alarms == []
         assert any(n.startswith("‖ΔW‖/‖W‖ over 1 modules") for n in b.notes)
 
@@ -535,4 +535,4 @@ def test_computed_float32_is_not_a_dtype_change(ck, tmp_path, opened_pair):
     a, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", tensors))
     pair = next(p for p in align(a, b).pairs if p.name == f"{Q0}.weight")
     assert (pair.a.dtype, pair.b.dtype) == ("bfloat16", "float32")
-    assert known_status(pair) == "pending"
+    assert KNOWN[known_status(pair)] == "pending"

@@ -26,7 +26,7 @@ class TestSameWeights:
                  ck.write_safetensors(tmp_path / "single.safetensors", sd))
         all_status(d, "identical")
         assert len(d.results) == len(sd)
-        assert exit_status(d.results) == 0
+        assert exit_status(d.catalog, d.table) == 0
 
     def test_sharded_bin_vs_single_safetensors(self, ck, tmp_path, diff):
         """Sharded .bin and single-file safetensors of the same weights are identical."""
@@ -41,7 +41,7 @@ class TestSameWeights:
         torch.save(sd, tmp_path / "pytorch_model.bin")
         d = diff(ck.write_safetensors(tmp_path / "model.safetensors", sd), tmp_path / "pytorch_model.bin")
         all_status(d, "identical")
-        assert exit_status(d.results) == 0
+        assert exit_status(d.catalog, d.table) == 0
 
     def test_edge_tensors_across_formats(self, ck, tmp_path, diff):
         """Zero-length tensors and 0-dim scalars compare identical between safetensors and .bin."""
@@ -97,7 +97,7 @@ class TestTiedEmbeddings:
         assert head.status == "only_a"
         assert head.pair.notes == ("tied to model.embed_tokens.weight in A; B stores that tensor once",)
         assert all(s == "identical" for n, s in d.statuses.items() if n != "lm_head.weight")
-        assert exit_status(d.results) == 0
+        assert exit_status(d.catalog, d.table) == 0
 
     def test_reversed_sides(self, ck, tmp_path, diff):
         """The same pair the other way round gives only_b with the note, and exit 0."""
@@ -108,7 +108,7 @@ class TestTiedEmbeddings:
         head = d.result("lm_head.weight")
         assert head.status == "only_b"
         assert "tied to model.embed_tokens.weight in B" in head.pair.notes[0]
-        assert exit_status(d.results) == 0
+        assert exit_status(d.catalog, d.table) == 0
 
     def test_untied_head_missing_is_a_difference(self, ck, tmp_path, diff):
         """A head that is its own tensor and missing on one side is only_a without a tie note, exit 1."""
@@ -118,7 +118,7 @@ class TestTiedEmbeddings:
         d = diff(tmp_path / "pytorch_model.bin", st)
         assert d.result("lm_head.weight").status == "only_a"
         assert d.result("lm_head.weight").pair.notes == ()
-        assert exit_status(d.results) == 1
+        assert exit_status(d.catalog, d.table) == 1
 
 
 class TestDtypes:
@@ -128,7 +128,7 @@ class TestDtypes:
         d = diff(ck.write_safetensors(tmp_path / "fp32.safetensors", sd),
                  ck.write_safetensors(tmp_path / "bf16.safetensors", {n: t.bfloat16() for n, t in sd.items()}))
         all_status(d, "value_equal")
-        assert exit_status(d.results) == 0
+        assert exit_status(d.catalog, d.table) == 0
 
     def test_bf16_rounding_is_not_equal(self, ck, tmp_path, diff):
         """General fp32 weights rounded to bf16 differ (changed, or close within bf16's tolerance once
@@ -138,7 +138,7 @@ class TestDtypes:
         d = diff(ck.write_safetensors(tmp_path / "fp32.safetensors", sd), tmp_path / "bf16.bin")
         for name, status in d.statuses.items():
             assert status in (("value_equal",) if name.endswith("norm.weight") else ("changed", "close")), name
-        assert exit_status(d.results) == 1
+        assert exit_status(d.catalog, d.table) == 1
 
     def test_bf16_of_other_weights_is_changed(self, ck, tmp_path, diff):
         """bf16 weights of a different model against fp32 ones are changed."""
@@ -268,7 +268,7 @@ class TestChanges:
         mismatched = {n for n, s in d.statuses.items() if s == "shape_mismatch"}
         assert mismatched == {"model.embed_tokens.weight", "lm_head.weight"}
         assert {s for n, s in d.statuses.items() if n not in mismatched} == {"identical"}
-        assert exit_status(d.results) == 1
+        assert exit_status(d.catalog, d.table) == 1
 
     def test_fine_tune_with_frozen_tensors(self, ck, tmp_path, diff):
         """A fine-tune that trained layer 1 only: layer 1 changed, everything frozen identical."""
@@ -278,7 +278,7 @@ class TestChanges:
         d = diff(ck.write_safetensors(tmp_path / "base.safetensors", sd), tmp_path / "tuned.bin")
         for name, status in d.statuses.items():
             assert status == ("changed" if name.startswith("model.layers.1.") else "identical"), name
-        assert exit_status(d.results) == 1
+        assert exit_status(d.catalog, d.table) == 1
 
     def test_one_element_changed(self, ck, tmp_path, diff):
         """Changing a single element of a tensor makes it changed."""
@@ -296,7 +296,7 @@ class TestChanges:
         d = diff(ck.write_safetensors(tmp_path / "a.safetensors", sd),
                  ck.write_safetensors(tmp_path / "b.safetensors", {**sd, "score.weight": torch.ones(2, 8)}))
         assert d.statuses["score.weight"] == "only_b"
-        assert exit_status(d.results) == 1
+        assert exit_status(d.catalog, d.table) == 1
 
 
 class TestScan:

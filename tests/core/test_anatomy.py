@@ -9,7 +9,6 @@ import torch
 
 from weightscope.analysis.anatomy import OUTSIDE, anomalies, grid, place
 from weightscope.report.export import export, markdown
-from weightscope.analysis.hierarchy import badge_status
 
 
 @pytest.mark.parametrize("name, layer, module", [
@@ -66,7 +65,7 @@ def tuned_pair(tmp_path, ck, diff):
 
 
 def test_grid_puts_each_change_in_its_cell(tuned_pair):
-    g = grid(tuned_pair.results, badge_status)
+    g = grid(tuned_pair.catalog, tuned_pair.table)
     assert g.rows == [str(i) for i in range(6)]
     assert g.columns[:4] == ["q", "k", "v", "o"] and {"gate", "up", "down", "norm 1", "norm 2"} <= set(g.columns)
     assert g.cells[("1", "up")].statuses == {"nonfinite"}
@@ -79,7 +78,7 @@ def test_grid_puts_each_change_in_its_cell(tuned_pair):
 
 
 def test_anomalies_name_nan_and_outlier_change(tuned_pair):
-    found = {a.name: a.reason for a in anomalies(tuned_pair.results, badge_status)}
+    found = {a.name: a.reason for a in anomalies(tuned_pair.catalog, tuned_pair.table)}
     assert found["model.layers.1.mlp.up_proj.weight"] == "holds NaN or Inf"
     assert "larger than typical for v" in found["model.layers.4.self_attn.v_proj.weight"]
     assert "model.layers.3.self_attn.v_proj.weight" not in found
@@ -88,11 +87,11 @@ def test_anomalies_name_nan_and_outlier_change(tuned_pair):
 
 def test_export_writes_markdown_and_the_diff_json(tuned_pair, tmp_path):
     d = tuned_pair
-    md, js = export(d.a, d.b, d.alignment, d.results, tmp_path)
+    md, js = export(d.catalog, d.table, tmp_path)
     document = json.loads(js.read_text())
     assert set(document) >= {"version", "a", "b", "tensors", "summary"}
     assert document["summary"]["identical"] == sum(r.status == "identical" for r in d.results)
     text = md.read_text()
     assert "## Anomalies" in text and "`model.layers.1.mlp.up_proj.weight`: holds NaN or Inf" in text
     assert "| `model.layers.4.self_attn.v_proj.weight` | changed |" in text
-    assert text == markdown(d.a, d.b, d.alignment, d.results)
+    assert text == markdown(d.catalog, d.table)

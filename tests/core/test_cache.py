@@ -1,22 +1,29 @@
-"""The on-disk result cache: a second `diff` answers from it, any change to a file or to the
-options misses, `--no-cache` neither reads nor writes, and a damaged entry reads as a miss."""
+"""The on-disk result cache: a second scan answers from it, any change to a file or to the
+options misses, `--no-cache` neither reads nor writes, a damaged entry reads as a miss, the
+least recently used entries go beyond the size cap, and what is derived from the results
+(LoRA notes) is the same whoever wrote the entry."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from weightscope.cli import main
 from weightscope.compare import cache
-from weightscope.compare import scan as scan_module
+from weightscope.compare import catalog as cat
 from weightscope.compare.align import align
+from weightscope.compare.results import STATUSES, ResultTable
+from weightscope.compare.scan import ScanOptions, scan_catalog
+from weightscope.engine import protocol as msg
+from weightscope.engine.client import Engine
 from weightscope.sources.discover import open_checkpoint
-from weightscope.compare.scan import ScanOptions
 
 
 @pytest.fixture(autouse=True)
@@ -24,20 +31,6 @@ def cache_home(tmp_path, monkeypatch):
     """The cache directory, under tmp_path instead of the real home."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return tmp_path / "xdg" / "weightscope" / "scans"
-
-
-@pytest.fixture
-def scans(monkeypatch):
-    """How many times the CLI ran a real scan (a cache hit runs none)."""
-    calls = []
-    real = scan_module.scan
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(scan_module, "scan", counting)
-    return calls
 
 
 def randn(seed: int, *shape) -> torch.Tensor:
@@ -56,115 +49,162 @@ def files(tmp_path):
     return write(tmp_path / "a.safetensors", a), write(tmp_path / "b.safetensors", b)
 
 
-def diff(capsys, *argv) -> dict:
-    code = main(["diff", *argv, "--json"])
-    assert code == 1
-    return json.loads(capsys.readouterr().out)
+def scanned(path_a: str, path_b: str, use_cache: bool = True, **options) -> tuple[ResultTable, bool]:
+    """What the engine found, and whether it answered from the cache."""
+    with Engine(msg.Job(path_a, path_b, options=ScanOptions(**options), use_cache=use_cache), helpers=0) as engine:
+        opened = engine.recv()
+        assert isinstance(opened, msg.Opened), opened
+        engine.send(msg.Scan())
+        table, cached = ResultTable(len(opened.catalog)), set()
+        while not isinstance(message := engine.recv(), msg.ScanDone):
+            assert isinstance(message, msg.Results), message
+            table.add(message.batch)
+            cached.add(message.cached)
+            engine.send(msg.Ack(message.number))
+        table.histograms.update(message.histograms)
+    assert len(cached) <= 1
+    table.names = opened.catalog.names  # (for the tests' own reading)
+    return table, cached == {True}
 
 
-class TestCli:
-    def test_second_run_answers_from_the_cache(self, capsys, files, scans, cache_home):
-        first = diff(capsys, *files)
-        assert len(scans) == 1 and len(list(cache_home.glob("*.json"))) == 1
-        second = diff(capsys, *files)
-        assert len(scans) == 1  # no scan the second time
-        assert second == first
+def statuses(table: ResultTable) -> dict[str, str]:
+    return {name: STATUSES[s] for name, s in zip(table.names, table.status)}
 
-    def test_cache_answers_without_scanning_at_all(self, capsys, files, monkeypatch):
-        first = diff(capsys, *files)
 
-        def fail(*args, **kwargs):
-            raise AssertionError("scanned although the cache holds the answer")
+def same(x: ResultTable, y: ResultTable) -> bool:
+    return (np.array_equal(x.status, y.status) and np.array_equal(x.values, y.values, equal_nan=True)
+            and x.errors == y.errors and x.notes == y.notes and x.histograms == y.histograms)
 
-        monkeypatch.setattr(scan_module, "scan", fail)
-        monkeypatch.setattr(scan_module.stats, "pair_stats", fail)
-        assert diff(capsys, *files) == first
 
-    def test_histograms_come_back_from_the_cache(self, capsys, files, scans):
-        first = diff(capsys, *files, "--histograms")
-        assert diff(capsys, *files, "--histograms") == first and len(scans) == 1
-        assert first["tensors"][1]["histograms"]["a"]["counts"]
+def entry(cache_home):
+    (found,) = cache_home.glob("*.npz")
+    return found
 
-    def test_rewritten_file_misses(self, capsys, files, scans, tmp_path):
+
+class TestHitsAndMisses:
+    def test_second_scan_answers_from_the_cache(self, files, cache_home):
+        first, cached = scanned(*files)
+        assert not cached and entry(cache_home)
+        second, cached = scanned(*files)
+        assert cached and same(first, second)
+
+    def test_histograms_come_back_from_the_cache(self, files):
+        first, _ = scanned(*files, histograms=True)
+        second, cached = scanned(*files, histograms=True)
+        assert cached and same(first, second) and first.histograms[first.names.index("w")]["a"].counts
+
+    def test_rewritten_file_misses(self, files):
         path_a, path_b = files
-        first = diff(capsys, path_a, path_b)
-        write(path_b, {"embed": randn(0, 16, 4) * 2, "w": randn(1, 8, 8),
-                       "nan": torch.tensor([1.0, 2.0, 3.0])})
-        second = diff(capsys, path_a, path_b)
-        assert len(scans) == 2
-        statuses = {t["name"]: t["status"] for t in second["tensors"]}
-        assert statuses == {"embed": "changed", "w": "identical", "nan": "changed"}
-        assert statuses != {t["name"]: t["status"] for t in first["tensors"]}
+        scanned(path_a, path_b)
+        write(path_b, {"embed": randn(0, 16, 4) * 2, "w": randn(1, 8, 8), "nan": torch.tensor([1.0, 2.0, 3.0])})
+        second, cached = scanned(path_a, path_b)
+        assert not cached
+        assert statuses(second) == {"embed": "changed", "w": "identical", "nan": "changed"}
 
-    def test_touched_file_misses(self, capsys, files, scans):
+    def test_touched_file_misses(self, files):
         path_a, path_b = files
-        first = diff(capsys, path_a, path_b)
+        first, _ = scanned(path_a, path_b)
         st = os.stat(path_a)
         os.utime(path_a, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-        assert diff(capsys, path_a, path_b) == first
-        assert len(scans) == 2
+        second, cached = scanned(path_a, path_b)
+        assert not cached and same(first, second)
 
-    def test_options_are_part_of_the_key(self, capsys, files, scans):
-        diff(capsys, *files)
-        loose = diff(capsys, *files, "--atol", "1")
-        assert len(scans) == 2
-        assert {t["name"]: t["status"] for t in loose["tensors"]}["w"] == "close"
-        diff(capsys, *files, "--rtol", "1")
-        diff(capsys, *files, "--histograms")
-        assert len(scans) == 4
-        diff(capsys, *files, "--atol", "1")
-        assert len(scans) == 4
+    def test_options_are_part_of_the_key(self, files):
+        scanned(*files)
+        loose, cached = scanned(*files, atol=1.0)
+        assert not cached and statuses(loose)["w"] == "close"
+        assert not scanned(*files, rtol=1.0)[1]
+        assert not scanned(*files, histograms=True)[1]
+        assert scanned(*files, atol=1.0)[1]
 
-    def test_no_cache_neither_reads_nor_writes(self, capsys, files, scans, cache_home):
-        first = diff(capsys, *files, "--no-cache")
+    def test_no_cache_neither_reads_nor_writes(self, files, cache_home):
+        first, _ = scanned(*files, use_cache=False)
         assert not cache_home.exists() or not list(cache_home.iterdir())
-        diff(capsys, *files)  # fills the cache
+        scanned(*files)  # fills the cache
         entries = sorted(cache_home.iterdir())
         stamps = [p.stat().st_mtime_ns for p in entries]
-        assert diff(capsys, *files, "--no-cache") == first
-        assert len(scans) == 3  # read nothing: scanned again
+        second, cached = scanned(*files, use_cache=False)
+        assert not cached and same(first, second)
         assert sorted(cache_home.iterdir()) == entries and [p.stat().st_mtime_ns for p in entries] == stamps
 
-    @pytest.mark.parametrize("cut", ["mid-line", "between-lines"])
-    def test_an_entry_cut_short_is_a_miss(self, capsys, files, scans, cache_home, cut):
-        first = diff(capsys, *files)
-        (entry,) = cache_home.glob("*.json")
-        lines = entry.read_text().splitlines(keepends=True)
-        assert len(lines) > 1 and all(json.loads(line)["name"] for line in lines)  # a result a line
-        entry.write_text(lines[0] + (lines[1][:20] if cut == "mid-line" else ""))
-        assert diff(capsys, *files) == first
-        assert len(scans) == 2
-        assert len(entry.read_text().splitlines()) == len(lines)  # rewritten whole
+    @pytest.mark.parametrize("damage", ["cut", "garbage", "empty", "other-names", "other-shape"])
+    def test_any_damage_is_a_miss(self, files, cache_home, damage):
+        first, _ = scanned(*files)
+        path = entry(cache_home)
+        data = path.read_bytes()
+        if damage == "cut":
+            path.write_bytes(data[:len(data) // 2])
+        elif damage == "garbage":
+            path.write_bytes(b"PK\x03\x04" + b"x" * 100)
+        elif damage == "empty":
+            path.write_bytes(b"")
+        else:
+            with np.load(path) as stored:
+                arrays = dict(stored)
+            if damage == "other-names":
+                arrays["names"] = np.zeros_like(arrays["names"])
+            else:
+                arrays["values"] = arrays["values"][:1]
+            np.savez(path, **arrays)
+        second, cached = scanned(*files)
+        assert not cached and same(first, second)
 
-    @pytest.mark.parametrize("text", [
-        "[]", '{"results": 5}', '{"results": ["w"]}', '{"results": [{"name": "w"}]}',
-        '{"results": [{"name": "%s", "status": "identical", "error": null, "notes": [], "a": null, "b": null, '
-        '"diff": null, "histograms": null}]}',
-        '{"results": [{"name": "%s", "status": "identical", "error": null, "notes": [], "a": {"min": 1}, "b": null, '
-        '"diff": null, "histograms": {}}]}',
-    ], ids=["list", "number", "string", "missing-keys", "null-histograms", "bad-stats"])
-    def test_any_damage_is_a_miss(self, capsys, files, scans, cache_home, text):
-        first = diff(capsys, *files)
-        (entry,) = cache_home.glob("*.json")
-        entry.write_text(text.replace("%s", "embed"))
-        assert diff(capsys, *files) == first and len(scans) == 2
-
-    def test_sharded_checkpoint_misses_when_one_shard_changes(self, capsys, ck, tmp_path, scans):
+    def test_sharded_checkpoint_misses_when_one_shard_changes(self, ck, tmp_path):
         sd = ck.llama_like(0)
         a = ck.write_sharded_safetensors(tmp_path / "a", sd, shards=2)
         moved = dict(sd)
         moved["lm_head.weight"] = sd["lm_head.weight"] + 1
         b = ck.write_sharded_safetensors(tmp_path / "b", moved, shards=2)
-        diff(capsys, str(a), str(b))
-        diff(capsys, str(a), str(b))
-        assert len(scans) == 1
+        scanned(str(a), str(b))
+        assert scanned(str(a), str(b))[1]
         last_shard = sorted(b.glob("*.safetensors"))[-1]
         names = [n for n, f in json.loads((b / "model.safetensors.index.json").read_text())["weight_map"].items()
                  if f == last_shard.name]
         ck.write_safetensors(last_shard, {n: moved[n] * 3 for n in names}, metadata={"format": "pt"})
-        third = diff(capsys, str(a), str(b))
-        assert len(scans) == 2
-        assert all(t["status"] == "changed" for t in third["tensors"] if t["name"] in names)
+        third, cached = scanned(str(a), str(b))
+        assert not cached and all(statuses(third)[n] == "changed" for n in names)
+
+
+class TestEviction:
+    def test_least_recently_used_entries_go_beyond_the_cap(self, files, cache_home, monkeypatch, tmp_path):
+        path_a, path_b = files
+        scanned(path_a, path_b)
+        size = entry(cache_home).stat().st_size
+        monkeypatch.setenv("WEIGHTSCOPE_CACHE_MAX", str(int(2.5 * size)))
+        scanned(path_a, path_b, atol=0.5)
+        time.sleep(0.02)
+        assert scanned(path_a, path_b)[1]  # the first entry, used again: now the most recent
+        time.sleep(0.02)
+        scanned(path_a, path_b, atol=0.25)  # a third entry: the least recently used (atol 0.5) goes
+        assert len(list(cache_home.iterdir())) == 2
+        assert scanned(path_a, path_b)[1] and scanned(path_a, path_b, atol=0.25)[1]
+        assert not scanned(path_a, path_b, atol=0.5)[1]
+
+    @pytest.mark.parametrize("text, expected", [("", cache.DEFAULT_MAX), ("500M", 5 * 10**8), ("2G", 2 * 10**9),
+                                                ("1.5GB", 15 * 10**8), ("123456", 123456), ("lots", cache.DEFAULT_MAX)])
+    def test_the_cap_reads_sizes_as_people_write_them(self, monkeypatch, text, expected):
+        monkeypatch.setenv("WEIGHTSCOPE_CACHE_MAX", text)
+        assert cache.limit() == expected
+
+
+class TestWhoeverWroteIt:
+    def test_lora_notes_are_the_same_from_a_fresh_scan_and_from_the_cache(self, capsys, ck, tmp_path):
+        """Derived notes are worked out again on every load: never doubled, never lost."""
+        from test_adapters import HIDDEN, Q0, VOCAB, factors, write_adapter
+
+        base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=HIDDEN, vocab=VOCAB))
+        adapter = write_adapter(ck, tmp_path / "adapter", factors(Q0, 8, HIDDEN, HIDDEN, 1))
+
+        def document(*extra) -> dict:
+            main(["diff", str(base), str(adapter), "--json", *extra])
+            return json.loads(capsys.readouterr().out)
+
+        fresh = document("--no-cache")
+        first, second = document(), document()  # the second answers from what the first stored
+        assert fresh == first == second
+        notes = next(t for t in second["tensors"] if t["name"] == f"{Q0}.weight")["notes"]
+        assert len(notes) == len(set(notes)) and any("computed: W + ΔW" in n for n in notes)
+        assert sum("‖ΔW‖/‖W‖ over" in n for n in second["b"]["notes"]) == 1
 
 
 class TestRoundTrip:
@@ -177,17 +217,16 @@ class TestRoundTrip:
         b["w"][1, 2] = math.inf
         with open_checkpoint(write(tmp_path / "a.safetensors", a)) as ca, \
                 open_checkpoint(write(tmp_path / "b.safetensors", b)) as cb:
-            alignment = align(ca, cb)
+            catalog = cat.build(ca, cb, align(ca, cb))
             options = ScanOptions(histograms=True)
-            results = scan_module.scan(alignment, ca, cb, options)
+            table = scan_catalog(catalog, ca, cb, options)
             key = cache.key(ca, cb, options)
-            assert cache.load(key, alignment) is None
-            cache.save(key, results)
-            assert cache.load(key, alignment) == results
-            assert cache.load(cache.key(ca, cb, ScanOptions()), alignment) is None
-        w = next(r for r in results if r.pair.name == "w")
+            assert cache.load(key, catalog) is None
+            cache.save(key, table, catalog)
+            assert same(cache.load(key, catalog), table)
+            assert cache.load(cache.key(ca, cb, ScanOptions()), catalog) is None
+        w = table.result(catalog.names.index("w"), catalog.pair(catalog.names.index("w")))
         assert w.diff.max_abs_index is not None and isinstance(w.diff.max_abs_index, tuple)
-        assert next(r for r in results if r.pair.name == "zero").diff.undefined
 
     def test_key_follows_files_and_options(self, tmp_path):
         path = write(tmp_path / "a.safetensors", {"w": randn(8, 4)})
@@ -197,6 +236,7 @@ class TestRoundTrip:
             assert cache.key(a, a, ScanOptions(atol=0.1)) != base
             assert cache.key(a, a, ScanOptions(rtol=0.1)) != base
             assert cache.key(a, a, ScanOptions(histograms=True)) != base
+            assert cache.key(a, a, ScanOptions(), single=True) != base
         with open(path, "r+b") as f:  # same size and mtime, other bytes: the edge hash tells
             st = os.stat(path)
             f.seek(st.st_size - 1)

@@ -379,7 +379,7 @@ class TestShards:
             assert why in d.result(n).error
             one_line_naming(d.result(n).error, shard)
         assert any(why in n for n in d.a.notes)
-        assert exit_status(d.results) == 1
+        assert exit_status(d.catalog, d.table) == 1
 
     def test_nothing_is_read_outside(self, ck, tmp_path, opened):
         """A tensor assigned to a shard outside the directory is never read, even though that file is valid."""

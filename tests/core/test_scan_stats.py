@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from weightscope.compare import catalog as cat
-from weightscope.compare import kernels, stats
+from weightscope.compare import pieces, stats
 from weightscope.compare import plan as plans
 from weightscope.compare import scan as scan_module
 from weightscope.compare.align import align
@@ -166,7 +166,7 @@ class TestStatuses:
         (unit,) = plan.units
         output = scan_module.run_unit(unit)
         names = [catalog.names[o] for o in unit.owners]
-        equal = {name for name, flags in zip(names, output.flags) if flags & kernels.EQUAL}
+        equal = {name for name, flags in zip(names, output.flags) if flags & pieces.EQUAL}
         assert equal == {"model.embed_tokens.weight"}
 
     def test_complex_gets_a_status_without_statistics(self, tmp_path):
@@ -269,7 +269,7 @@ class TestCancelAndProgress:
         a, b, alignment, *_ = opened_pair
         whole = by_name(scan(alignment, a, b))
         monkeypatch.setattr(plans, "UNIT_BYTES", 700)
-        monkeypatch.setattr(kernels, "PIECE", 100)
+        monkeypatch.setattr(pieces, "PIECE", 100)
         split = by_name(scan(alignment, a, b))
         for name, r in whole.items():
             s = split[name]

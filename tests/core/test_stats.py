@@ -1,7 +1,7 @@
 """Statistics of one tensor and of a pair against a float64 numpy reference.
 
 Raw bytes come from torch tensors (numpy has no bf16), so every dtype is decoded by the code
-under test and only the reference upcasts with torch. `kernels.PIECE`, `stats.WINDOW` and
+under test and only the reference upcasts with torch. `pieces.PIECE`, `stats.WINDOW` and
 `device.DEVICE_CHUNK` are made small so that several pieces and windows, the merge and the
 argmax across piece boundaries are exercised on tensors of a few thousand elements.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from weightscope.compare import device, kernels, stats
+from weightscope.compare import device, pieces, stats
 
 RTOL = 1e-6
 ATOL = 1e-12  # for figures that are ~0 (a mean of noise), where a relative bound means nothing
@@ -30,7 +30,7 @@ DIFF_EXACT = ("max_abs_index", "changed", "mismatched", "atol", "rtol")
 def small_chunks(monkeypatch):
     """Pieces of 1000 elements read in windows of 3000 (and torch chunks of 1000): a
     5000-element tensor is five pieces in two windows."""
-    monkeypatch.setattr(kernels, "PIECE", 1000)
+    monkeypatch.setattr(pieces, "PIECE", 1000)
     monkeypatch.setattr(stats, "WINDOW", 3000)
     monkeypatch.setattr(device, "DEVICE_CHUNK", 1000)
 

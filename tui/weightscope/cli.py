@@ -1,32 +1,70 @@
-"""The command line. The terminal app and torch are imported only when a command needs them."""
+"""The command line. The terminal app is imported only when it opens; the comparing is done by
+the engine's processes (`engine/`), never here.
+
+Exit statuses: 0 nothing differs (or every check holds), 1 something differs (or a check
+fails), 2 an input cannot be read or something else went wrong, with one line on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 
 from weightscope import __version__
 
+USAGE = """\
+weightscope A [B]                 open the terminal app: A and B side by side (or A alone)
+weightscope diff A B [--json]     compare headless: a table, or one JSON document
+weightscope inspect A [--json]    statistics and a NaN/Inf scan of one checkpoint
+weightscope demo                  write a small base/fine-tune pair once and open it"""
 
-def add_scan_options(parser: argparse.ArgumentParser) -> None:
+EXAMPLES = """\
+examples:
+  weightscope base/ finetuned/
+  weightscope diff base/ finetuned/ --expect-identical 'model.embed_tokens.*' --fail-on-nonfinite
+  weightscope inspect model.safetensors --json
+  weightscope demo
+
+A and B are checkpoint files or directories (safetensors, PyTorch .bin/.pt, GGUF, DCP,
+sharded with an index, a PEFT adapter as B) or Hugging Face ids in the local cache.
+Exit status: 0 nothing differs, 1 something differs or a check fails, 2 an input cannot be read.
+Run 'weightscope COMMAND --help' for a command's options."""
+
+
+class Failure(Exception):
+    """What went wrong, in one line, for stderr and exit status 2."""
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where statistics are computed (default: auto, CUDA when available)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
-    parser.add_argument("--fail-on-nonfinite", action="store_true", help="exit 1 when any tensor holds NaN or Inf")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
+
+
+def add_lora_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora-alpha", type=float, metavar="ALPHA",
+                        help="for a LoRA adapter saved without adapter_config.json: scaling ALPHA/r (r from the factors)")
+    parser.add_argument("--lora-scaling", type=float, metavar="S",
+                        help="for a LoRA adapter saved without adapter_config.json: scaling S")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weightscope", description="Compare two model checkpoints tensor by tensor.")
+    parser = argparse.ArgumentParser(prog="weightscope", usage=USAGE, epilog=EXAMPLES,
+                                     description="Compare two model checkpoints tensor by tensor.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"weightscope {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     diff = commands.add_parser(
         "diff", help="compare A and B headless (exit 0 equal, 1 different, 2 unreadable)",
         description="Compare two checkpoints and print a table or JSON. Exit 0 when every pair is identical "
-                    "or value_equal, 1 when something differs, 2 when an input cannot be opened. With an "
-                    "--expect-* or --fail-on-nonfinite check, exit 0 when every check holds and 1 when one fails.")
+                    "or value_equal, 1 when something differs, 2 when an input cannot be read or something "
+                    "else goes wrong. With an --expect-* or --fail-on-nonfinite check, exit 0 when every check "
+                    "holds and 1 when one fails.",
+        epilog="example: weightscope diff base/ out/ --expect-identical 'model.embed_tokens.*' --fail-on-nonfinite")
     diff.add_argument("a", metavar="A", help="checkpoint file or directory")
     diff.add_argument("b", metavar="B", help="checkpoint file or directory")
     diff.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -37,27 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--adapter", metavar="ADAPTER",
                       help="check a merge: compare B with A + ΔW of this PEFT LoRA adapter (residuals at rounding "
                            "level when B is A with the adapter merged)")
-    diff.add_argument("--lora-alpha", type=float, metavar="ALPHA",
-                      help="for a LoRA adapter saved without adapter_config.json: scaling ALPHA/r (r from the factors)")
-    diff.add_argument("--lora-scaling", type=float, metavar="S",
-                      help="for a LoRA adapter saved without adapter_config.json: scaling S")
+    add_lora_options(diff)
     diff.add_argument("--atol", type=float, help="absolute tolerance of the 'close' verdict (default: per dtype)")
     diff.add_argument("--rtol", type=float, help="relative tolerance of the 'close' verdict (default: per dtype)")
     diff.add_argument("--expect-identical", action="append", default=[], metavar="GLOB",
                       help="tensors matching GLOB must be bit-identical (repeatable)")
     diff.add_argument("--expect-changed", action="append", default=[], metavar="GLOB",
                       help="tensors matching GLOB must have changed (repeatable)")
-    add_scan_options(diff)
+    diff.add_argument("--fail-on-nonfinite", action="store_true", help="exit 1 when any tensor holds NaN or Inf")
+    add_engine_options(diff)
 
     inspect = commands.add_parser("inspect", help="statistics and a NaN/Inf scan of one checkpoint",
-                                  description="Statistics of every tensor of one checkpoint.")
+                                  description="Statistics of every tensor of one checkpoint.",
+                                  epilog="example: weightscope inspect model.safetensors --fail-on-nonfinite")
     inspect.add_argument("a", metavar="A", help="checkpoint file or directory")
     inspect.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    add_scan_options(inspect)
+    inspect.add_argument("--fail-on-nonfinite", action="store_true", help="exit 1 when any tensor holds NaN or Inf")
+    add_engine_options(inspect)
 
     demo = commands.add_parser("demo", help="write a small base/fine-tune pair once and open it",
                                description="Write a small Llama-shaped base and fine-tune into the cache "
-                                           "directory (once) and open them in the app.")
+                                           "directory (once) and open them in the app.",
+                               epilog="example: weightscope demo --print-paths")
     demo.add_argument("--print-paths", action="store_true", help="print the two directories instead of opening them")
     return parser
 
@@ -70,32 +109,40 @@ def build_app_parser() -> argparse.ArgumentParser:
                     "Commands: diff (headless comparison), inspect (one checkpoint), demo.")
     parser.add_argument("a", metavar="A", help="checkpoint file or directory")
     parser.add_argument("b", metavar="B", nargs="?", help="checkpoint to compare with A")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where statistics are computed (default: auto)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    add_lora_options(parser)
+    add_engine_options(parser)
     return parser
 
 
-def run_app(path_a: str, path_b: str | None, device: str = "auto", use_cache: bool = True) -> int:
-    from weightscope.compare.device import resolve
+# The app
+
+
+def run_app(job) -> int:
+    from dataclasses import replace
+
+    from weightscope.engine.client import Engine
+
+    engine = Engine(replace(job, tree=True))  # starts reading the headers while Textual loads
     from weightscope.ui.app import WeightscopeApp
 
-    if device == "cuda":  # asked for by name: fail now, with exit status 2, if it is not there
-        resolve(device)
-    app = WeightscopeApp(path_a, path_b, device, use_cache=use_cache)
+    app = WeightscopeApp(job, engine)
     app.run()
     return app.return_code or 0
 
 
 def run_demo(args) -> int:
     from weightscope.demo import write_demo
+    from weightscope.engine.protocol import Job
 
     base, tuned = write_demo()
     if args.print_paths:
         print(base)
         print(tuned)
         return 0
-    return run_app(base, tuned)
+    return run_app(Job(str(base), str(tuned)))
+
+
+# Headless
 
 
 class Progress:
@@ -125,73 +172,126 @@ class Progress:
             sys.stderr.flush()
 
 
+class Run:
+    """One comparison by the engine, for a command: the catalog, every result, what the scan said."""
+
+    def __init__(self, job, label: str):
+        from weightscope.compare.results import ResultTable
+        from weightscope.engine import protocol as msg
+        from weightscope.engine.client import Engine
+
+        self.msg = msg
+        self.engine = Engine(job)
+        self.problems: list[str] = []  # failures that did not stop the run: exit 2 at the end
+        opened = self.expect(msg.Opened)
+        self.catalog = opened.catalog
+        self.table = ResultTable(len(self.catalog))
+        self.engine.send(msg.Scan())
+        progress = Progress(label)
+        try:
+            while True:
+                message = self.expect(msg.Results, msg.ScanDone)
+                if isinstance(message, msg.ScanDone):
+                    break
+                self.table.add(message.batch)
+                self.engine.send(msg.Ack(message.number))
+                progress(message.done, message.total)
+        finally:
+            progress.close()
+        self.table.notes.update(message.notes)
+        self.table.histograms.update(message.histograms)
+        self.side_notes = message.sides
+        self.plan_notes = message.plan_notes
+
+    def expect(self, *kinds):
+        """The next message of one of these kinds; a failure along the way is said (fatal: raised)."""
+        while True:
+            message = self.engine.recv()
+            if isinstance(message, self.msg.Failed):
+                if message.fatal:
+                    raise Failure(message.message)
+                self.problems.append(f"{message.job} failed: {message.message}")
+                print(f"weightscope: {self.problems[-1]}", file=sys.stderr)
+                continue
+            if isinstance(message, kinds):
+                return message
+
+    def ask(self, kind: str, *args):
+        ticket = self.engine.ask(kind, *args)
+        while True:
+            message = self.expect(self.msg.Reply, self.msg.Failed)
+            if message.ticket == ticket:
+                return message.content
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def job_of(args, path_b: str | None, **fields):
+    from weightscope.compare.scan import ScanOptions
+    from weightscope.engine.protocol import Job
+
+    options = ScanOptions(getattr(args, "atol", None), getattr(args, "rtol", None), args.device,
+                          getattr(args, "histograms", False))
+    return Job(args.a, path_b, options=options, use_cache=not args.no_cache, **fields)
+
+
+def write(text: str | bytes) -> None:
+    if isinstance(text, bytes):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text)
+    else:
+        print(text)
+    sys.stdout.flush()
+
+
 def run_diff(args) -> int:
-    from weightscope.compare import cache
-    from weightscope.sources.pair import open_merge_check, open_pair
-    from weightscope.compare.align import align
     from weightscope.compare.checks import Expectations, failures
-    from weightscope.compare.device import resolve
-    from weightscope.analysis.lora_notes import annotate
-    from weightscope.report.diff import exit_status, to_json, to_text
-    from weightscope.compare.scan import ScanOptions, scan
-    from weightscope.analysis.spectrum import spectra
+    from weightscope.report.diff import document, dumps, exit_status, to_text
 
     if args.spectrum and not args.json:
-        raise ValueError("--spectrum adds to the JSON document: use it with --json")
-    options = ScanOptions(args.atol, args.rtol, resolve(args.device), args.histograms)
+        raise Failure("--spectrum adds to the JSON document: use it with --json")
     expect = Expectations(args.expect_identical, args.expect_changed, args.fail_on_nonfinite)
-    a, b = (open_pair(args.a, args.b, args.lora_alpha, args.lora_scaling) if args.adapter is None
-            else open_merge_check(args.a, args.b, args.adapter))
-    with a, b:
-        alignment = align(a, b)
-        given = args.lora_alpha is not None or args.lora_scaling is not None  # the cache key knows only files
-        key = None if args.no_cache or given else cache.key(a, b, options)
-        results = cache.load(key, alignment) if key else None
-        if results is None:
-            progress = Progress("scanning")
-            try:
-                results = scan(alignment, a, b, options, progress)
-            finally:
-                progress.close()
-            if key:
-                cache.save(key, results)
-        results = annotate(a, b, results)
+    run = Run(job_of(args, args.b, adapter=args.adapter, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling),
+              "scanning")
+    try:
         if args.json:
-            found = spectra(a, b, results) if args.spectrum else None
-            json.dump(to_json(a, b, alignment, results, args.histograms, found), sys.stdout, indent=1)
-            sys.stdout.write("\n")
+            spectra = run.ask("spectra") if args.spectrum else None
+            doc = document(run.catalog, run.table, args.histograms, spectra, run.side_notes)
+            doc["notes"] = doc["notes"] + run.plan_notes
+            write(dumps(doc))
         else:
-            print(to_text(a, b, alignment, results))
+            write(to_text(run.catalog, run.table, run.side_notes, run.plan_notes))
+    finally:
+        run.close()
+    if run.problems:
+        return 2
     if expect:
-        lines = failures(results, expect)
+        lines = failures(run.catalog, run.table, expect)
         for line in lines:
             print(f"FAIL {line}", file=sys.stderr)
         return 1 if lines else 0
-    return exit_status(results, close_is_equal=args.adapter is not None)
+    return exit_status(run.catalog, run.table, close_is_equal=args.adapter is not None)
 
 
 def run_inspect(args) -> int:
-    from weightscope.compare.checks import nonfinite_text
-    from weightscope.compare.device import resolve
-    from weightscope.sources.discover import open_checkpoint
-    from weightscope.report.diff import inspect_json, inspect_text
-    from weightscope.compare.scan import inspect
+    import numpy as np
 
-    with open_checkpoint(args.a) as checkpoint:
-        progress = Progress("reading")
-        try:
-            results = inspect(checkpoint, resolve(args.device), progress)
-        finally:
-            progress.close()
-        if args.json:
-            json.dump(inspect_json(checkpoint, results), sys.stdout, indent=1)
-            sys.stdout.write("\n")
-        else:
-            print(inspect_text(checkpoint, results))
-    bad = [(info, side) for info, side, _ in results if side and side.nonfinite]
+    from weightscope.compare import columns as c
+    from weightscope.report.diff import dumps, inspect_json, inspect_text, nonfinite_text
+
+    run = Run(job_of(args, None), "reading")
+    try:
+        write(dumps(inspect_json(run.catalog, run.table)) if args.json else inspect_text(run.catalog, run.table))
+    finally:
+        run.close()
+    if run.problems:
+        return 2
     if args.fail_on_nonfinite:
-        for info, side in bad:
-            print(f"FAIL {info.name}: {nonfinite_text(side)}", file=sys.stderr)
+        counts = np.nan_to_num(run.table.values[:, [c.FA + c.FNAN, c.FA + c.FPOSINF, c.FA + c.FNEGINF]]).astype(int)
+        bad = np.flatnonzero(counts.sum(axis=1) > 0).tolist()
+        for i in bad:
+            print(f"FAIL {run.catalog.names[i]}: {nonfinite_text(*counts[i])}", file=sys.stderr)
         return 1 if bad else 0
     return 0
 
@@ -200,22 +300,24 @@ COMMANDS = {"diff": run_diff, "inspect": run_inspect, "demo": run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from weightscope.sources.errors import CheckpointError
-
     argv = sys.argv[1:] if argv is None else argv
     opens_app = bool(argv) and argv[0] not in COMMANDS and not argv[0].startswith("-")
     args = (build_app_parser() if opens_app else build_parser()).parse_args(argv)
     try:
         if opens_app:
-            return run_app(args.a, args.b, args.device, not args.no_cache)
+            return run_app(job_of(args, args.b, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling,
+                                  tree=True))
         return COMMANDS[args.command](args)
-    except CheckpointError as exc:
+    except Failure as exc:
         print(f"weightscope: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # options that cannot be honoured, e.g. --device cuda without CUDA
-        print(f"weightscope: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # `weightscope diff a b | head`: whoever reads has stopped
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 2
-    except BrokenPipeError:  # `weightscope diff a b | head`
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: exit 2 and one line, never "differences found"
+        if getattr(args, "debug", False):
+            raise
+        print(f"weightscope: unexpected error: {type(exc).__name__}: {exc} (--debug shows where)", file=sys.stderr)
+        return 2

@@ -3,8 +3,8 @@
 An entry holds only what the scan computed (statuses, figures, per-pair errors and notes,
 histograms when asked for): what is derived from it (LoRA notes and alarms, roll-ups) is
 worked out again whoever reads it, so the app and `diff` agree whichever wrote it. It is
-keyed by a schema version, the options that change figures, and the identity of every file
-on both sides (real path, size, mtime and a hash of its first and last 64 KiB, where headers
+keyed by a schema version, the options that change figures, how computed tensors are
+computed, and the identity of every file on both sides (real path, size, mtime and a hash of its first and last 64 KiB, where headers
 and zip directories live).
 
 Entries are `.npz` files of plain arrays (read without pickle) in `$XDG_CACHE_HOME/weightscope/scans`;
@@ -50,7 +50,9 @@ def key(a: Checkpoint, b: Checkpoint, options, single: bool = False) -> str | No
     try:
         identity = {"schema": SCHEMA, "version": __version__, "atol": options.atol, "rtol": options.rtol,
                     "histograms": options.histograms, "device": options.device, "single": single,
-                    "a": [file_identity(f) for f in a.files], "b": [file_identity(f) for f in b.files]}
+                    "a": [file_identity(f) for f in a.files], "b": [file_identity(f) for f in b.files],
+                    # how computed tensors are computed (a LoRA scaling given on the command line)
+                    "origins": sorted({t.origin for side in (a, b) for t in side.tensors.values() if t.origin})}
     except OSError:
         return None
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -91,7 +93,7 @@ def load(cache_key: str, catalog: Catalog) -> ResultTable | None:
                                      for side, h in found.items()} for i, found in extras["histograms"].items()}
         os.utime(path)  # used now: the last to be evicted
         return table
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged or foreign: a miss
+    except Exception:  # noqa: BLE001  (damaged, cut short or foreign: any problem is a miss)
         return None
 
 

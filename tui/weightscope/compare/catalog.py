@@ -66,6 +66,7 @@ class Side:
     error: dict[int, str] = field(default_factory=dict)
     tied_to: dict[int, str] = field(default_factory=dict)
     origin: dict[int, str] = field(default_factory=dict)
+    stored_name: dict[int, str] = field(default_factory=dict)
 
     @property
     def present(self) -> np.ndarray:
@@ -86,7 +87,13 @@ class Side:
             return None
         span = (int(self.start[i]), int(self.end[i])) if self.start[i] >= 0 else None
         return TensorInfo(self.name[i], self.dtype[i], self.shape[i], files[self.file[i]], span, self.tied_to.get(i),
-                          self.error.get(i), self.origin.get(i), self.quant.get(i))
+                          self.error.get(i), self.origin.get(i), self.quant.get(i), self.stored_name.get(i))
+
+    def file_names(self) -> list[str | None]:
+        """Each tensor's name as its file stores it (a script can look it up there)."""
+        if not self.stored_name:
+            return self.name
+        return [self.stored_name.get(i, name) for i, name in enumerate(self.name)]
 
 
 @dataclass
@@ -112,6 +119,7 @@ class Catalog:
     notes: list[str]
     pair_notes: dict[int, tuple[str, ...]]
     single: bool = False
+    _index: dict[str, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -119,6 +127,12 @@ class Catalog:
     def pair(self, i: int) -> Pair:
         """Pair `i` as the sources gave it."""
         return Pair(self.names[i], self.a.info(i, self.files), self.b.info(i, self.files), self.pair_notes.get(i, ()))
+
+    def index(self, name: str) -> int | None:
+        """The pair of this name, if there is one."""
+        if self._index is None:
+            self._index = {n: i for i, n in enumerate(self.names)}
+        return self._index.get(name)
 
     def tied_elsewhere(self, i: int) -> bool:
         """On one side only, but tied to a tensor both sides have: not a real absence."""
@@ -156,6 +170,8 @@ def side_column(infos: list[TensorInfo | None], files: dict[str, int], plain: li
             side.tied_to[i] = info.tied_to
         if info.origin is not None:
             side.origin[i] = info.origin
+        if info.stored_name is not None:
+            side.stored_name[i] = info.stored_name
     return side
 
 

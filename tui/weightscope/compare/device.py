@@ -91,16 +91,16 @@ def summed(a, b, same_shape: bool, atol: float, rtol: float, device: str,
            should_cancel: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, int]:
     """The merged row and flags (as `stats.summed` gives them) of tensors a and b (either None),
     computed on `device`."""
-    from weightscope.compare import kernels as k
+    from weightscope.compare import pieces
     from weightscope.compare.stats import merge
 
     if same_shape:
         chunk_rows, starts = rows([a, b], lambda x, y: pair_row(x, y, atol, rtol), device, should_cancel)
         chunk_rows[:, c.D + c.ARGMAX] += starts[:len(chunk_rows)]
-        flags = k.HAS_A | k.HAS_B | k.HAS_D
+        flags = pieces.HAS_A | pieces.HAS_B | pieces.HAS_D
     else:
         parts, flags = [], 0
-        for tensor, base, has in ((a, c.A, k.HAS_A), (b, c.B, k.HAS_B)):
+        for tensor, base, has in ((a, c.A, pieces.HAS_A), (b, c.B, pieces.HAS_B)):
             if tensor is not None:
                 side_rows, _ = rows([tensor], side_row, device, should_cancel)
                 padded = np.zeros((len(side_rows), c.PAIR))

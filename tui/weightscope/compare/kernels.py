@@ -1,6 +1,6 @@
 """The compiled loops: decode stored elements and sum many pieces of tensors in one call.
 
-A *piece* is at most `PIECE` consecutive elements of one tensor, or the same positions of
+A *piece* is at most `pieces.PIECE` consecutive elements of one tensor, or the same positions of
 both tensors of a pair, lying in a byte buffer read from the files. `scan_pieces` takes a
 whole table of pieces (a run of small tensors, or a range of a large one) and writes one row
 of sums per piece (`columns.py`): a model of 100,000 small tensors costs a few calls, not
@@ -22,28 +22,15 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
+from weightscope.compare import pieces  # noqa: E402
 from weightscope.compare.columns import (  # noqa: E402
     A, AA, AB, ARGMAX, B, BB, BOTH, CHANGED, D, HI, LO, MAXABS, MISMATCHED, N, NAN, NEGINF, PAIR, POSINF, S1, S2,
     SHIFT, SUMABS, SUMSQ, ZEROS)
+from weightscope.compare.pieces import (  # noqa: E402
+    BYTES, CODE_A, CODE_B, COUNT, EQUAL, HAS_A, HAS_B, HAS_D, ITEMSIZES, KIND, NARROW, OFF_A, OFF_B, PAIRED, SIDE_A,
+    SIDE_B, START)
 
 BLOCK = 2048  # elements per vectorized loop: both sides' block stays in L1 across its loops
-PIECE = 1 << 15  # elements per piece: both sides' decoded scratch stay in a core's L2 cache
-
-# Element types the loops decode, by code. Types past `NARROW` decode to float64 (exactly).
-CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "float8_e4m3fn": 3, "float8_e5m2": 4, "float8_e8m0fnu": 5,
-         "int8": 6, "uint8": 7, "int16": 8, "uint16": 9, "bool": 10,
-         "float64": 11, "int32": 12, "uint32": 13, "int64": 14, "uint64": 15}
-NARROW = 11
-ITEMSIZES = np.array([4, 2, 2, 1, 1, 1, 1, 1, 2, 2, 1, 8, 4, 4, 8, 8], np.int64)
-
-# Columns of a piece table (one int64 row per piece).
-KIND, CODE_A, CODE_B, OFF_A, OFF_B, COUNT, START = range(7)
-PIECE_COLUMNS = 7
-# What a piece asks for: both sides of a pair of one shape, one side only, or only whether
-# the bytes are equal (types without statistics).
-PAIRED, SIDE_A, SIDE_B, BYTES = range(4)
-# Flags of a finished piece.
-HAS_A, HAS_B, HAS_D, EQUAL = 1, 2, 4, 8
 
 exact = numba.njit(nogil=True, cache=True, error_model="numpy")
 # Reassociation lets the sums vectorize; NaN and Inf still propagate, which is how a block
@@ -491,7 +478,7 @@ def histogram_pieces(buf_a, buf_b, pieces, which, lo, hi, row, narrow, wide, tab
 
 def scratch() -> tuple[np.ndarray, np.ndarray]:
     """The narrow and wide scratch buffers the loops decode into (one pair per thread)."""
-    return np.empty((2, PIECE), np.float32), np.empty((2, PIECE), np.float64)
+    return np.empty((2, pieces.PIECE), np.float32), np.empty((2, pieces.PIECE), np.float64)
 
 
 def load() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from weightscope.compare import kernels as k
+from weightscope.compare import pieces
 from weightscope.compare import results, stats
 from weightscope.compare.catalog import ERROR, ONLY_A, ONLY_B, SHAPE_MISMATCH, Catalog
 from weightscope.compare.results import Batch
@@ -65,7 +65,7 @@ class ObjectUnit:
     """Pairs a worker reads through their checkpoints' sources, one pair at a time."""
 
     number: int
-    pairs: list[int]
+    pairs: list  # scan.PairJob
     nbytes: int
 
 
@@ -103,7 +103,7 @@ def identity(path: str) -> tuple[int, int] | None:
 
 def codes(dtypes: list[str | None]) -> np.ndarray:
     """The kernels' code per dtype, -1 for a type without statistics (or no tensor)."""
-    lookup = {dtype: k.CODES.get(dtype, -1) for dtype in set(dtypes)}
+    lookup = {dtype: pieces.CODES.get(dtype, -1) for dtype in set(dtypes)}
     return np.array([lookup[d] for d in dtypes], np.int64)
 
 
@@ -171,11 +171,14 @@ def build(catalog: Catalog, atol: float | None = None, rtol: float | None = None
     side_a = on_spans & np.isin(known, (ONLY_A, SHAPE_MISMATCH))
     side_b = on_spans & np.isin(known, (ONLY_B, SHAPE_MISMATCH))
     entries = np.concatenate([np.flatnonzero(paired | side_a), np.flatnonzero(side_b)])
-    kinds = np.concatenate([np.where(paired, k.PAIRED, k.SIDE_A)[paired | side_a],
-                            np.full(int(side_b.sum()), k.SIDE_B)])
+    kinds = np.concatenate([np.where(paired, pieces.PAIRED, pieces.SIDE_A)[paired | side_a],
+                            np.full(int(side_b.sum()), pieces.SIDE_B)])
     units, pieces_per_pair = span_units(catalog, entries, kinds, code_a, code_b, tol)
+    from weightscope.compare.scan import PairJob
+
     for group in object_groups(catalog, np.flatnonzero(wanted & ~on_spans)):
-        units.append(ObjectUnit(len(units), group, int(catalog.data_bytes[group].sum())))
+        units.append(ObjectUnit(len(units), [PairJob.of(catalog, i) for i in group],
+                                int(catalog.data_bytes[group].sum())))
     return Plan(units, Batch.join(ready).sorted() if ready else Batch.empty(), pieces_per_pair, tol, notes, ties)
 
 
@@ -199,9 +202,9 @@ def span_units(catalog: Catalog, entries: np.ndarray, kinds: np.ndarray, code_a:
     pieces_per_pair = np.zeros(len(catalog), np.int64)
     if not len(entries):
         return [], pieces_per_pair
-    uses_a, uses_b = kinds != k.SIDE_B, kinds != k.SIDE_A
-    size_a = np.where(uses_a, k.ITEMSIZES[np.maximum(code_a[entries], 0)], 0)
-    size_b = np.where(uses_b, k.ITEMSIZES[np.maximum(code_b[entries], 0)], 0)
+    uses_a, uses_b = kinds != pieces.SIDE_B, kinds != pieces.SIDE_A
+    size_a = np.where(uses_a, pieces.ITEMSIZES[np.maximum(code_a[entries], 0)], 0)
+    size_b = np.where(uses_b, pieces.ITEMSIZES[np.maximum(code_b[entries], 0)], 0)
     # file order: A's files as they lie, then what only B has
     lead_file = np.where(uses_a, a.file[entries], b.file[entries] + len(catalog.files))
     lead_start = np.where(uses_a, a.start[entries], b.start[entries])
@@ -210,11 +213,11 @@ def span_units(catalog: Catalog, entries: np.ndarray, kinds: np.ndarray, code_a:
     numel = np.where(uses_a, a.numel[entries], b.numel[entries])
 
     # Pieces: every entry cut into runs of at most PIECE elements (one, empty, for an empty tensor).
-    count = np.maximum(1, -(-numel // k.PIECE))
+    count = np.maximum(1, -(-numel // pieces.PIECE))
     entry_of = np.repeat(np.arange(len(entries)), count)
     first = np.repeat(np.cumsum(count) - count, count)
-    element = (np.arange(len(entry_of)) - first) * k.PIECE
-    length = np.minimum(k.PIECE, numel[entry_of] - element)
+    element = (np.arange(len(entry_of)) - first) * pieces.PIECE
+    length = np.minimum(pieces.PIECE, numel[entry_of] - element)
     owner = entries[entry_of]
     np.add.at(pieces_per_pair, owner, 1)
     bytes_a, bytes_b = length * size_a[entry_of], length * size_b[entry_of]
@@ -223,19 +226,19 @@ def span_units(catalog: Catalog, entries: np.ndarray, kinds: np.ndarray, code_a:
     done_before = np.cumsum(bytes_a + bytes_b) - (bytes_a + bytes_b)
     unit_of = done_before // UNIT_BYTES
 
-    pieces = np.zeros((len(owner), k.PIECE_COLUMNS), np.int64)
-    pieces[:, k.KIND] = kinds[entry_of]
-    pieces[:, k.CODE_A] = np.where(uses_a[entry_of], code_a[owner], 0)
-    pieces[:, k.CODE_B] = np.where(uses_b[entry_of], code_b[owner], 0)
-    pieces[:, k.COUNT] = length
-    pieces[:, k.START] = element
+    table = np.zeros((len(owner), pieces.PIECE_COLUMNS), np.int64)
+    table[:, pieces.KIND] = kinds[entry_of]
+    table[:, pieces.CODE_A] = np.where(uses_a[entry_of], code_a[owner], 0)
+    table[:, pieces.CODE_B] = np.where(uses_b[entry_of], code_b[owner], 0)
+    table[:, pieces.COUNT] = length
+    table[:, pieces.START] = element
     single = catalog.single
-    reads_a, pieces[:, k.OFF_A] = lay_out(unit_of, a.file[owner], a.start[owner] + element * size_a[entry_of],
+    reads_a, table[:, pieces.OFF_A] = lay_out(unit_of, a.file[owner], a.start[owner] + element * size_a[entry_of],
                                           bytes_a, uses_a[entry_of], catalog.files)
     if single:
-        reads_b, pieces[:, k.OFF_B] = {}, pieces[:, k.OFF_A]
+        reads_b, table[:, pieces.OFF_B] = {}, table[:, pieces.OFF_A]
     else:
-        reads_b, pieces[:, k.OFF_B] = lay_out(unit_of, b.file[owner], b.start[owner] + element * size_b[entry_of],
+        reads_b, table[:, pieces.OFF_B] = lay_out(unit_of, b.file[owner], b.start[owner] + element * size_b[entry_of],
                                               bytes_b, uses_b[entry_of], catalog.files)
     tolerances = tol[owner]
     bounds = np.flatnonzero(np.r_[True, unit_of[1:] != unit_of[:-1], True])
@@ -244,7 +247,7 @@ def span_units(catalog: Catalog, entries: np.ndarray, kinds: np.ndarray, code_a:
         u = int(unit_of[lo])
         ra, rb = reads_a.get(u, []), reads_b.get(u, [])
         sizes = (sum(r.length for r in ra), sum(r.length for r in rb))
-        units.append(Unit(number, (ra, rb), sizes, pieces[lo:hi], tolerances[lo:hi], owner[lo:hi],
+        units.append(Unit(number, (ra, rb), sizes, table[lo:hi], tolerances[lo:hi], owner[lo:hi],
                           int(bytes_a[lo:hi].sum() + bytes_b[lo:hi].sum()), single))
     return units, pieces_per_pair
 

@@ -11,13 +11,13 @@ per tensor on the way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from weightscope.compare import catalog as cat
 from weightscope.compare import columns as c
-from weightscope.compare import kernels as k
+from weightscope.compare import pieces
 from weightscope.compare import plan as plans
 from weightscope.compare import results, stats
 from weightscope.compare.align import Alignment, Pair
@@ -71,22 +71,20 @@ class Buffers:
 buffers = Buffers()
 
 
-def run_unit(unit: plans.Unit | plans.ObjectUnit,
-             opened: Callable[[], tuple[Checkpoint, Checkpoint, Catalog]] | None = None,
+def run_unit(unit: plans.Unit | plans.ObjectUnit, opened: Opener | None = None,
              options: ScanOptions = ScanOptions(), should_cancel: Callable[[], bool] = lambda: False) -> UnitOutput:
     """Do one unit.
 
     Args:
-        opened: for object units, a function giving the open checkpoints and their catalog
-            (A, B, catalog; B is A when browsing one checkpoint).
+        opened: for object units, a function giving the open checkpoints (A, B; B is A when
+            one checkpoint is browsed alone).
     """
     if isinstance(unit, plans.ObjectUnit):
-        a, b, catalog = opened()
         found = []
-        for i in unit.pairs:
+        for job in unit.pairs:
             if should_cancel():
                 raise Cancelled
-            found.append(compare_pair(catalog, i, a, b, options, should_cancel))
+            found.append(compare_pair(job, opened, options, should_cancel))
         return UnitOutput(unit.number, batch=Batch.join(found))
     try:
         buf_a = buffers.get(0, unit.sizes[0])
@@ -140,7 +138,7 @@ class Assembler:
         done = self.received[owners] == self.expected[owners]
         if self.failed:
             done &= ~np.isin(owners, list(self.failed))
-        starts = unit.pieces[:, k.START]
+        starts = unit.pieces[:, pieces.START]
         if not done.all():  # pieces of pairs that go on in other units wait for them
             self.waiting[output.number] = (owners[~done], starts[~done], output.rows[~done], output.flags[~done])
         if not done.any():
@@ -169,7 +167,7 @@ class Assembler:
 def statuses(known: np.ndarray, flags: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Scan statuses from what the headers said and what the pieces found."""
     changed, mismatched = values[:, c.FD + c.FCHANGED], values[:, c.FD + c.FMISMATCHED]
-    out = np.where((flags & k.EQUAL) != 0, results.IDENTICAL,
+    out = np.where((flags & pieces.EQUAL) != 0, results.IDENTICAL,
                    np.where(changed == 0, results.VALUE_EQUAL,
                             np.where(mismatched == 0, results.CLOSE, results.CHANGED)))
     out = np.where(known == cat.ONLY_A, results.ONLY_A, out)
@@ -178,106 +176,134 @@ def statuses(known: np.ndarray, flags: np.ndarray, values: np.ndarray) -> np.nda
     return out.astype(np.int8)
 
 
-# One pair through its checkpoints' sources (object units, and the detail pane)
+# One pair at a time (object units, and what a person asks about one tensor)
 
 
-def side_bytes(checkpoint: Checkpoint, info: TensorInfo, plain: bool):
+@dataclass(frozen=True)
+class PairJob:
+    """All a worker needs to read one pair without the catalog.
+
+    Attributes:
+        plain: per side, whether its bytes are a plain span of its file (then read here,
+            without opening the checkpoint), else read through its checkpoint's source.
+        known: what the headers said (`catalog.KNOWN` code).
+    """
+
+    index: int
+    pair: Pair
+    plain: tuple[bool, bool]
+    known: int
+
+    @staticmethod
+    def of(catalog: Catalog, i: int) -> PairJob:
+        return PairJob(i, catalog.pair(i), (bool(catalog.a.plain[i]), bool(catalog.b.plain[i])),
+                       int(catalog.known[i]))
+
+    @property
+    def needs_sources(self) -> bool:
+        """Some side must be read through its checkpoint (quantized, computed, unpickled, ...)."""
+        return any(info is not None and not plain for info, plain in zip((self.pair.a, self.pair.b), self.plain))
+
+    @property
+    def numel(self) -> int:
+        return (self.pair.a or self.pair.b).numel
+
+
+Opener = Callable[[], tuple[Checkpoint, Checkpoint]]
+
+
+def side_bytes(job: PairJob, side: int, opened: Opener):
     """A side's bytes: read from its file where they are a plain span, else from its source."""
-    if plain:
+    info = job.pair.a if side == 0 else job.pair.b
+    if job.plain[side]:
         return InFile(info.file, info.span[0], info.span[1] - info.span[0])
-    return checkpoint.raw(info.name)
+    return opened()[side].raw(info.name)
 
 
-def summed_pair(catalog: Catalog, i: int, a: Checkpoint, b: Checkpoint, options: ScanOptions,
-                should_cancel: Callable[[], bool]) -> tuple[np.ndarray, int, stats.Sides | None]:
-    """The merged row and flags of pair i, and the sides it was read from."""
-    pair = catalog.pair(i)
+def summed_pair(job: PairJob, opened: Opener, options: ScanOptions,
+                should_cancel: Callable[[], bool]) -> tuple[np.ndarray, int]:
+    """The merged row and flags of a pair."""
+    pair = job.pair
     same_shape = pair.a is not None and pair.b is not None and pair.a.shape == pair.b.shape
-    raw_a = side_bytes(a, pair.a, bool(catalog.a.plain[i])) if pair.a is not None else None
-    raw_b = side_bytes(b, pair.b, bool(catalog.b.plain[i])) if pair.b is not None else None
+    raw_a = side_bytes(job, 0, opened) if pair.a is not None else None
+    raw_b = side_bytes(job, 1, opened) if pair.b is not None else None
     atol, rtol = stats.tolerance(pair.a and pair.a.dtype, pair.b and pair.b.dtype, options.atol, options.rtol)
     if options.device != "cpu":
         from weightscope.compare import device
 
+        a, b = opened()
         equal = same_shape and pair.a.dtype == pair.b.dtype and \
             np.array_equal(a.raw(pair.a.name), b.raw(pair.b.name))
         tensors = [side.load(info.name) if info is not None else None for side, info in ((a, pair.a), (b, pair.b))]
         if equal:  # summed once, as on the CPU: B is A and the difference is zero
+            from weightscope.compare.kernels import equal_piece
+
             row, flags = device.summed(tensors[0], None, False, atol, rtol, options.device, should_cancel)
-            k.equal_piece(row)
-            return row, flags | k.HAS_B | k.HAS_D | k.EQUAL, None
-        row, flags = device.summed(*tensors, same_shape, atol, rtol, options.device, should_cancel)
-        return row, flags, None
+            equal_piece(row)
+            return row, flags | pieces.HAS_B | pieces.HAS_D | pieces.EQUAL
+        return device.summed(*tensors, same_shape, atol, rtol, options.device, should_cancel)
     if same_shape:
-        sides = stats.Sides(raw_a, pair.a.dtype, raw_b, pair.b.dtype)
-        row, flags = stats.summed(sides, atol, rtol, should_cancel)
-        return row, flags, sides
-    rows, flags = [], 0  # each side alone
-    for raw, info, key in ((raw_a, pair.a, "a"), (raw_b, pair.b, "b")):
+        return stats.summed(stats.Sides(raw_a, pair.a.dtype, raw_b, pair.b.dtype), atol, rtol, should_cancel)
+    row, flags = np.zeros(c.PAIR), 0  # each side alone
+    for raw, info, base in ((raw_a, pair.a, c.A), (raw_b, pair.b, c.B)):
         if raw is not None:
-            sides = stats.Sides(raw, info.dtype, None, None) if key == "a" else stats.Sides(None, None, raw, info.dtype)
-            row, f = stats.summed(sides, atol, rtol, should_cancel)
-            rows.append(row)
-            flags |= f
-    row = np.zeros(c.PAIR)
-    if pair.a is not None:
-        row[c.A:c.A + c.SIDE] = rows[0][c.A:c.A + c.SIDE]
-    if pair.b is not None:
-        row[c.B:c.B + c.SIDE] = rows[-1][c.B:c.B + c.SIDE]
-    return row, flags, None
+            sides = stats.Sides(raw, info.dtype, None, None) if base == c.A else stats.Sides(None, None, raw, info.dtype)
+            side_row, side_flags = stats.summed(sides, atol, rtol, should_cancel)
+            row[base:base + c.SIDE] = side_row[base:base + c.SIDE]
+            flags |= side_flags
+    return row, flags
 
 
-def compare_pair(catalog: Catalog, i: int, a: Checkpoint, b: Checkpoint, options: ScanOptions = ScanOptions(),
+def compare_pair(job: PairJob, opened: Opener, options: ScanOptions = ScanOptions(),
                  should_cancel: Callable[[], bool] = lambda: False, histograms: bool = False) -> Batch:
-    """The result of pair i, read through its checkpoints' sources (and with histograms).
+    """The result of one pair (with its histograms, when asked).
 
     Raises:
         Cancelled: `should_cancel()` turned true.
     """
+    i = job.index
     try:
-        row, flags, sides = summed_pair(catalog, i, a, b, options, should_cancel)
-    except TensorUnreadable as exc:
-        return Batch.of(i, results.ERROR, error=str(exc))
-    except ShortRead as exc:
+        row, flags = summed_pair(job, opened, options, should_cancel)
+    except (TensorUnreadable, ShortRead) as exc:
         return Batch.of(i, results.ERROR, error=str(exc))
     except Unsupported as exc:
-        return unsupported(catalog, i, a, b, str(exc))
-    pair_atol, pair_rtol = stats.tolerance(catalog.a.dtype[i], catalog.b.dtype[i], options.atol, options.rtol)
-    values = stats.figures(row[None], np.array([flags], np.uint8), catalog.numel[i:i + 1],
-                           np.array([[pair_atol, pair_rtol]]))
-    batch = Batch(np.array([i], np.int64), statuses(catalog.known[i:i + 1], np.array([flags]), values), values)
+        return unsupported(job, opened, str(exc))
+    pair = job.pair
+    tolerance = stats.tolerance(pair.a and pair.a.dtype, pair.b and pair.b.dtype, options.atol, options.rtol)
+    values = stats.figures(row[None], np.array([flags], np.uint8), np.array([job.numel]), np.array([tolerance]))
+    batch = Batch(np.array([i], np.int64), statuses(np.array([job.known]), np.array([flags]), values), values)
     if histograms:
-        batch.histograms[i] = pair_histograms(catalog, i, a, b, int(batch.status[0]), should_cancel)
+        batch.histograms[i] = pair_histograms(job, opened, int(batch.status[0]), should_cancel)
     return batch
 
 
-def unsupported(catalog: Catalog, i: int, a: Checkpoint, b: Checkpoint, why: str) -> Batch:
+def unsupported(job: PairJob, opened: Opener, why: str) -> Batch:
     """A pair of a type without statistics: its status from its bytes alone."""
-    pair = catalog.pair(i)
-    known = int(catalog.known[i])
+    pair, known = job.pair, job.known
     if known in (cat.ONLY_A, cat.ONLY_B, cat.SHAPE_MISMATCH):
         status = {cat.ONLY_A: results.ONLY_A, cat.ONLY_B: results.ONLY_B}.get(known, results.SHAPE_MISMATCH)
-    else:
-        try:
-            equal = pair.a.dtype == pair.b.dtype and np.array_equal(a.raw(pair.a.name), b.raw(pair.b.name))
-        except TensorUnreadable as exc:
-            return Batch.of(i, results.ERROR, error=str(exc))
-        status = results.IDENTICAL if equal else results.CHANGED
-    return Batch.of(i, status, notes=(why,))
+        return Batch.of(job.index, status, notes=(why,))
+    try:
+        a, b = side_bytes(job, 0, opened), side_bytes(job, 1, opened)
+        a, b = stats.as_bytes(a), stats.as_bytes(b)
+        equal = pair.a.dtype == pair.b.dtype and a.size == b.size and \
+            np.array_equal(a.window(0, a.size), b.window(0, b.size).copy())
+    except (TensorUnreadable, ShortRead) as exc:
+        return Batch.of(job.index, results.ERROR, error=str(exc))
+    return Batch.of(job.index, results.IDENTICAL if equal else results.CHANGED, notes=(why,))
 
 
-def pair_histograms(catalog: Catalog, i: int, a: Checkpoint, b: Checkpoint, status: int,
+def pair_histograms(job: PairJob, opened: Opener, status: int,
                     should_cancel: Callable[[], bool] = lambda: False) -> dict:
-    """Histograms of A, B and B − A of pair i (the sides that exist and have statistics)."""
-    pair = catalog.pair(i)
+    """Histograms of A, B and B − A of a pair (the sides that exist and have statistics)."""
+    pair = job.pair
     if status == results.ERROR:
         return {}
-    raw_a = side_bytes(a, pair.a, bool(catalog.a.plain[i])) if pair.a is not None else None
-    raw_b = side_bytes(b, pair.b, bool(catalog.b.plain[i])) if pair.b is not None else None
     try:
+        raw_a = side_bytes(job, 0, opened) if pair.a is not None else None
+        raw_b = side_bytes(job, 1, opened) if pair.b is not None else None
         found = stats.histograms(raw_a, pair.a and pair.a.dtype, raw_b, pair.b and pair.b.dtype,
-                                 should_cancel=should_cancel,
-                                 identical=status == results.IDENTICAL or catalog.single)
+                                 should_cancel=should_cancel, identical=status == results.IDENTICAL)
     except (Unsupported, TensorUnreadable, ShortRead):
         return {}
     if pair.a is None or pair.b is None or pair.a.shape != pair.b.shape:
@@ -302,7 +328,7 @@ def scan_catalog(catalog: Catalog, a: Checkpoint, b: Checkpoint, options: ScanOp
         for unit in plan.units:
             if should_cancel():
                 break
-            table.add(assembler.add(run_unit(unit, lambda: (a, b, catalog), options, should_cancel)))
+            table.add(assembler.add(run_unit(unit, lambda: (a, b), options, should_cancel)))
             done += unit.nbytes
             if progress:
                 progress(done, total)
@@ -310,7 +336,8 @@ def scan_catalog(catalog: Catalog, a: Checkpoint, b: Checkpoint, options: ScanOp
         pass
     if options.histograms:
         for i in np.flatnonzero(table.status != results.UNREAD).tolist():
-            table.histograms[i] = pair_histograms(catalog, i, a, b, int(table.status[i]), should_cancel)
+            table.histograms[i] = pair_histograms(PairJob.of(catalog, i), lambda: (a, b), int(table.status[i]),
+                                                  should_cancel)
     return table
 
 

@@ -1,6 +1,6 @@
 """Statistics of one tensor and of a pair: piece sums merged into figures, many tensors at once.
 
-The kernels (`kernels.py`) sum pieces of at most `kernels.PIECE` elements into rows of
+The kernels (`kernels.py`) sum pieces of at most `pieces.PIECE` elements into rows of
 `columns.PAIR` float64 sums. `merge` combines each tensor's rows (the parallel-variance
 formula), `figures` turns merged rows into the figures the README defines, in numpy for a
 whole batch of tensors, and `side_of`/`diff_of` read one pair's figures back as `SideStats`
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from weightscope.compare import columns as c
+from weightscope.compare import pieces
 from weightscope.compare.reading import Bytes
 from weightscope.sources.dtypes import ITEMSIZE
 
@@ -117,7 +118,7 @@ def merge(rows: np.ndarray, flags: np.ndarray, owners: np.ndarray) -> tuple[np.n
     Returns:
         (the owners, their rows, their flags: HAS_* of any piece, EQUAL of all pieces).
     """
-    from weightscope.compare.kernels import EQUAL
+    from weightscope.compare.pieces import EQUAL
 
     starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
     if len(starts) == len(owners):  # one piece each: nothing to merge
@@ -161,7 +162,7 @@ def figures(rows: np.ndarray, flags: np.ndarray, numel: np.ndarray, tolerances: 
         numel: elements per tensor (for the changed fraction).
         tolerances: (atol, rtol) per tensor.
     """
-    from weightscope.compare.kernels import HAS_A, HAS_B, HAS_D
+    from weightscope.compare.pieces import HAS_A, HAS_B, HAS_D
 
     out = np.full((len(rows), c.FIGURES), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -257,7 +258,7 @@ def code_of(dtype: str) -> int:
     Raises:
         Unsupported: a type without statistics (complex).
     """
-    from weightscope.compare.kernels import CODES
+    from weightscope.compare.pieces import CODES
 
     if dtype not in CODES:
         raise Unsupported(f"statistics of {dtype} tensors are not computed")
@@ -268,15 +269,13 @@ def pieces_over(numel: int, kind: int, code_a: int, code_b: int, size_a: int, si
                 offset_a: int = 0, offset_b: int = 0) -> np.ndarray:
     """The piece table covering elements [start, start + numel) of a tensor whose bytes begin
     at `offset_a`/`offset_b` of the buffers."""
-    from weightscope.compare import kernels as k
-
-    starts = np.arange(0, numel, k.PIECE, dtype=np.int64)
-    pieces = np.empty((len(starts), k.PIECE_COLUMNS), np.int64)
-    pieces[:, k.KIND], pieces[:, k.CODE_A], pieces[:, k.CODE_B] = kind, code_a, code_b
-    pieces[:, k.OFF_A], pieces[:, k.OFF_B] = offset_a + starts * size_a, offset_b + starts * size_b
-    pieces[:, k.COUNT] = np.minimum(k.PIECE, numel - starts)
-    pieces[:, k.START] = start + starts
-    return pieces
+    starts = np.arange(0, numel, pieces.PIECE, dtype=np.int64)
+    table = np.empty((len(starts), pieces.PIECE_COLUMNS), np.int64)
+    table[:, pieces.KIND], table[:, pieces.CODE_A], table[:, pieces.CODE_B] = kind, code_a, code_b
+    table[:, pieces.OFF_A], table[:, pieces.OFF_B] = offset_a + starts * size_a, offset_b + starts * size_b
+    table[:, pieces.COUNT] = np.minimum(pieces.PIECE, numel - starts)
+    table[:, pieces.START] = start + starts
+    return table
 
 
 WINDOW = 1 << 21  # elements read and summed between two looks at `should_cancel` (a few ms)
@@ -287,11 +286,10 @@ class Sides:
     """One tensor (a side None) or a pair of one shape, as the windows the kernels read."""
 
     def __init__(self, a, dtype_a: str | None, b, dtype_b: str | None):
-        from weightscope.compare import kernels as k
 
         self.a, self.b = as_bytes(a), as_bytes(b)
-        self.kind = k.PAIRED if self.a is not None and self.b is not None else k.SIDE_A if self.a is not None \
-            else k.SIDE_B
+        self.kind = pieces.PAIRED if self.a is not None and self.b is not None else pieces.SIDE_A if self.a is not None \
+            else pieces.SIDE_B
         self.code_a = code_of(dtype_a) if self.a is not None else 0
         self.code_b = code_of(dtype_b) if self.b is not None else 0
         self.size_a = itemsize(dtype_a) if self.a is not None else 1
@@ -332,15 +330,14 @@ def as_bytes(data) -> Bytes | None:
 
 def summed(sides: Sides, atol: float, rtol: float, should_cancel: Callable[[], bool]) -> tuple[np.ndarray, int]:
     """The merged row and flags of one tensor or pair."""
-    from weightscope.compare import kernels as k
 
     rows, flags = [], []
-    for _, a, b, pieces in sides.windows(should_cancel):
-        r, f = run_pieces(a, b, pieces, np.tile([atol, rtol], (len(pieces), 1)))
+    for _, a, b, table in sides.windows(should_cancel):
+        r, f = run_pieces(a, b, table, np.tile([atol, rtol], (len(table), 1)))
         rows.append(r)
         flags.append(f)
     if not rows:  # no elements: an empty row that says which sides there are
-        has = {k.PAIRED: k.HAS_A | k.HAS_B | k.HAS_D, k.SIDE_A: k.HAS_A, k.SIDE_B: k.HAS_B}[sides.kind]
+        has = {pieces.PAIRED: pieces.HAS_A | pieces.HAS_B | pieces.HAS_D, pieces.SIDE_A: pieces.HAS_A, pieces.SIDE_B: pieces.HAS_B}[sides.kind]
         return np.zeros(c.PAIR), has
     rows_, flags_ = np.concatenate(rows), np.concatenate(flags)
     _, merged, merged_flags = merge(rows_, flags_, np.zeros(len(rows_), np.int64))
@@ -355,7 +352,7 @@ def scratch() -> tuple[np.ndarray, np.ndarray]:
     from weightscope.compare import kernels as k
 
     global _scratch
-    if _scratch is None or _scratch[0].shape[1] < k.PIECE:
+    if _scratch is None or _scratch[0].shape[1] < pieces.PIECE:
         _scratch = k.scratch()
     return _scratch
 
@@ -392,7 +389,7 @@ def decoded(raw: np.ndarray, code: int) -> np.ndarray:
     """Raw bytes of the type `code` as float64 values (for samples: small arrays)."""
     from weightscope.compare import kernels as k
 
-    count = raw.size // int(k.ITEMSIZES[code])
+    count = raw.size // int(pieces.ITEMSIZES[code])
     out, narrow = np.empty(count), np.empty(count, np.float32)
     k.decode_wide(np.ascontiguousarray(raw), 0, count, code, out, narrow, k.TABLES)
     return out
@@ -420,8 +417,8 @@ def counted(sides: Sides, which: int, lo: float, hi: float, bins: int,
     from weightscope.compare import kernels as k
 
     row = np.zeros(bins + 2, np.int64)
-    for _, a, b, pieces in sides.windows(should_cancel):
-        k.histogram_pieces(a, b, pieces, which, lo, hi, row, *scratch(), k.TABLES)
+    for _, a, b, table in sides.windows(should_cancel):
+        k.histogram_pieces(a, b, table, which, lo, hi, row, *scratch(), k.TABLES)
     return Histogram(lo, hi, tuple(int(x) for x in row[:-2]), int(row[-2]), int(row[-1]))
 
 

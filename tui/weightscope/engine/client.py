@@ -1,48 +1,50 @@
 """Starting an engine and talking to it, for the app and the command line alike.
 
-`Engine(job)` starts the engine process and one worker process per further core (spawned:
-a fresh interpreter each, never a fork of a process that runs threads), wires them with
-pipes, and gives the caller one pipe: `send` a request, `recv` what comes back. The
-processes end when the caller closes the engine or exits.
+`Engine(job)` starts the engine in a fresh interpreter (`python -m weightscope.engine.server`,
+never a fork of a process that runs threads, and never a re-import of the caller's main
+module) and gives the caller one pipe to it: `send` a request, `recv` what comes back. The
+engine starts its worker processes the same way. All of them end when the caller closes the
+engine or goes away: each one reads end-of-file from its pipe.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from dataclasses import replace
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
 
 from weightscope.engine import protocol as msg
 
 
-def helpers_wanted() -> int:
-    """Worker processes beside the engine's own worker thread: one per further core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, cores - 1)
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def start(module: str, quiet: bool = True) -> tuple[subprocess.Popen, Connection]:
+    """A fresh interpreter running `module`'s `main(conn)`, and our end of its pipe."""
+    ours, theirs = socket.socketpair()
+    fd = theirs.fileno()
+    output = subprocess.DEVNULL if quiet else None  # the app's screen is no place for a child's output
+    process = subprocess.Popen([sys.executable, "-m", module, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                               stdout=output, stderr=output)
+    theirs.close()
+    return process, Connection(ours.detach())
 
 
 class Engine:
-    """A running engine: its processes, and the pipe to it."""
+    """A running engine, and the pipe to it."""
 
-    def __init__(self, job: msg.Job, helpers: int | None = None):
-        from weightscope.engine import server, worker
-
-        job = replace(job, cwd=os.getcwd(), environ=dict(os.environ))
-        context = multiprocessing.get_context("spawn")
-        self.conn, engine_end = context.Pipe()
-        self.cancelled = context.RawArray("q", worker.SLOTS)
-        pairs = [context.Pipe() for _ in range(helpers_wanted() if helpers is None else helpers)]
-        self.process = context.Process(target=server.main, name="weightscope-engine", daemon=True,
-                                       args=(engine_end, job, [p[0] for p in pairs], self.cancelled))
-        self.process.start()
-        self.helpers = [context.Process(target=worker.main, name="weightscope-worker", daemon=True,
-                                        args=(p[1], job, self.cancelled)) for p in pairs]
-        for process in self.helpers:
-            process.start()
-        engine_end.close()  # the children hold their ends; closing ours lets EOF reach whoever is left
-        for a_end, b_end in pairs:
-            a_end.close()
-            b_end.close()
+    def __init__(self, job: msg.Job, helpers: int | None = None, quiet: bool = True):
+        """
+        Args:
+            helpers: worker processes beside the engine's own worker thread (default: one per
+                further core).
+            quiet: the engine's processes write nothing to this terminal.
+        """
+        self.process, self.conn = start("weightscope.engine.server", quiet)
+        self.conn.send((job, max(0, cores() - 1) if helpers is None else helpers, quiet))
         self.tickets = 0
 
     def ticket(self) -> int:
@@ -63,23 +65,26 @@ class Engine:
         try:
             return self.conn.recv()
         except (EOFError, OSError):
-            self.process.join(1)
-            code = self.process.exitcode
-            why = f"exit status {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "unknown"
+            try:
+                code = self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                code = None
+            why = f"exit status {code}" if code is not None and code >= 0 else \
+                f"signal {-code}" if code is not None else "no exit status"
             return msg.Failed(None, "engine", f"the engine process stopped unexpectedly ({why})", fatal=True)
 
     def close(self) -> None:
-        """Ask the engine to stop, and make sure its processes are gone."""
+        """Ask the engine to stop, and make sure it has."""
         try:
             self.conn.send(msg.Close())
         except (BrokenPipeError, OSError):
             pass
         self.conn.close()
-        for process in (self.process, *self.helpers):
-            process.join(2)
-            if process.is_alive():
-                process.terminate()
-                process.join(1)
+        try:
+            self.process.wait(3)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def __enter__(self) -> Engine:
         return self

@@ -25,6 +25,6 @@ def open_job(job: Job) -> tuple[Checkpoint, Checkpoint | None, Alignment, cat.Ca
     if job.adapter is not None:
         a, b = open_merge_check(job.path_a, job.path_b, job.adapter)
     else:
-        a, b = open_pair(job.path_a, job.path_b)
+        a, b = open_pair(job.path_a, job.path_b, job.lora_alpha, job.lora_scaling)
     alignment = align(a, b)
     return a, b, alignment, cat.build(a, b, alignment)

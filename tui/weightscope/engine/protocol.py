@@ -24,11 +24,11 @@ class Job:
     path_a: str
     path_b: str | None  # None: browse A alone
     adapter: str | None = None  # check a merge: B against A + ΔW of this adapter
-    options: ScanOptions = ScanOptions()
+    lora_alpha: float | None = None  # the scaling of an adapter saved without its config
+    lora_scaling: float | None = None
+    options: ScanOptions = ScanOptions()  # `device` may be "auto": the engine resolves it
     use_cache: bool = True
     tree: bool = False  # send the name tree with the catalog (the app draws it first)
-    cwd: str = "."
-    environ: dict[str, str] = field(default_factory=dict)
 
 
 # Client -> engine
@@ -61,6 +61,8 @@ class Ask:
 
 @dataclass(frozen=True)
 class Cancel:
+    """Stop work on this ticket (sent by the client to the engine, and by the engine to a worker)."""
+
     ticket: int
 
 
@@ -99,12 +101,14 @@ class ScanDone:
         notes: per pair, notes the results add once all are in (what a LoRA adapter did to
             each tensor, and the alarms); they replace the pairs' notes.
         sides: each side's checkpoint notes after the scan (LoRA alarms about the whole adapter).
+        plan_notes: what the plan found (files on both sides read as identical without reading).
     """
 
     complete: bool
     notes: dict[int, tuple[str, ...]] = field(default_factory=dict)
     sides: tuple[list[str], list[str] | None] = ([], None)
     plan_notes: list[str] = field(default_factory=list)
+    histograms: dict[int, dict] = field(default_factory=dict)  # with `ScanOptions.histograms`
 
 
 @dataclass

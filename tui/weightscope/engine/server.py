@@ -3,7 +3,8 @@ results to the client, in a process of its own.
 
 One loop waits on the client's pipe and the workers'. Work waits in queues: what a person
 waits for (a tensor's figures, its spectrum or map) goes first, to the worker thread of this
-process, which has the open checkpoints; the scan's units go to whichever worker is free.
+process when a side must be read through its checkpoint's source (the others read plain
+spans themselves), to any worker otherwise; the scan's units go to whichever worker is free.
 Results go to the client in plan order, at most `protocol.WINDOW` messages ahead of its
 acknowledgements. Answers that need only the catalog and the results so far (the name tree
 of a filter, the overview, anomalies, an export) are worked out in a thread here. Anything
@@ -17,6 +18,7 @@ import queue
 import threading
 import traceback
 from collections import deque
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Pipe, wait
 
@@ -24,10 +26,11 @@ import numpy as np
 
 from weightscope.compare import columns as c
 from weightscope.compare import plan as plans
+from weightscope.compare import results
 from weightscope.compare.results import Batch, ResultTable
-from weightscope.compare.scan import Assembler, UnitOutput
+from weightscope.compare.scan import Assembler, PairJob, UnitOutput
 from weightscope.engine import protocol as msg
-from weightscope.engine.worker import SLOTS, Done, Opened, Task, serve
+from weightscope.engine.worker import Done, Opened, Task, serve
 from weightscope.sources.errors import CheckpointError, one_line
 
 CACHED_SLICE = 5000  # cached results per message: the client takes each before the next few come
@@ -63,10 +66,11 @@ class Worker:
 
 
 class LocalPipe:
-    """The local worker's end: tasks from a queue, what came of them into a pipe the loop waits on."""
+    """The local worker's end: tasks from a queue, what came of them into a pipe the loop waits
+    on, and the tickets the loop cancelled."""
 
-    def __init__(self, tasks: queue.SimpleQueue, done):
-        self.tasks, self.done = tasks, done
+    def __init__(self, tasks: queue.SimpleQueue, done, cancelled_tickets: set[int]):
+        self.tasks, self.done, self.cancelled_tickets = tasks, done, cancelled_tickets
 
     def recv(self):
         return self.tasks.get()
@@ -74,10 +78,14 @@ class LocalPipe:
     def send(self, done: Done) -> None:
         self.done.send(done)
 
+    def cancelled(self, ticket: int) -> bool:
+        return ticket in self.cancelled_tickets
+
 
 class Server:
-    def __init__(self, conn, job: msg.Job, worker_conns: list, cancelled):
-        self.conn, self.job, self.cancelled = conn, job, cancelled
+    def __init__(self, conn, job: msg.Job, worker_conns: list):
+        self.conn, self.job = conn, job
+        self.cancelled: set[int] = set()
         self.helpers = [Worker(worker_conn) for worker_conn in worker_conns]
         self.urgent: deque[Task] = deque()  # for the local worker, before anything else
         self.units: deque[Task] = deque()  # the scan's
@@ -92,11 +100,13 @@ class Server:
     # Life
 
     def run(self) -> None:
+        from weightscope.compare.device import resolve
         from weightscope.engine.opening import open_job
 
         try:
+            self.options = replace(self.job.options, device=resolve(self.job.options.device))
             a, b, _, self.catalog = open_job(self.job)
-        except CheckpointError as exc:
+        except (CheckpointError, ValueError) as exc:  # ValueError: options that cannot be honoured
             self.send(msg.Failed(None, "open", str(exc), fatal=True))
             return
         except Exception as exc:  # noqa: BLE001  (a bug, or a file nobody foresaw: said, never a traceback)
@@ -118,12 +128,12 @@ class Server:
         done_in, done_out = Pipe(duplex=False)
         self.local = Worker(done_in, tasks)
         self.workers = [self.local, *self.helpers]
-        opened = Opened(self.job, (self.a, self.b, self.catalog))
+        opened = Opened(self.job, (self.a, self.b))
 
         def work():
             from weightscope.compare import kernels  # noqa: F401  (loads the compiled loops)
 
-            serve(LocalPipe(tasks, done_out), opened, self.cancelled)
+            serve(LocalPipe(tasks, done_out, self.cancelled), opened)
 
         threading.Thread(target=work, name="weightscope-worker", daemon=True).start()
 
@@ -171,12 +181,15 @@ class Server:
 
     def ask(self, request: msg.Ask) -> None:
         if request.kind in ("detail", "spectrum", "map"):
-            self.urgent.append(Task(request.ticket, request.kind, request.args))
+            index, *rest = request.args
+            job = PairJob.of(self.catalog, index)
+            self.urgent.append(Task(request.ticket, request.kind, (job, *rest), self.options))
         elif request.kind == "spectra":
             changed = np.nan_to_num(self.table.values[:, c.FD + c.FCHANGED]) > 0
             wanted = {i for i in np.flatnonzero(changed).tolist() if len(self.catalog.a.shape[i] or ()) >= 2}
             self.spectra[request.ticket] = (set(wanted), dict.fromkeys(np.flatnonzero(changed).tolist()))
-            self.background.extend(Task(request.ticket, "spectrum", (i,)) for i in sorted(wanted))
+            self.background.extend(Task(request.ticket, "spectrum", (PairJob.of(self.catalog, i),), self.options)
+                                   for i in sorted(wanted))
             self.spectra_answered(request.ticket)
         else:
             self.threads.submit(self.answer, request)
@@ -202,7 +215,10 @@ class Server:
         return copy
 
     def cancel(self, ticket: int) -> None:
-        self.cancelled[ticket % SLOTS] = ticket
+        self.cancelled.add(ticket)
+        for worker in self.helpers:
+            if worker.alive and worker.busy is not None and worker.busy.ticket == ticket:
+                worker.conn.send(msg.Cancel(ticket))
         for pending in (self.urgent, self.units, self.background):
             kept = [t for t in pending if t.ticket != ticket]
             pending.clear()
@@ -215,10 +231,14 @@ class Server:
         for worker in self.workers:
             if not worker.alive or worker.busy is not None:
                 continue
-            pending = (self.urgent if worker.local and self.urgent else self.units if self.units
-                       else self.background)
-            if pending:
-                worker.give(pending.popleft())
+            if not worker.local and self.options.device != "cpu":
+                continue  # one process owns the GPU: the engine's
+            urgent = next((t for t in self.urgent if worker.local or not t.args[0].needs_sources), None)
+            if urgent is not None:  # what a person waits for; reading through sources, in this process
+                self.urgent.remove(urgent)
+                worker.give(urgent)
+            elif self.units or self.background:
+                worker.give((self.units or self.background).popleft())
 
     def from_worker(self, worker: Worker) -> None:
         try:
@@ -229,11 +249,14 @@ class Server:
         task, worker.busy = worker.busy, None
         if task.kind == "unit":
             self.scan.unit_done(task.args[0], done.content if done.error is None else None, done.error)
+        elif task.kind == "histograms":
+            self.scan.histograms_done(task.args[0].index, done.content if done.error is None else {})
         elif task.ticket in self.spectra:
-            self.spectra[task.ticket][0].discard(task.args[0])
-            self.spectra[task.ticket][1][task.args[0]] = done.content if done.error is None else None
+            index = task.args[0].index
+            self.spectra[task.ticket][0].discard(index)
+            self.spectra[task.ticket][1][index] = done.content if done.error is None else None
             self.spectra_answered(task.ticket)
-        elif done.cancelled or self.cancelled[task.ticket % SLOTS] == task.ticket:
+        elif done.cancelled or task.ticket in self.cancelled:
             pass
         elif done.error is not None:
             self.send(msg.Failed(task.ticket, task.kind, done.error))
@@ -253,6 +276,8 @@ class Server:
         why = "a worker process stopped unexpectedly"
         if task is not None and task.kind == "unit":
             self.scan.unit_done(task.args[0], None, why)
+        elif task is not None and task.kind == "histograms":
+            self.scan.histograms_done(task.args[0].index, {})
         elif task is not None:
             self.send(msg.Failed(task.ticket, task.kind, why))
         if not any(w.alive for w in self.workers):
@@ -262,13 +287,13 @@ class Server:
     def start_scan(self) -> None:
         from weightscope.compare import cache
 
-        options = self.job.options
+        options = self.options
         plan = plans.build(self.catalog, options.atol, options.rtol, device=options.device)
         key = cache.key(self.a, self.b, options, self.catalog.single) if self.job.use_cache else None
         cached = cache.load(key, self.catalog) if key else None
         self.scan = ScanState(self, plan, key, cached)
         if cached is None:
-            self.units.extend(Task(SCAN, "unit", (unit,)) for unit in plan.units)
+            self.units.extend(Task(SCAN, "unit", (unit,), options) for unit in plan.units)
 
 
 class ScanState:
@@ -285,6 +310,7 @@ class ScanState:
         self.failures = 0
         self.cached = cached is not None
         self.finished = False
+        self.histograms: set[int] | None = None  # pairs whose histograms are still being counted
         self.done_message: msg.ScanDone | None = None
         if cached is not None:  # from the cache: in slices, each taken before the next few come
             server.table = cached
@@ -317,8 +343,8 @@ class ScanState:
             self.add(self.waiting.pop(self.released))
             self.done_bytes += units[self.released].nbytes
             self.released += 1
-        if self.released == len(units) and not self.finished:
-            self.finish()
+        if self.released == len(units) and not self.finished and self.histograms is None:
+            self.count_histograms()
         self.flush()
 
     def acknowledged(self) -> None:
@@ -338,6 +364,26 @@ class ScanState:
             self.server.send(self.done_message)
             self.done_message = None
 
+    def count_histograms(self) -> None:
+        """With `--histograms`, a second pass per pair once the figures are in (then `finish`)."""
+        server = self.server
+        table = server.table
+        self.histograms = set()
+        if server.options.histograms and not self.cached:
+            for i in np.flatnonzero(table.status != results.UNREAD).tolist():
+                self.histograms.add(i)
+                server.units.append(Task(SCAN, "histograms", (PairJob.of(server.catalog, i), int(table.status[i])),
+                                         server.options))
+        if not self.histograms:
+            self.finish()
+
+    def histograms_done(self, index: int, found: dict) -> None:
+        self.server.table.histograms[index] = found
+        self.histograms.discard(index)
+        if not self.histograms:
+            self.finish()
+            self.flush()
+
     def finish(self) -> None:
         """The scan is over: store it, and add what the whole of it says (LoRA notes)."""
         from weightscope.analysis.lora_notes import annotate
@@ -353,11 +399,30 @@ class ScanState:
         except Exception as exc:  # noqa: BLE001
             server.send(msg.Failed(None, "scan", unexpected(exc)))
         server.table.notes.update(notes)
-        self.done_message = msg.ScanDone(self.failures == 0, notes, sides, self.plan.notes)
+        self.done_message = msg.ScanDone(self.failures == 0, notes, sides, self.plan.notes,
+                                         server.table.histograms if server.options.histograms else {})
 
 
-def main(conn, job: msg.Job, worker_conns: list, cancelled) -> None:
-    """The engine process's life: the client's environment and directory, then its requests."""
-    os.environ.update(job.environ)
-    os.chdir(job.cwd)
-    Server(conn, job, worker_conns, cancelled).run()
+def main(fd: int) -> None:
+    """The engine process's life: the job and its worker processes, then the client's requests."""
+    from multiprocessing.connection import Connection
+
+    from weightscope.engine.client import start
+
+    conn = Connection(fd)
+    try:
+        job, helpers, quiet = conn.recv()
+    except (EOFError, OSError):
+        return
+    worker_conns = []
+    for _ in range(helpers):
+        _, worker_conn = start("weightscope.engine.worker", quiet)
+        worker_conn.send(job)
+        worker_conns.append(worker_conn)
+    Server(conn, job, worker_conns).run()
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(int(sys.argv[1]))

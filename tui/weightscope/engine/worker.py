@@ -14,10 +14,9 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from weightscope.engine.protocol import Job
+from weightscope.engine.protocol import Cancel, Job
 
-NICE = 5  # workers yield the CPU to the app's own process when both want it
-SLOTS = 4096  # cancellation slots shared by the engine and its workers (tickets modulo this)
+NICE = 5  # worker processes yield the CPU to the app's own process when both want it
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,7 @@ class Task:
     ticket: int
     kind: str
     args: tuple = ()
+    options: object = None  # the job's `ScanOptions`, with the device the engine resolved
 
 
 @dataclass(frozen=True)
@@ -39,19 +39,19 @@ class Done:
 
 
 class Opened:
-    """The checkpoints a job compares, their alignment and catalog, opened when first needed."""
+    """The checkpoints a job compares, opened when a task first needs their sources."""
 
     def __init__(self, job: Job, opened: tuple | None = None):
         self.job = job
         self._opened = opened
 
-    def get(self) -> tuple:
-        """(A, B, catalog); B is A when one checkpoint is browsed alone."""
+    def __call__(self) -> tuple:
+        """(A, B); B is A when one checkpoint is browsed alone."""
         if self._opened is None:
             from weightscope.engine.opening import open_job
 
-            a, b, alignment, catalog = open_job(self.job)
-            self._opened = (a, b or a, catalog)
+            a, b, _, _ = open_job(self.job)
+            self._opened = (a, b or a)
         return self._opened
 
 
@@ -63,51 +63,77 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
     """
     from weightscope.compare import scan
 
-    options = opened.job.options
+    options = task.options or opened.job.options
     if task.kind == "unit":
         (unit,) = task.args
-        return scan.run_unit(unit, opened.get, options, should_cancel)
-    a, b, catalog = opened.get()
+        return scan.run_unit(unit, opened, options, should_cancel)
+    job: scan.PairJob = task.args[0]
     if task.kind == "detail":
-        (index,) = task.args
-        return scan.compare_pair(catalog, index, a, b, options, should_cancel, histograms=True)
+        return scan.compare_pair(job, opened, options, should_cancel, histograms=True)
+    if task.kind == "histograms":
+        return scan.pair_histograms(job, opened, task.args[1], should_cancel)
+    pair = job.pair
+    if pair.a is None or pair.b is None or pair.a.shape != pair.b.shape:
+        return None
+    sides = [scan.side_bytes(job, side, opened) for side in (0, 1)]
     if task.kind == "spectrum":
         from weightscope.analysis.spectrum import pair_spectrum
 
-        (index,) = task.args
-        pair = catalog.pair(index)
-        sides = [scan.side_bytes(cp, info, bool(col.plain[index])) if info is not None else None
-                 for cp, info, col in ((a, pair.a, catalog.a), (b, pair.b, catalog.b))]
+        a, b = opened() if job.needs_sources else (None, None)
         return pair_spectrum(a, b, pair, should_cancel=should_cancel, raw_a=sides[0], raw_b=sides[1])
     if task.kind == "map":
         from weightscope.analysis.change_map import matrix_shape, pooled
 
-        index, rows, cols = task.args
-        pair = catalog.pair(index)
-        if pair.a is None or pair.b is None or pair.a.shape != pair.b.shape:
-            return None
-        raw_a = scan.side_bytes(a, pair.a, bool(catalog.a.plain[index]))
-        raw_b = scan.side_bytes(b, pair.b, bool(catalog.b.plain[index]))
-        return pooled(raw_a, pair.a.dtype, raw_b, pair.b.dtype, matrix_shape(pair.a.shape), rows, cols, should_cancel)
+        _, rows, cols = task.args
+        return pooled(sides[0], pair.a.dtype, sides[1], pair.b.dtype, matrix_shape(pair.a.shape), rows, cols,
+                      should_cancel)
     raise ValueError(f"no such task: {task.kind}")
 
 
-def serve(conn, opened: Opened, cancelled) -> None:
-    """Take tasks from `conn` until it closes; answer each with a `Done`."""
+class ProcessPipe:
+    """A worker process's end of its pipe to the engine: tasks in, `Done`s out, and `Cancel`s
+    that may arrive while a task runs (looked for between its chunks)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.cancelled_tickets: set[int] = set()
+
+    def recv(self):
+        while True:
+            message = self.conn.recv()
+            if isinstance(message, Cancel):
+                self.cancelled_tickets.add(message.ticket)
+                continue
+            return message
+
+    def send(self, done: Done) -> None:
+        self.conn.send(done)
+
+    def cancelled(self, ticket: int) -> bool:
+        while self.conn.poll():
+            message = self.conn.recv()
+            if not isinstance(message, Cancel):
+                raise EOFError("the engine sent a task while another ran")
+            self.cancelled_tickets.add(message.ticket)
+        return ticket in self.cancelled_tickets
+
+
+def serve(pipe, opened: Opened) -> None:
+    """Take tasks from `pipe` until it closes; answer each with a `Done`."""
     from weightscope.compare.stats import Cancelled, Unsupported
     from weightscope.sources.checkpoint import TensorUnreadable
     from weightscope.sources.errors import CheckpointError, one_line
 
     while True:
         try:
-            task = conn.recv()
+            task = pipe.recv()
         except (EOFError, OSError):
             return
         if task is None:
             return
 
         def should_cancel(ticket: int = task.ticket) -> bool:
-            return cancelled[ticket % SLOTS] == ticket
+            return pipe.cancelled(ticket)
 
         try:
             done = Done(task.ticket, task.kind, execute(task, opened, should_cancel))
@@ -115,21 +141,34 @@ def serve(conn, opened: Opened, cancelled) -> None:
             done = Done(task.ticket, task.kind, cancelled=True)
         except (CheckpointError, TensorUnreadable, Unsupported, ValueError) as exc:
             done = Done(task.ticket, task.kind, error=one_line(str(exc)))
-        except Exception as exc:  # a bug: said in one line, with where it happened
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # noqa: BLE001  (a bug: said in one line, with where it happened)
             where = traceback.extract_tb(exc.__traceback__)[-1]
             done = Done(task.ticket, task.kind, error=one_line(
                 f"{type(exc).__name__}: {exc} ({os.path.basename(where.filename)}:{where.lineno})"))
         try:
-            conn.send(done)
+            pipe.send(done)
         except (BrokenPipeError, OSError):
             return
 
 
-def main(conn, job: Job, cancelled) -> None:
-    """A worker process's life: the caller's environment and directory, then `serve`."""
-    os.environ.update(job.environ)
-    os.chdir(job.cwd)
+def main(fd: int) -> None:
+    """A worker process's life: the job from the engine, then its tasks."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    try:
+        job = conn.recv()
+    except (EOFError, OSError):
+        return
     os.nice(NICE)
     from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
 
-    serve(conn, Opened(job), cancelled)
+    serve(ProcessPipe(conn), Opened(job))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(int(sys.argv[1]))

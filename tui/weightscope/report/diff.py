@@ -143,7 +143,7 @@ def document(catalog: Catalog, table: ResultTable, histograms: bool = False, spe
     read = np.flatnonzero(table.status != results.UNREAD)
     values = table.values
     columns = {
-        "name": catalog.names, "name_a": catalog.a.name, "name_b": catalog.b.name,
+        "name": catalog.names, "name_a": catalog.a.file_names(), "name_b": catalog.b.file_names(),
         "status": [STATUSES[s] if s >= 0 else None for s in table.status.tolist()],
         "dtype_a": stored_dtypes(catalog.a), "dtype_b": stored_dtypes(catalog.b),
         "shape_a": shapes(catalog.a), "shape_b": shapes(catalog.b),

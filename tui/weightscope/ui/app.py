@@ -1,96 +1,66 @@
-"""The terminal app: two checkpoints side by side, a detail pane, a background scan.
+"""The terminal app: two checkpoints side by side, a detail pane, a scan that fills in as it goes.
 
-Headers are read in a worker right after the first paint; the trees appear as soon as
-names are aligned. Statistics never run on the UI thread: the scan and the detail pane
-each have one exclusive thread worker that polls its cancellation between chunks. Nor does
-any other work that grows with the model (the whole-model views, the result cache): on
-100,000 tensors it takes seconds, and the keys must not wait for it.
+The app draws and asks; the engine (`weightscope.engine`) does the rest in processes of its
+own: it reads the headers, builds the name tree, scans, and answers what the app asks (a
+tensor's figures and histograms, its spectrum or change map, a filtered tree, the overview,
+anomalies, an export). One thread reads the engine's pipe and posts what comes as messages.
+Results live here as arrays (a `ResultTable`, the name tree's `Rollup`), not as an object per
+tensor, so the interpreter the keys need never has much to collect or to wait for.
 """
 
 from __future__ import annotations
 
-import gc
-import sys
+import os
 import threading
 import time
-from itertools import islice
-from contextlib import contextmanager
+from dataclasses import replace
 
-from textual import on, work
+import numpy as np
+from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.cache import LRUCache
+from textual.command import Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.timer import Timer
 from textual.widgets import Footer, Input, ProgressBar, Static, Tree
-from textual.worker import get_current_worker
 
-from weightscope.analysis import anatomy, hierarchy
-from weightscope.compare import cache, stats
-from weightscope.compare.align import Alignment, Pair, align
-from weightscope.sources.checkpoint import Checkpoint, TensorUnreadable
-from weightscope.sources.errors import CheckpointError
-from weightscope.analysis.hierarchy import DIFFERS, NameNode, Names, matcher
+from weightscope.analysis import hierarchy
+from weightscope.analysis.hierarchy import NameTree, Rollup
+from weightscope.compare import columns as c
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import Batch, ResultTable
+from weightscope.engine import protocol as msg
+from weightscope.engine.client import Engine
 from weightscope.report.diff import human
-from weightscope.compare.scan import Comparer, PairResult, ScanOptions, histograms_for, pair_bytes, scan_iter
-from weightscope.compare.stats import Cancelled
-from weightscope.ui.messages import DetailReady, Filtered, Opened, OpenFailed, ScanResults, ViewReady, WholeReady
+from weightscope.ui.messages import FromEngine
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.screens.overview import OverviewScreen
-from weightscope.ui.screens.table import TableScreen, row_of
-from weightscope.ui.widgets.detail import DetailPane
+from weightscope.ui.screens.table import TableScreen
+from weightscope.ui.widgets.detail import DetailPane, Group
 from weightscope.ui.widgets.diff_tree import DiffTree
 
 DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the cursor rests this long
 FILTER_DELAY = 0.15
-BATCH_SECONDS = 0.1  # how often the scan reports to the UI
-CACHED_SLICE = 500  # cached results sent to the UI at a time (about 5 ms of its work)
-GROUP_REDRAW = 0.5  # seconds between redraws of a group's figures while the scan runs
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
-SWITCH_INTERVAL = 0.001  # seconds
+GROUP_REDRAW = 0.5  # seconds between redraws of a group's figures while the scan runs
 NARROW = 110  # columns under which the detail pane stacks its plots below the figures
-WARM_UP_NOTICE = 2.0  # seconds of loading the statistics loops after which the user is told why
 VIEWS = ("histograms", "spectrum", "map")
 
 
-_pausing = 0  # workers in `collector_paused`
-_pausing_lock = threading.Lock()
+class Actions(Provider):
+    """The command palette (Ctrl+P): every action of the app's keys, by name."""
 
-
-@contextmanager
-def collector_paused():
-    """The cyclic GC paused while a worker builds many objects: a full collection halfway through
-    is wasted, and holds the interpreter, keys included, for up to a second on 100,000 tensors.
-    It resumes when the last such worker is done: they overlap (a replaced exclusive worker's
-    thread runs to its end)."""
-    global _pausing
-    with _pausing_lock:
-        _pausing += 1
-        gc.disable()
-    try:
-        yield
-    finally:
-        with _pausing_lock:
-            _pausing -= 1
-            if not _pausing:
-                gc.enable()
-
-
-@contextmanager
-def long_lived():
-    """Build objects that live as long as the app (headers, the name tree, cached results) with
-    the GC paused, then freeze them: later full collections do not walk them again (each such
-    walk would stall input)."""
-    with collector_paused():
-        yield
-        gc.freeze()
-
-
-def single_alignment(checkpoint: Checkpoint) -> Alignment:
-    """One checkpoint browsed alone, as pairs of each tensor with itself: the scan reads each
-    once (identical bytes are never decoded as a pair) and NaN/Inf show as in a comparison."""
-    return Alignment([Pair(name, info, info) for name, info in checkpoint.tensors.items()], [])
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        matcher = self.matcher(query)
+        for binding in app.BINDINGS:
+            title = f"{binding.description} ({binding.key})"
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), lambda action=binding.action: app.run_action(action),
+                          help=binding.tooltip)
 
 
 class WeightscopeApp(App[None]):
@@ -98,6 +68,7 @@ class WeightscopeApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "weightscope"
+    COMMANDS = App.COMMANDS | {Actions}
     BINDINGS = [
         Binding("n", "next_diff", "Next diff", tooltip="Next tensor that differs"),
         Binding("N", "previous_diff", "Prev diff", tooltip="Previous tensor that differs", show=False),
@@ -120,37 +91,49 @@ class WeightscopeApp(App[None]):
     detail_view: reactive[str] = reactive("histograms")
     """What the detail pane draws for a tensor: "histograms", "spectrum" or "map"."""
 
-    def __init__(self, path_a: str, path_b: str | None = None, device: str = "auto", use_cache: bool = True):
+    def __init__(self, job: msg.Job, engine: Engine | None = None):
         """
         Args:
-            device: "auto", "cpu" or "cuda"; resolved off the UI thread ("auto" may import torch).
+            job: what to compare (`job.tree` is set here: the app draws the name tree first).
+            engine: an engine already started for `job` (started here otherwise).
         """
         super().__init__()
-        self.paths = (path_a, path_b)
-        self.device = device
-        self.use_cache = use_cache
-        self.a: Checkpoint | None = None
-        self.b: Checkpoint | None = None
-        self.alignment: Alignment | None = None
-        self.names: Names | None = None
-        self.results: dict[str, PairResult] = {}
-        self.details: LRUCache[str, PairResult] = LRUCache(64)
-        self.figures: LRUCache[tuple, object] = LRUCache(64)  # (name, view, size) -> spectrum or map
-        self.shown: NameNode | None = None
+        self.job = replace(job, tree=True)
+        self.engine = engine
+        self.paths = (job.path_a, job.path_b)
+        self.catalog: Catalog | None = None
+        self.names: NameTree | None = None  # the tree shown (filtered or not)
+        self.natural: np.ndarray | None = None  # every pair in natural name order
+        self.rollup: Rollup | None = None
+        self.table: ResultTable | None = None
+        self.badge: np.ndarray | None = None  # each pair's status code (`hierarchy.SEVERITY`)
+        self.side_notes: tuple[list[str], list[str] | None] | None = None
+        self.details: LRUCache[int, Batch] = LRUCache(64)  # pair -> its figures with histograms
+        self.figures: LRUCache[tuple, object] = LRUCache(64)  # (pair, view, size) -> spectrum or map
+        self.asked: dict[int, tuple] = {}  # ticket -> (kind, args), until answered
+        self.latest: dict[str, int] = {}  # kind -> the ticket whose answer is still wanted
+        self.shown: int | None = None  # the node in the detail pane
+        self.scan_done = False
+        self.read_so_far = 0
         self._detail_timer: Timer | None = None
-        self.last_move = 0.0  # time.monotonic() of the last move of the cursor
-        self.group_drawn = 0.0  # time.monotonic() when a group's figures were last drawn
         self._filter_timer: Timer | None = None
+        self.last_move = 0.0  # time.monotonic() of the last move of the cursor
+        self.group_drawn = 0.0
         self.error: str | None = None
         self.anomaly_index = -1
-        self.anomalies: WholeReady | None = None  # the last anomalies found, and from how many results
+        self.anomalies: tuple[int, list] | None = None  # (results read when found, the anomalies)
+        self.looking: int = 0  # n or N pressed with nothing found yet: the step to take once something is
         self.pending_reveal: str | None = None
         self.filter_submitted_early = False  # Enter in the filter box before the headers were read
-        self.warmed = False  # the compiled statistics loops are loaded
 
     @property
     def single(self) -> bool:
         return self.paths[1] is None
+
+    @property
+    def ready(self) -> bool:
+        """The checkpoints are open and their tree is shown."""
+        return self.names is not None and bool(self.query(DiffTree))
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="title-bar"):
@@ -159,6 +142,7 @@ class WeightscopeApp(App[None]):
         with Vertical(id="tree-area"):
             yield Static("reading headers…", id="placeholder")
         yield DetailPane(id="detail")
+        yield Static(id="status-line")
         yield Input(placeholder="filter: substring, or glob with * ? [ ]  (Enter keeps, Esc clears)", id="filter")
         yield Footer(show_command_palette=False)  # Ctrl+P still opens it (in the help); the keys need the room
 
@@ -168,158 +152,174 @@ class WeightscopeApp(App[None]):
         return f"{sides}{'   ' + extra if extra else ''}"
 
     def on_mount(self) -> None:
-        # Workers hold the GIL in bursts; a shorter switch interval (5 ms by default) hands it
-        # back to the UI thread sooner, so a keypress never waits behind a long run of them.
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        self.query_one("#progress").display = False
-        self.query_one("#filter").display = False
-        self.open_checkpoints()
+        for part in ("#progress", "#filter", "#status-line"):
+            self.query_one(part).display = False
+        if self.engine is None:
+            self.engine = Engine(self.job)
+        threading.Thread(target=self.read_engine, name="weightscope-engine-reader", daemon=True).start()
+
+    def read_engine(self) -> None:
+        """Pass on what the engine says, as messages, until it stops (in a thread of its own)."""
+        engine = self.engine
+        while True:
+            message = engine.recv()
+            self.post_message(FromEngine(message))
+            if isinstance(message, msg.Failed) and message.fatal:
+                return
 
     def on_unmount(self) -> None:
-        stats.heartbeat_stopped()
+        if self.engine is not None:
+            self.engine.close()
 
     def on_resize(self, event) -> None:
         self.query_one(DetailPane).set_class(event.size.width < NARROW, "narrow")
 
-    def notice_compiling(self) -> None:
-        if not self.warmed:
-            self.notify("compiling the statistics kernels (first run only; cached afterwards)", timeout=10)
+    def ask(self, kind: str, *args, key: str | None = None) -> int:
+        """Ask the engine; with `key`, the answer to an earlier question of that key is no longer wanted."""
+        if key is not None and key in self.latest:
+            self.engine.send(msg.Cancel(self.latest[key]))
+        ticket = self.engine.ask(kind, *args)
+        self.asked[ticket] = (kind, args)
+        if key is not None:
+            self.latest[key] = ticket
+        return ticket
 
-    # Opening
+    def wanted(self, ticket: int, key: str) -> bool:
+        return self.latest.get(key) == ticket
 
-    @work(thread=True, group="open", exit_on_error=False)
-    def open_checkpoints(self) -> None:
-        """Headers, alignment and the name tree, all off the UI thread."""
-        from weightscope.sources.discover import open_checkpoint
-        from weightscope.sources.pair import open_pair
+    # What the engine says
 
-        try:
-            with long_lived():
-                a, b = open_pair(*self.paths) if self.paths[1] is not None else (open_checkpoint(self.paths[0]), None)
-                alignment = align(a, b) if b is not None else single_alignment(a)
-                tree = hierarchy.build(alignment.pairs)
-                tree.order  # noqa: B018  (worked out here, not on the first `n`: half a second on 100,000 tensors)
-        except CheckpointError as exc:
-            self.post_message(OpenFailed(str(exc)))
+    def on_from_engine(self, event: FromEngine) -> None:
+        message = event.message
+        if isinstance(message, msg.Results):
+            self.take_results(message)
+        elif isinstance(message, msg.Reply):
+            self.take_reply(message)
+        elif isinstance(message, msg.Opened):
+            self.opened(message)
+        elif isinstance(message, msg.ScanDone):
+            self.scan_finished(message)
+        elif isinstance(message, msg.Failed):
+            self.failed(message)
+
+    def failed(self, failure: msg.Failed) -> None:
+        """A failure always speaks: fatal ones end the app (exit 2), the others a notification
+        and the status line, the rest of the app still usable."""
+        kind = self.asked.pop(failure.ticket, (failure.job,))[0] if failure.ticket is not None else failure.job
+        if failure.fatal:
+            self.error = failure.message
+            self.exit(return_code=2, message=f"weightscope: {failure.message}")
             return
-        self.post_message(Opened(a, b, alignment, tree))
+        line = f"{kind} failed: {failure.message}"
+        self.notify(line, severity="error", timeout=8)
+        status = self.query_one("#status-line", Static)
+        status.update(line)
+        status.display = True
+        if kind == "detail" and self.shown is not None:
+            self.query_one(DetailPane).show_failure(line)
 
-    def options(self) -> ScanOptions:
-        """How pairs are compared here; the first call resolves the device (in a worker)."""
-        from weightscope.compare.device import resolve
-
-        return ScanOptions(device=resolve(self.device))
-
-    def on_open_failed(self, message: OpenFailed) -> None:
-        self.error = message.error
-        self.exit(return_code=2, message=f"weightscope: {message.error}")
-
-    def on_opened(self, message: Opened) -> None:
-        self.a, self.b, self.alignment, self.names = message.a, message.b, message.alignment, message.tree
-        tree = DiffTree(self.names.root, single=self.single, id="tree")
+    def opened(self, message: msg.Opened) -> None:
+        self.catalog = message.catalog
+        self.table = ResultTable(len(self.catalog))
+        self.badge = hierarchy.badges(self.catalog, self.table)
+        self.names = message.tree
+        self.natural = self.names.order
+        self.rollup = self.rollup_of(self.names)
+        tree = DiffTree(self.catalog, self.names, self.rollup, single=self.single, id="tree")
         self.query_one(DetailPane).single = self.single
         area = self.query_one("#tree-area")
         area.query_one("#placeholder").remove()
         area.mount(tree)
         if self.filter_submitted_early or not self.query_one("#filter", Input).has_focus:
             tree.focus()  # unless a filter is being typed: its keys stay in the box
-        self.set_timer(WARM_UP_NOTICE, self.notice_compiling)
         pattern = self.query_one("#filter", Input).value
         if pattern:  # typed while the headers were read
             self.build_filtered(pattern)
-        counts = f"{len(self.a.tensors):,}" + ("" if self.single else f" | {len(self.b.tensors):,}")
-        notes = len(self.a.notes) + len(self.alignment.notes) + (len(self.b.notes) if self.b else 0)
+        self.show_counts()
+        self.engine.send(msg.Scan())
+
+    def show_counts(self) -> None:
+        catalog = self.catalog
+        counts = f"{catalog.summary_a.tensors:,}" + ("" if self.single else f" | {catalog.summary_b.tensors:,}")
+        notes = len(self.notes())
         self.query_one("#title", Static).update(self.title_text(f"{counts} tensors" + (f", {notes} notes" if notes else "")))
-        # The scan and the keys share the GIL: while the scan runs, a heartbeat tells it when
-        # the event loop is busy, and it steps aside.
-        self.heartbeat = self.set_interval(stats.BEAT, stats.heartbeat)
-        self.run_scan()
 
-    # The background scan
+    def notes(self) -> list[str]:
+        sides = self.side_notes or (self.catalog.summary_a.notes,
+                                    self.catalog.summary_b.notes if self.catalog.summary_b else [])
+        return list(sides[0]) + list(sides[1] or []) + list(self.catalog.notes)
 
-    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def run_scan(self) -> None:
-        """Cached results, else the scan. First the compiled statistics loops load (and torch,
-        where a GPU wants it): after the trees, and before the scan's own first steps (reading
-        the result cache, or a pass over every pair for the total and a sort into file order:
-        seconds and a quarter second on 100,000 tensors), which then miss the tree's first paint."""
-        options = self.options()
-        from weightscope.compare import kernels  # noqa: F401  (the import loads them)
+    def rollup_of(self, names: NameTree) -> Rollup:
+        return Rollup(names, self.badge, self.table.values[:, c.FD + c.REL_L2], self.catalog.numel)
 
-        self.warmed = True
-        worker = get_current_worker()
-        a, b = self.a, self.b or self.a
-        key = cache.key(a, b, options) if self.use_cache else None
-        with long_lived():
-            cached = cache.load(key, self.alignment) if key else None
-        total = sum(pair_bytes(p) for p in self.alignment.pairs)
-        if cached is not None:
-            self.send_cached(cached, total)
+    def take(self, batch: Batch) -> None:
+        """Results of some pairs (the scan's, or a tensor's detail): into the table, the badges and the tree."""
+        self.table.add(batch)
+        index = batch.index
+        self.badge[index] = hierarchy.badges(self.catalog, self.table, index)
+        self.rollup.update(index, self.badge[index], self.table.values[index, c.FD + c.REL_L2])
+
+    def take_results(self, message: msg.Results) -> None:
+        if not self.ready:  # a message that arrives as the app closes
             return
-        everything, batch, done, last = [], [], 0, time.monotonic()
-        for result in scan_iter(self.alignment, a, b, options, lambda: worker.is_cancelled):
-            everything.append(result)
-            batch.append(result)
-            done += pair_bytes(result.pair)
-            if time.monotonic() - last > BATCH_SECONDS:
-                self.post_message(ScanResults(batch, done, total))
-                batch, last = [], time.monotonic()
-        finished = len(everything) == len(self.alignment.pairs)
-        if finished:  # what the whole scan says about a LoRA adapter (notes on its tensors)
-            from weightscope.analysis.lora_notes import annotate
-
-            noted = annotate(a, b, everything)
-            unsent = len(everything) - len(batch)  # the batch is the tail of everything
-            # What the notes changed, and the batch: re-sending all 100,000 would stall the UI.
-            batch = [new for i, (old, new) in enumerate(zip(everything, noted)) if new is not old or i >= unsent]
-            everything = noted
-        self.post_message(ScanResults(batch, done, total, finished=finished))
-        if finished and key:
-            cache.save(key, everything)
-
-    def send_cached(self, results: list[PairResult], total: int) -> None:
-        """Cached results a slice at a time, each sent once the app has taken the one before:
-        100,000 in one message held the UI for most of a second."""
-        worker = get_current_worker()
-        done = 0
-        for start in range(0, len(results), CACHED_SLICE):
-            part = results[start:start + CACHED_SLICE]
-            done += sum(pair_bytes(result.pair) for result in part)
-            taken = len(self.results) + len(part)
-            self.post_message(ScanResults(part, done, total, finished=start + CACHED_SLICE >= len(results)))
-            while len(self.results) < taken and not worker.is_cancelled:
-                time.sleep(0.002)
-
-    def on_scan_results(self, message: ScanResults) -> None:
-        if not self.ready:  # a worker's message that arrives as the app closes
-            return
-        for result in message.results:
-            self.results[result.pair.name] = result
-        self.query_one(DiffTree).refresh_nodes(self.names.apply(message.results))
-        # Results live as long as the app, too: young garbage is collected, the rest frozen.
-        gc.collect(1)
-        gc.freeze()
+        self.take(message.batch)
+        self.engine.send(msg.Ack(message.number))  # taken: the next may come
+        self.read_so_far = self.table.read
         progress = self.query_one("#progress", ProgressBar)
-        progress.display = not message.finished
+        progress.display = not self.scan_done
         progress.update(total=max(message.total, 1), progress=message.done)
-        if message.finished:
-            self.heartbeat.stop()
-            stats.heartbeat_stopped()
-            self.notify(f"scan complete: {human(message.total, 'B')}", timeout=3)
+        self.query_one(DiffTree).refresh_lines()
+        if self.looking:
+            self.step_diff(self.looking, quiet=True)
         # A group in the pane: its counts and ranking moved on. Redrawn a few times a second, not
         # with every batch: each redraw lays the pane out again, time the keys should have.
         now = time.monotonic()
-        if self.shown is not None and self.shown.pair is None and (
-                message.finished or now - self.group_drawn > GROUP_REDRAW):
-            self.query_one(DetailPane).show_group(self.shown)
-            self.group_drawn = now
+        if self.shown is not None and self.names.pair[self.shown] < 0 and now - self.group_drawn > GROUP_REDRAW:
+            self.show_group(self.shown)
+
+    def scan_finished(self, message: msg.ScanDone) -> None:
+        self.scan_done = True
+        self.table.notes.update(message.notes)
+        self.side_notes = message.sides
+        self.query_one("#progress").display = False
+        if message.plan_notes:
+            self.catalog.notes.extend(message.plan_notes)
+        self.show_counts()
+        if self.ready:
+            self.query_one(DiffTree).refresh_lines()
+            if self.shown is not None and self.names.pair[self.shown] < 0:
+                self.show_group(self.shown)
+        if self.looking:
+            self.step_diff(self.looking)
+        total = self.catalog.data_bytes.sum()
+        if message.complete:
+            self.notify(f"scan complete: {human(total, 'B')}", timeout=3)
+
+    def take_reply(self, reply: msg.Reply) -> None:
+        kind, args = self.asked.pop(reply.ticket, (None, ()))
+        if kind is None or not self.ready:
+            return
+        if kind == "detail":
+            self.detail_ready(args[0], reply.content, self.wanted(reply.ticket, "detail"))
+        elif kind in ("spectrum", "map"):
+            index = args[0]
+            size = tuple(args[1:])
+            self.figures[(index, kind, size)] = reply.content
+            if self.wanted(reply.ticket, "view"):
+                self.draw_view(index, kind, reply.content)
+        elif kind == "tree":
+            if self.wanted(reply.ticket, "tree"):
+                self.filtered(args[0], reply.content)
+        elif kind in ("overview", "anomalies", "export"):
+            if self.wanted(reply.ticket, "whole"):
+                self.whole_ready(kind, reply.content)
 
     # The detail pane
 
     @on(Tree.NodeHighlighted)
     def node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        node: NameNode | None = event.node.data
-        if node is None:  # a line of a tree replaced since (by a filter)
+        node = event.node.data
+        if node is None or self.names is None:
             return
         self.shown = node
         # A lone move starts a tensor's work at once; a held key only where the cursor comes to rest.
@@ -328,21 +328,21 @@ class WeightscopeApp(App[None]):
         detail = self.query_one(DetailPane)
         if self._detail_timer is not None:
             self._detail_timer.stop()
-        if node.pair is None:
-            detail.show_group(node)
-            self.group_drawn = now
+        pair = int(self.names.pair[node])
+        if pair < 0:
+            self.show_group(node)
             return
-        detail.show_pair(node.pair, self.query_one(DiffTree).status_of(node))
-        ready = self.details.get(node.pair.name)
+        detail.show_pair(self.catalog.pair(pair), self.query_one(DiffTree).status_of(node))
+        ready = self.details.get(pair)
         if ready is not None:
-            detail.show_result(ready, self.log_counts)
+            detail.show_result(self.result(pair, ready), self.log_counts)
             self.load_view()
             return
-        scanned = self.results.get(node.pair.name)
-        if scanned is not None:  # the scan's figures at once; the histograms follow
-            detail.show_result(scanned, self.log_counts, histograms_pending=True)
+        if self.table.status[pair] >= 0:  # the scan's figures at once; the histograms follow
+            detail.show_result(self.result(pair), self.log_counts, histograms_pending=True)
+
         def start() -> None:
-            self.load_detail(node.pair)
+            self.ask("detail", pair, key="detail")
             self.load_view()
 
         if rested:
@@ -350,46 +350,41 @@ class WeightscopeApp(App[None]):
         else:
             self._detail_timer = self.set_timer(DETAIL_DELAY, start)
 
-    @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
-    def load_detail(self, pair: Pair) -> None:
-        worker = get_current_worker()
+    def result(self, pair: int, detail: Batch | None = None):
+        """Pair `pair`'s result as the pane shows it (with the histograms of its detail)."""
+        result = self.table.result(pair, self.catalog.pair(pair))
+        if detail is not None:
+            result = replace(result, histograms=detail.histograms.get(pair, {}))
+        return result
 
-        def cancelled() -> bool:
-            return worker.is_cancelled
-
-        b = self.b or self.a
-        try:
-            with stats.foreground():  # the scan waits while a person does
-                result = self.results.get(pair.name)
-                if result is None:
-                    result = Comparer(self.a, b, self.options()).compare(pair, cancelled)
-                    self.post_message(DetailReady(result, complete=False))  # figures first, histograms next
-                if not result.histograms:
-                    result = histograms_for(result, self.a, b, cancelled)
-        except Cancelled:
-            return
-        if not cancelled():
-            self.post_message(DetailReady(result))
-
-    def on_detail_ready(self, message: DetailReady) -> None:
-        if not self.ready:  # a worker's message that arrives as the app closes
-            return
-        result = message.result
-        if message.complete:
-            self.details[result.pair.name] = result
-        if result.pair.name not in self.results:
-            self.results[result.pair.name] = result
-            self.query_one(DiffTree).refresh_nodes(self.names.apply([result]))
-        if self.shown is not None and self.shown.pair is result.pair:
+    def detail_ready(self, pair: int, batch: Batch, wanted: bool) -> None:
+        self.details[pair] = batch
+        if self.table.status[pair] < 0:  # read before the scan got there: shown in the tree now too
+            self.take(Batch(batch.index, batch.status, batch.values, batch.errors, batch.notes))
+            self.query_one(DiffTree).refresh_lines()
+        if wanted and self.shown is not None and self.names.pair[self.shown] == pair:
             detail = self.query_one(DetailPane)
-            detail.show_pair(result.pair, self.query_one(DiffTree).status_of(self.shown))
-            detail.show_result(result, self.log_counts, histograms_pending=not message.complete)
+            detail.show_pair(self.catalog.pair(pair), self.query_one(DiffTree).status_of(self.shown))
+            detail.show_result(self.result(pair, batch), self.log_counts)
+
+    def show_group(self, node: int) -> None:
+        names, rollup = self.names, self.rollup
+        path = names.path(node)
+        counts = rollup.counts(node)
+        ranked = [(self.catalog.names[pair][len(path):].lstrip("."), rel) for pair, rel in rollup.most_changed(node)]
+        group = Group(path, self.query_one(DiffTree).status_of(node),
+                      {status: int(n) for status, n in zip(hierarchy.SEVERITY, counts) if n},
+                      names.tensors(node), rollup.parameters(node), rollup.max_rel(node), ranked,
+                      rollup.differing(node))
+        self.query_one(DetailPane).show_group(group)
+        self.group_drawn = time.monotonic()
 
     def watch_log_counts(self) -> None:
-        if self.shown is not None and self.shown.pair is not None:
-            ready = self.details.get(self.shown.pair.name)
+        if self.shown is not None and self.names is not None and self.names.pair[self.shown] >= 0:
+            pair = int(self.names.pair[self.shown])
+            ready = self.details.get(pair)
             if ready is not None:
-                self.query_one(DetailPane).draw_histograms(ready, self.log_counts)
+                self.query_one(DetailPane).draw_histograms(self.result(pair, ready), self.log_counts)
             self.load_view()
 
     # Spectrum and change map
@@ -402,85 +397,71 @@ class WeightscopeApp(App[None]):
         self.detail_view = VIEWS[(VIEWS.index(self.detail_view) + 1) % len(VIEWS)]
 
     def load_view(self) -> None:
-        """Show the spectrum or change map of the tensor under the cursor (computing it if needed)."""
-        node = self.shown
+        """Show the spectrum or change map of the tensor under the cursor (asking for it if needed)."""
         view = self.detail_view
-        if view == "histograms" or node is None or node.pair is None or self.a is None:
+        if view == "histograms" or self.shown is None or self.names is None or self.names.pair[self.shown] < 0:
             return
+        pair = int(self.names.pair[self.shown])
         size = self.query_one(DetailPane).map_size() if view == "map" else ()
-        figure = self.figures.get((node.pair.name, view, size), self)
+        figure = self.figures.get((pair, view, size), self)
         if figure is self:
-            self.make_figure(node.pair, view, size)
+            self.ask(view, pair, *size, key="view")
         else:
-            self.draw_view(node.pair.name, view, figure)
+            self.draw_view(pair, view, figure)
 
-    @work(thread=True, exclusive=True, group="view", exit_on_error=False)
-    def make_figure(self, pair: Pair, view: str, size: tuple[int, int]) -> None:
-        from weightscope.analysis.change_map import change_map
-        from weightscope.analysis.spectrum import pair_spectrum
-
-        worker = get_current_worker()
-
-        def cancelled() -> bool:
-            return worker.is_cancelled
-
-        b = self.b or self.a
-        try:
-            with stats.foreground():
-                if view == "spectrum":
-                    figure = pair_spectrum(self.a, b, pair, should_cancel=cancelled)
-                else:
-                    same = pair.a is not None and pair.b is not None and pair.a.shape == pair.b.shape
-                    figure = change_map(self.a, b, pair, *size, should_cancel=cancelled) if same else None
-        except Cancelled:
+    def draw_view(self, pair: int, view: str, figure) -> None:
+        if self.shown is None or self.names.pair[self.shown] != pair or view != self.detail_view:
             return
-        except TensorUnreadable as exc:
-            figure = None
-            self.notify(f"{pair.name}: {exc}", severity="error")
-        if not cancelled():
-            self.post_message(ViewReady(pair.name, view, size, figure))
-
-    def on_view_ready(self, message: ViewReady) -> None:
-        if not self.ready:  # a worker's message that arrives as the app closes
-            return
-        self.figures[(message.name, message.view, message.size)] = message.figure
-        if self.shown is not None and self.shown.pair is not None and self.shown.pair.name == message.name:
-            self.draw_view(message.name, message.view, message.figure)
-
-    def draw_view(self, name: str, view: str, figure) -> None:
         detail = self.query_one(DetailPane)
         if view == "spectrum":
             detail.show_spectrum(figure, self.log_counts)
         elif view == "map":
-            detail.show_map(figure, name)
+            detail.show_map(figure, self.catalog.names[pair])
 
     # Actions
 
     def action_toggle_log(self) -> None:
         self.log_counts = not self.log_counts
-        self.notify(f"histogram counts: {'log' if self.log_counts else 'linear'}", timeout=2)
+        what = "singular values" if self.detail_view == "spectrum" else "histogram counts"
+        self.notify(f"{what}: {'log' if self.log_counts else 'linear'} scale", timeout=2)
 
     def action_copy_name(self) -> None:
-        if self.shown is not None:
-            name = self.shown.pair.name if self.shown.pair is not None else self.shown.path
+        if self.shown is not None and self.names is not None:
+            pair = int(self.names.pair[self.shown])
+            name = self.catalog.names[pair] if pair >= 0 else self.names.path(self.shown)
             self.copy_to_clipboard(name)
             self.notify(f"copied {name}", timeout=2)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    def step_diff(self, step: int) -> None:
-        if self.names is None or not self.names.order:
+    def so_far(self) -> str:
+        """How much of the scan is read, while it runs ('' once it is done)."""
+        if self.scan_done:
+            return ""
+        return f" yet ({self.table.read:,} of {len(self.catalog):,} tensors read)"
+
+    def step_diff(self, step: int, quiet: bool = False) -> None:
+        """Go to the next (step 1) or previous (-1) tensor that differs. During the scan, when
+        nothing differs yet, say so, and go to the first difference once one is found."""
+        if not self.ready:
             return
-        if self.names.root.differing:  # else nothing differs: known from the counts, without a walk
-            order = self.names.order
-            position = order.index(self.shown) if self.shown in order else -1 if step > 0 else 0
-            for offset in range(1, len(order) + 1):
-                node = order[(position + step * offset) % len(order)]
-                if node.own_status in DIFFERS:
-                    self.query_one(DiffTree).reveal(node)
-                    return
-        self.notify("no tensor differs" if not self.single else "no tensor holds NaN or Inf", timeout=2)
+        names = self.names
+        node = self.shown if self.shown is not None else 0
+        pair = int(names.pair[node])
+        if pair >= 0:
+            after = int(names.position[pair])
+        else:
+            after = int(names.lo[node]) - 1 if step > 0 else int(names.hi[node])
+        found = self.rollup.next_differing(after, step)
+        if found is not None:
+            self.looking = 0
+            self.query_one(DiffTree).reveal(int(names.node_of[names.order[found]]))
+            return
+        self.looking = 0 if self.scan_done else step
+        if not quiet:
+            what = "no tensor holds NaN or Inf" if self.single else "no tensor differs"
+            self.notify(what + self.so_far(), timeout=3)
 
     def action_next_diff(self) -> None:
         self.step_diff(1)
@@ -488,73 +469,44 @@ class WeightscopeApp(App[None]):
     def action_previous_diff(self) -> None:
         self.step_diff(-1)
 
-    # Whole-model views: their content is worked out in a worker (seconds on 100,000 tensors)
-
-    def scanned(self) -> list[PairResult]:
-        """Results so far, in alignment order."""
-        return [self.results[p.name] for p in self.alignment.pairs if p.name in self.results] if self.alignment else []
+    # Whole-model views: worked out by the engine, from the results so far
 
     def action_overview(self) -> None:
-        self.prepare_whole("overview")
+        if self.ready:
+            self.ask("overview", key="whole")
 
     def action_table(self) -> None:
-        self.prepare_whole("table")
+        if self.ready:
+            self.push_screen(TableScreen(self.catalog, self.table, self.badge, self.natural), self.show_in_tree)
 
     def action_next_anomaly(self) -> None:
-        if self.anomalies is not None and self.anomalies.scanned == len(self.results):
-            self.step_anomaly(self.anomalies.content)  # nothing new since they were found
+        if not self.ready:
+            return
+        if self.anomalies is not None and self.anomalies[0] == self.table.read:
+            self.step_anomaly(self.anomalies[1])  # nothing new since they were found
         else:
-            self.prepare_whole("anomalies")
+            self.ask("anomalies", key="whole")
 
     def action_export(self) -> None:
-        self.prepare_whole("export")
+        if self.ready:
+            self.ask("export", os.getcwd(), key="whole")
 
-    @work(thread=True, exclusive=True, group="whole", exit_on_error=False)
-    def prepare_whole(self, view: str) -> None:
-        if self.alignment is None:
-            return
-        results = self.scanned()
-        with collector_paused():
-            content = self.whole_content(view, results)
-        if not get_current_worker().is_cancelled:
-            self.post_message(WholeReady(view, content, len(results)))
-
-    def whole_content(self, view: str, results: list[PairResult]) -> object:
+    def whole_ready(self, view: str, content) -> None:
+        read = f"{self.table.read:,} of {len(self.catalog):,} tensors scanned"
         if view == "overview":
-            return anatomy.grid(results, hierarchy.badge_status)
-        if view == "table":
-            scanned = {r.pair.name: r for r in results}
-            return [row_of(p, hierarchy.badge_status(scanned[p.name]) if p.name in scanned
-                           else hierarchy.known_status(p), scanned.get(p.name)) for p in self.alignment.pairs]
-        if view == "anomalies":
-            return anatomy.anomalies(results, hierarchy.badge_status)
-        from weightscope.report.export import export
-
-        try:
-            return export(self.a, self.b or self.a, self.alignment, results)
-        except OSError as exc:
-            return exc
-
-    def on_whole_ready(self, message: WholeReady) -> None:
-        scanned = f"{message.scanned:,} of {len(self.alignment.pairs):,} tensors scanned"
-        if message.view == "overview":
-            title = f"where did B change from A? rel L2 by layer and module ({scanned})"
-            self.push_screen(OverviewScreen(message.content, title), self.show_in_tree)
-        elif message.view == "table":
-            self.push_screen(TableScreen(message.content), self.show_in_tree)
-        elif message.view == "anomalies":
-            self.anomalies = message
-            self.step_anomaly(message.content)
-        elif isinstance(message.content, OSError):
-            self.notify(f"export failed: {message.content}", severity="error")
+            title = f"where did B change from A? rel L2 by layer and module ({read})"
+            self.push_screen(OverviewScreen(content, title), self.show_in_tree)
+        elif view == "anomalies":
+            self.anomalies = (self.table.read, content)
+            self.step_anomaly(content)
         else:
-            md, js = message.content
-            so_far = "" if message.scanned == len(self.alignment.pairs) else f" ({scanned} so far)"
-            self.notify(f"wrote {md} and {js}{so_far}", timeout=6)
+            md, js = content
+            partial = "" if self.scan_done else f" (partial: {read} so far; the files say so)"
+            self.notify(f"wrote {md} and {js}{partial}", timeout=6)
 
     def step_anomaly(self, found: list) -> None:
         if not found:
-            self.notify("no anomalies" + ("" if len(self.results) == len(self.alignment.pairs) else " so far"), timeout=2)
+            self.notify("no anomalies" + (" found" + self.so_far() if not self.scan_done else ""), timeout=3)
             return
         self.anomaly_index = (self.anomaly_index + 1) % len(found)
         anomaly = found[self.anomaly_index]
@@ -565,19 +517,17 @@ class WeightscopeApp(App[None]):
         """Put the tree's cursor on a tensor (clearing a filter that hides it)."""
         if name is None:
             return
-        if name not in self.names.nodes:  # hidden by a filter: show everything again first
+        pair = self.catalog.index(name)
+        if pair is None:
+            return
+        if self.names.node_of[pair] < 0:  # hidden by a filter: show everything again first
             self.pending_reveal = name
             self.action_clear_filter()
             return
-        self.query_one(DiffTree).reveal(self.names.nodes[name])
+        self.query_one(DiffTree).reveal(int(self.names.node_of[pair]))
         self.query_one(DiffTree).focus()
 
     # Filtering
-
-    @property
-    def ready(self) -> bool:
-        """The checkpoints are open and their tree is shown."""
-        return self.names is not None and bool(self.query(DiffTree))
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -607,37 +557,25 @@ class WeightscopeApp(App[None]):
         if self.ready:
             self.build_filtered(event.value)
             self.query_one(DiffTree).focus()
-        else:  # on_opened applies it, and then moves to the tree
+        else:  # `opened` applies it, and then moves to the tree
             self.filter_submitted_early = True
 
-    @work(thread=True, exclusive=True, group="filter", exit_on_error=False)
     def build_filtered(self, pattern: str) -> None:
-        """The name tree of the matching pairs, with every result so far, off the UI thread."""
-        if self.alignment is None:
-            return
-        keep = matcher(pattern) if pattern else None
-        pairs = [p for p in self.alignment.pairs if keep is None or keep(p.name)]
-        results = list(self.results.values())
-        with long_lived():  # frozen, yet freed when replaced: the tree holds no cycles
-            names = hierarchy.build(pairs, results)
-            names.order  # noqa: B018  (as in open_checkpoints)
-        if not get_current_worker().is_cancelled:  # a newer pattern replaced this one
-            self.post_message(Filtered(pattern, names, len(results)))
+        """Ask for the name tree of the matching pairs."""
+        if self.ready:
+            self.ask("tree", pattern, key="tree")
 
-    def on_filtered(self, message: Filtered) -> None:
-        if not self.ready:  # a worker's message that arrives as the app closes
-            return
-        names = message.tree
-        names.apply(islice(self.results.values(), message.scanned, None))  # results that came meanwhile
-        threading.Thread(target=self.names.take_apart, name="weightscope-free").start()
+    def filtered(self, pattern: str, names: NameTree) -> None:
         self.names = names
-        matches = len(names.nodes)
-        self.query_one(DiffTree).set_model(names.root, expand_all=bool(message.pattern) and matches <= AUTO_EXPAND)
+        self.rollup = self.rollup_of(names)
+        matches = len(names.order)
+        tree = self.query_one(DiffTree)
+        tree.set_model(names, self.rollup, expand_all=bool(pattern) and matches <= AUTO_EXPAND)
         if not matches:
             self.shown = None
-            self.query_one(DetailPane).show_nothing(f"no tensor matches {message.pattern!r}")
-        if self.pending_reveal in names.nodes:
+            self.query_one(DetailPane).show_nothing(f"no tensor matches {pattern!r}")
+        if self.pending_reveal is not None:
             self.show_in_tree(self.pending_reveal)
         self.pending_reveal = None
-        if message.pattern:
+        if pattern:
             self.notify(f"{matches:,} tensors match", timeout=2)

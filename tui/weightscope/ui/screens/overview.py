@@ -113,8 +113,8 @@ class OverviewScreen(Screen[str | None]):
             info.update("")
             return
         rel = cell.rel_l2
-        count = f"{len(cell.names)} tensor{'s' if len(cell.names) != 1 else ''}"
-        names = ", ".join(cell.names[:3]) + (" …" if len(cell.names) > 3 else "")
+        count = f"{cell.count:,} tensor{'s' if cell.count != 1 else ''}"
+        names = ", ".join(cell.names) + (" …" if cell.count > len(cell.names) else "")
         text = Text.assemble((f"rel L2 {badges.percent(rel) if rel is not None else 'n/a'}", "bold"),
                              f" · {count} · ", (names, "dim"),
                              ("\n" + ", ".join(badges.words(s) for s in sorted(cell.statuses)), "dim"))

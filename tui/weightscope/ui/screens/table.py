@@ -1,24 +1,31 @@
-"""The table on `t`: every pair in one sortable, filterable table; Enter shows it in the tree."""
+"""The table on `t`: every pair in one sortable, filterable table; Enter shows it in the tree.
+
+Rows are the catalog's and the results' columns: a row is put together only when its line
+is drawn, and sorting is an argsort of one column.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from weightscope.compare.align import Pair
-from weightscope.compare.checks import nonfinite_text
-from weightscope.analysis.hierarchy import matcher
-from weightscope.compare.scan import PairResult
+from weightscope.analysis.hierarchy import SEVERITY, matcher
+from weightscope.compare import columns as c
+from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import ResultTable
+from weightscope.report.diff import nonfinite_text
 from weightscope.ui.widgets.pair_table import COLUMNS, PairTable
 
 
 @dataclass(frozen=True)
 class Row:
-    """One pair as the table shows and sorts it."""
+    """One pair as the table shows it."""
 
     name: str
     status: str
@@ -27,32 +34,45 @@ class Row:
     rel_l2: float | None
     max_abs: float | None
     cosine: float | None
-    nonfinite: int
     nonfinite_text: str
 
 
-def row_of(pair: Pair, status: str, result: PairResult | None) -> Row:
-    a, b = pair.a, pair.b
-    dtype = " → ".join(dict.fromkeys(i.stored_dtype or "?" for i in (a, b) if i is not None))
-    shape = " → ".join(dict.fromkeys("×".join(map(str, i.shape)) if i.shape is not None else "?"
-                                     for i in (a, b) if i is not None))
-    diff = result.diff if result else None
-    sides = [s for s in ((result.a, result.b) if result else ()) if s is not None]
-    text = " | ".join(t for t in (nonfinite_text(s) for s in sides) if t)
-    return Row(pair.name, status, dtype, shape, diff.rel_l2 if diff else None, diff.max_abs if diff else None,
-               diff.cosine if diff else None, sum(s.nonfinite for s in sides), text)
+def joined(values) -> str:
+    return " → ".join(dict.fromkeys(v for v in values if v is not None))
 
 
-# The sort key of each of the table's columns (pair_table.COLUMNS); a key of None (a figure
-# not known) sorts last either way.
-SORT_KEYS = [lambda r: r.name, lambda r: r.status, lambda r: r.dtype, lambda r: r.shape,
-             lambda r: r.rel_l2, lambda r: r.max_abs, lambda r: r.cosine, lambda r: r.nonfinite]
+class Rows:
+    """The rows of some pairs, in an order; a row is made when it is first drawn."""
 
+    def __init__(self, catalog: Catalog, table: ResultTable, badge: np.ndarray, order: np.ndarray):
+        self.catalog, self.table, self.badge, self.order = catalog, table, badge, order
+        self.row = lru_cache(maxsize=512)(self._row)
 
-def sorted_rows(rows: list[Row], column: int, reverse: bool) -> list[Row]:
-    key = SORT_KEYS[column]
-    known = [r for r in rows if key(r) is not None]
-    return sorted(known, key=key, reverse=reverse) + [r for r in rows if key(r) is None]
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> Row:
+        return self.row(int(self.order[k]))
+
+    def index(self, k: int) -> int:
+        """The pair shown on row k."""
+        return int(self.order[k])
+
+    def _row(self, i: int) -> Row:
+        catalog, values = self.catalog, self.table.values[i]
+        sides = (catalog.a, catalog.b)
+        dtype = joined(s.stored_dtype(i) or "?" if s.name[i] is not None else None for s in sides)
+        shape = joined(("×".join(map(str, s.shape[i])) if s.shape[i] is not None else "?")
+                       if s.name[i] is not None else None for s in sides)
+
+        def figure(column: int) -> float | None:
+            value = values[c.FD + column]
+            return None if np.isnan(value) else float(value)
+
+        texts = [nonfinite_text(*(int(np.nan_to_num(values[base + k])) for k in (c.FNAN, c.FPOSINF, c.FNEGINF)))
+                 for base in (c.FA, c.FB)]
+        return Row(catalog.names[i], SEVERITY[self.badge[i]], dtype, shape, figure(c.REL_L2), figure(c.MAX_ABS),
+                   figure(c.COSINE), " | ".join(t for t in texts if t))
 
 
 class TableScreen(Screen[str | None]):
@@ -65,10 +85,16 @@ class TableScreen(Screen[str | None]):
           enumerate(COLUMNS)],
     ]
 
-    def __init__(self, rows: list[Row]):
+    def __init__(self, catalog: Catalog, table: ResultTable, badge: np.ndarray, natural: np.ndarray):
+        """
+        Args:
+            badge: each pair's status code (`hierarchy.SEVERITY`).
+            natural: every pair in natural name order (the tree's), the table's first order.
+        """
         super().__init__()
-        self.all_rows = rows
-        self.shown: list[Row] = rows
+        self.catalog, self.table, self.badge = catalog, table, badge
+        self.natural = natural
+        self.kept = natural  # the pairs the filter keeps, in their order
         self.sort_column: int | None = None
         self.reverse = False
 
@@ -83,12 +109,34 @@ class TableScreen(Screen[str | None]):
         self.query_one(PairTable).focus()
 
     def fill(self) -> None:
-        self.query_one(PairTable).show(self.shown)
+        order = self.kept if self.sort_column is None else self.kept[self.sort_order(self.kept)]
+        self.rows = Rows(self.catalog, self.table, self.badge, order)
+        self.query_one(PairTable).show(self.rows)
+
+    def sort_order(self, pairs: np.ndarray) -> np.ndarray:
+        """Positions of `pairs` sorted by the chosen column; unknown figures last either way."""
+        column, values = self.sort_column, self.table.values[pairs]
+        if column == 0:
+            key = np.arange(len(pairs))  # the natural order they are in
+        elif column == 1:
+            key = self.badge[pairs]
+        elif column in (2, 3):
+            rows = Rows(self.catalog, self.table, self.badge, pairs)
+            key = np.array([rows[k].dtype if column == 2 else rows[k].shape for k in range(len(pairs))], object)
+        elif column in (4, 5, 6):
+            key = values[:, c.FD + (c.REL_L2, c.MAX_ABS, c.COSINE)[column - 4]]
+        else:
+            key = np.nan_to_num(sum(values[:, base + k] for base in (c.FA, c.FB) for k in (c.FNAN, c.FPOSINF, c.FNEGINF)))
+        unknown = np.array([v != v for v in key]) if key.dtype == object else np.isnan(key.astype(float))
+        known = np.flatnonzero(~unknown)
+        ordered = known[np.argsort(key[known], kind="stable")]
+        if self.reverse:
+            ordered = ordered[::-1]
+        return np.concatenate([ordered, np.flatnonzero(unknown)])
 
     def action_sort(self, column: int) -> None:
         self.reverse = not self.reverse if self.sort_column == column else column >= 4
         self.sort_column = column
-        self.shown = sorted_rows(self.shown, column, self.reverse)
         self.fill()
 
     def action_focus_filter(self) -> None:
@@ -96,15 +144,16 @@ class TableScreen(Screen[str | None]):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         keep = matcher(event.value) if event.value else None
-        rows = [r for r in self.all_rows if keep is None or keep(r.name)]
-        self.shown = rows if self.sort_column is None else sorted_rows(rows, self.sort_column, self.reverse)
+        names = self.catalog.names
+        self.kept = self.natural if keep is None else np.array([i for i in self.natural.tolist() if keep(names[i])],
+                                                               np.int64)
         self.fill()
 
     def on_input_submitted(self) -> None:
         self.query_one(PairTable).focus()
 
     def on_pair_table_selected(self, event: PairTable.Selected) -> None:
-        self.dismiss(self.shown[event.index].name)
+        self.dismiss(self.catalog.names[self.rows.index(event.index)])
 
     def action_back(self) -> None:
         self.dismiss(None)

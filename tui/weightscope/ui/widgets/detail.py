@@ -10,12 +10,13 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import ContentSwitcher, Static
 
+from dataclasses import dataclass
+
 from weightscope.compare.align import Pair
 from weightscope.compare.checks import nonfinite_text
-from weightscope.analysis.hierarchy import NameNode
-from weightscope.report.diff import human
-from weightscope.compare.scan import PairResult
+from weightscope.compare.results import PairResult
 from weightscope.compare.stats import DiffStats
+from weightscope.report.diff import human
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
 from weightscope.ui.widgets.histogram import HistogramPlot
@@ -45,6 +46,27 @@ def verdict(diff: DiffStats, numel: int) -> Text:
             text.append(f" at {tuple(diff.max_abs_index)}")
     text.append(f"\n(atol {diff.atol:g}, rtol {diff.rtol:g})", "dim")
     return text
+
+
+@dataclass(frozen=True)
+class Group:
+    """What the pane shows of a group: its counts by status and its most changed members.
+
+    Attributes:
+        ranked: (name below the group, rel L2) of the most changed members, largest first.
+    """
+
+    path: str
+    status: str
+    counts: dict[str, int]
+    tensors: int
+    parameters: int
+    max_rel: float | None
+    ranked: list[tuple[str, float]]
+    differing: int
+
+    def count(self, status: str) -> int:
+        return self.counts.get(status, 0)
 
 
 class DetailPane(VerticalScroll):
@@ -168,25 +190,33 @@ class DetailPane(VerticalScroll):
         """A status as this pane names it: browsing one checkpoint, 'identical' means read."""
         return "read" if self.single and status == "identical" else status
 
-    def show_group(self, node: NameNode) -> None:
+    def show_group(self, group: Group) -> None:
         """A group's aggregate: counts by status, parameters and the most-changed members."""
-        title = self.title_text(node.path or "(all tensors)", self.shown_status(node.status))
+        title = self.title_text(group.path or "(all tensors)", self.shown_status(group.status))
         self.query_one("#detail-title", Static).update(title)
         counts = Table.grid(padding=(0, 2))
         for status in badges.BADGES:
-            if node.counts.get(status):
+            if group.count(status):
                 shown = self.shown_status(status)
                 counts.add_row(Text(badges.symbol(shown), badges.style(shown)), badges.words(shown),
-                               f"{node.counts[status]:,}")
+                               f"{group.count(status):,}")
         self.query_one("#detail-sides", Static).update(counts)
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
-        summary = Text(f"{node.tensors:,} tensors, {human(node.parameters)} parameters")
-        if node.max_rel is not None and not self.single:
-            summary.append(f", largest rel L2 {badges.percent(node.max_rel)}")
+        summary = Text(f"{group.tensors:,} tensors, {human(group.parameters)} parameters")
+        if group.max_rel is not None and not self.single:
+            summary.append(f", largest rel L2 {badges.percent(group.max_rel)}")
         stats.update(summary)
         self.query_one("#detail-plots").display = False
-        self.show_ranking(node)
+        self.show_ranking(group)
+
+    def show_failure(self, line: str) -> None:
+        """What went wrong working out the figures of the pair shown (instead of a spinner)."""
+        stats = self.query_one("#detail-stats", Static)
+        stats.loading = False
+        stats.update(Text(line, "red"))
+        for plot in self.query(HistogramPlot):
+            plot.clear("")
 
     def show_nothing(self, message: str) -> None:
         """An empty pane with one line saying why."""
@@ -219,26 +249,25 @@ class DetailPane(VerticalScroll):
         area = self.query_one("#detail-plots").size
         return grid_size(area.width, area.height)
 
-    def show_ranking(self, node: NameNode) -> None:
+    def show_ranking(self, group: Group) -> None:
         """The most-changed members of a group."""
-        ranked = node.most_changed()
         top = Table(box=None, padding=(0, 1), show_edge=False, title="most changed", title_justify="left")
         top.add_column("rel L2", justify="right")
         top.add_column("tensor")
-        for leaf in ranked:
-            top.add_row(badges.percent(leaf.rel_l2), leaf.path[len(node.path):].lstrip("."))
-        pending = node.counts.get("pending", 0)
+        for name, rel in group.ranked:
+            top.add_row(badges.percent(rel), name)
+        pending = group.count("pending")
         if self.single:
-            bad = node.counts.get("nonfinite", 0)
-            message = Text(f"{bad} of {node.tensors} tensors hold NaN or Inf" if bad else
-                           f"{pending} of {node.tensors} tensors not read yet" if pending else
+            bad = group.count("nonfinite")
+            message = Text(f"{bad:,} of {group.tensors:,} tensors hold NaN or Inf" if bad else
+                           f"{pending:,} of {group.tensors:,} tensors not read yet" if pending else
                            "every value is finite", "bold red" if bad else "dim")
-        elif ranked:
+        elif group.ranked:
             message = top
-        elif node.differing:
-            message = Text(f"{node.differing} of {node.tensors} tensors differ", "dim")
+        elif group.differing:
+            message = Text(f"{group.differing:,} of {group.tensors:,} tensors differ", "dim")
         elif pending:
-            message = Text(f"{pending} of {node.tensors} tensors not read yet", "dim")
+            message = Text(f"{pending:,} of {group.tensors:,} tensors not read yet", "dim")
         else:
             message = Text("nothing differs here", "dim")
         self.query_one("#detail-verdict", Static).update(message)

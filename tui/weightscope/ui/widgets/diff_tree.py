@@ -3,7 +3,9 @@
 Drawing both sides on each line of a single Tree keeps them in step by construction:
 one cursor, one scroll offset, one expanded state. A name on one side only leaves that
 side's column blank, as a side-by-side diff does. Children are added when a node first
-expands (as `DirectoryTree` does), so a 100,000-tensor model opens at once.
+expands (as `DirectoryTree` does), so a 100,000-tensor model opens at once. A line's data is
+its node's number in a `NameTree`; what it shows comes from the tree's `Rollup` and the
+catalog, worked out when the line is drawn.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from textual.binding import Binding
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from weightscope.analysis.hierarchy import NameNode
+from weightscope.analysis.hierarchy import NameTree, Rollup
+from weightscope.compare.catalog import Catalog
 from weightscope.ui.widgets import badges
 
 SHORT_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16", "float64": "f64",
@@ -32,7 +35,7 @@ def describe_tensor(dtype: str | None, shape: tuple[int, ...] | None) -> str:
     return f"{SHORT_DTYPES.get(dtype, dtype)} {dims}"
 
 
-class DiffTree(Tree[NameNode]):
+class DiffTree(Tree[int]):
     """The tensor names of A and B, side by side, with a status badge per line."""
 
     BINDINGS = [
@@ -42,17 +45,18 @@ class DiffTree(Tree[NameNode]):
         Binding("l,right", "expand_or_child", "Expand", show=False),
     ]
 
-    def __init__(self, root: NameNode, single: bool = False, **kwargs):
+    def __init__(self, catalog: Catalog, names: NameTree, rollup: Rollup, single: bool = False, **kwargs):
         """
         Args:
-            root: the name tree to show.
+            names, rollup: the name tree to show and what its groups hold.
             single: one checkpoint only: no B column.
         """
-        super().__init__("", data=root, **kwargs)
+        super().__init__("", data=0, **kwargs)
+        self.catalog, self.names, self.rollup = catalog, names, rollup
         self.single = single
         self.show_root = False
         self.guide_depth = 3
-        self._tree_nodes_by_name: dict[int, TreeNode[NameNode]] = {}
+        self._lines: dict[int, TreeNode[int]] = {}  # node number -> its line, once added
 
     def on_mount(self) -> None:
         self.populate(self.root)
@@ -60,59 +64,56 @@ class DiffTree(Tree[NameNode]):
         if self.root.children:
             self.move_cursor_to_line(0)
 
-    def set_model(self, root: NameNode, expand_all: bool = False) -> None:
+    def set_model(self, names: NameTree, rollup: Rollup, expand_all: bool = False) -> None:
         """Show another name tree (a filtered one, say)."""
-        # The old lines let go of the old tree: they are garbage in cycles, left for a full
-        # collection (or frozen for good), and would keep a whole name tree alive. Their
-        # events still on the way come with no data.
-        for line in (self.root, *self._tree_nodes.values()):  # (clear() makes a root it does not list)
-            line.data = None
+        self.names, self.rollup = names, rollup
         self.clear()
-        self._tree_nodes_by_name.clear()
-        self.root.data = root
+        self._lines.clear()
+        self.root.data = 0
         self.populate(self.root)
         if expand_all:
-            for leaf in root.leaves():
-                self.reveal(leaf, move=False)
+            for node in range(len(names)):
+                if names.pair[node] >= 0:
+                    self.reveal(node, move=False)
         if self.root.children:
             self.unselect()  # clear() keeps the old line; a fresh move highlights the new first node
             self.move_cursor_to_line(0)
         else:
             self.cursor_line = -1  # nothing to show: no cursor node either
 
-    def populate(self, node: TreeNode[NameNode]) -> None:
-        """Add the children of `node` the first time they are needed."""
-        if node.children or node.data is None or not node.data.children:  # (None: a line of a replaced tree)
+    def populate(self, line: TreeNode[int]) -> None:
+        """Add the children of a line the first time they are needed."""
+        if line.children or line.data is None or not self.names.is_group(line.data):
             return
-        for child in node.data.sorted_children():
-            added = node.add("", data=child, allow_expand=bool(child.children))
-            self._tree_nodes_by_name[id(child)] = added
+        for child in self.names.children(line.data):
+            self._lines[child] = line.add("", data=child, allow_expand=self.names.is_group(child))
 
-    def on_tree_node_expanded(self, event: Tree.NodeExpanded[NameNode]) -> None:
+    def on_tree_node_expanded(self, event: Tree.NodeExpanded[int]) -> None:
         self.populate(event.node)
 
-    def reveal(self, target: NameNode, move: bool = True) -> None:
-        """Expand the way down to `target` and (with `move`) put the cursor on it."""
-        node = self.root
-        for data in reversed(list(target.ancestors())[:-1]):
-            self.populate(node)
-            node = self._tree_nodes_by_name[id(data)]
-            if data is not target:
-                node.expand()
+    def reveal(self, node: int, move: bool = True) -> None:
+        """Expand the way down to `node` and (with `move`) put the cursor on it."""
+        line = self.root
+        for step in reversed(self.names.ancestors(node)[:-1]):
+            self.populate(line)
+            line = self._lines[step]
+            if step != node:
+                line.expand()
         if move:
             _ = self.last_line  # lay out the lines now, so the node knows its line
-            self.move_cursor(node)
-            self.scroll_to_node(node, animate=False)
+            self.move_cursor(line)
+            self.scroll_to_node(line, animate=False)
 
-    def refresh_nodes(self, nodes: list[NameNode]) -> None:
-        """Redraw the lines of these nodes and their ancestors (new results arrived)."""
-        seen = set()
-        for name_node in nodes:
-            for ancestor in name_node.ancestors():
-                tree_node = self._tree_nodes_by_name.get(id(ancestor))
-                if tree_node is not None and id(ancestor) not in seen:
-                    seen.add(id(ancestor))
-                    tree_node.refresh()
+    def line_of(self, node: int) -> TreeNode[int] | None:
+        return self._lines.get(node)
+
+    def refresh_lines(self) -> None:
+        """Draw the lines on screen again (their statuses and figures moved on)."""
+        top = round(self.scroll_offset.y)
+        for y in range(top, min(top + self.size.height, self.last_line + 1)):
+            line = self.get_node_at_line(y)
+            if line is not None:
+                line.refresh()
 
     def action_collapse_or_parent(self) -> None:
         node = self.cursor_node
@@ -134,24 +135,24 @@ class DiffTree(Tree[NameNode]):
 
     # Drawing
 
-    def label_width(self, node: TreeNode[NameNode]) -> int:
+    def label_width(self, node: TreeNode[int]) -> int:
         return max(0, self.scrollable_content_region.width - self.guides_width(node))
 
-    def guides_width(self, node: TreeNode[NameNode]) -> int:
+    def guides_width(self, node: TreeNode[int]) -> int:
         depth = sum(1 for _ in self.path_of(node)) - 1
         return depth * self.guide_depth
 
-    def path_of(self, node: TreeNode[NameNode]):
+    def path_of(self, node: TreeNode[int]):
         path = []
         while node is not None and node is not self.root:
             path.append(node)
             node = node.parent
         return reversed(path)
 
-    def get_label_width(self, node: TreeNode[NameNode]) -> int:
+    def get_label_width(self, node: TreeNode[int]) -> int:
         return self.label_width(node)
 
-    def b_guides(self, node: TreeNode[NameNode], present: bool) -> Text:
+    def b_guides(self, node: TreeNode[int], present: bool) -> Text:
         """The guides the Tree draws left of A's label, drawn again left of B's (without the
         node's own branch where B lacks it)."""
         lines = self.LINES["default"]
@@ -167,60 +168,63 @@ class DiffTree(Tree[NameNode]):
             text.append(f"{characters[0]}{characters[1] * pad} ", GUIDE_STYLE)
         return text
 
-    def present(self, data: NameNode, side: str) -> bool:
+    def present(self, node: int, side: str) -> bool:
         """Whether any tensor under this node exists on `side`."""
-        missing = "only_b" if side == "a" else "only_a"
-        return not data.tensors or data.counts.get(missing, 0) < data.tensors
+        tensors = self.names.tensors(node)
+        return not tensors or self.rollup.count(node, "only_b" if side == "a" else "only_a") < tensors
 
-    def side_text(self, node: TreeNode[NameNode], side: str, width: int) -> Text:
+    def side_text(self, line: TreeNode[int], side: str, width: int) -> Text:
         """One side's label: expand icon, name part and, for a tensor, dtype and shape."""
-        data = node.data
+        node = line.data
         if width <= 0:
             return Text()
-        if not self.present(data, side):
+        if not self.present(node, side):
             return Text(" " * width)
-        icon = (self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE) if node.allow_expand else "  "
+        icon = (self.ICON_NODE_EXPANDED if line.is_expanded else self.ICON_NODE) if line.allow_expand else "  "
         text = Text(icon, style="dim")
-        text.append(data.part)
-        if data.pair is not None and not data.children:
-            info = data.pair.a if side == "a" else data.pair.b
-            other = data.pair.b if side == "a" else data.pair.a
-            if info is not None:
-                differs = other is not None and (other.stored_dtype, other.shape) != (info.stored_dtype, info.shape)
+        text.append(self.names.parts[node])
+        pair = int(self.names.pair[node])
+        if pair >= 0 and not self.names.is_group(node):
+            mine, other = (self.catalog.a, self.catalog.b) if side == "a" else (self.catalog.b, self.catalog.a)
+            if mine.name[pair] is not None:
+                dtype, shape = mine.stored_dtype(pair), mine.shape[pair]
+                differs = other.name[pair] is not None and (other.stored_dtype(pair), other.shape[pair]) != (dtype, shape)
                 text.append("  ")
-                text.append(describe_tensor(info.stored_dtype, info.shape), "magenta" if differs else "dim")
+                text.append(describe_tensor(dtype, shape), "magenta" if differs else "dim")
         text.truncate(width, overflow="ellipsis", pad=True)
         return text
 
-    def figure(self, data: NameNode) -> Text:
+    def figure(self, node: int) -> Text:
         """rel_l2 for a tensor; for a group, how many members differ and the largest rel_l2."""
-        if data.pair is not None and not data.children:
-            diff = data.result.diff if data.result and not self.single else None  # alone: no change to size
-            value = badges.percent(diff.rel_l2) if diff is not None and diff.rel_l2 is not None else ""
+        pair = int(self.names.pair[node])
+        if pair >= 0 and not self.names.is_group(node):
+            rel = self.rollup.rel[self.names.position[pair]]
+            value = badges.percent(float(rel)) if not self.single and rel == rel else ""
         else:
-            differing = data.differing
-            largest = f" {badges.percent(data.max_rel)}" if data.max_rel else ""
-            value = f"{differing}/{data.tensors}{largest}" if differing else ""
+            differing = self.rollup.differing(node)
+            largest = self.rollup.max_rel(node)
+            shown = f" {badges.percent(largest)}" if largest and not self.single else ""
+            value = f"{differing}/{self.names.tensors(node)}{shown}" if differing else ""
         return Text(value.rjust(FIGURE_WIDTH)[:FIGURE_WIDTH], style="dim")
 
-    def status_of(self, data: NameNode) -> str:
-        status = data.status
+    def status_of(self, node: int) -> str:
+        status = self.rollup.status(node)
         return "read" if self.single and status == "identical" else status
 
-    def render_label(self, node: TreeNode[NameNode], base_style: Style, style: Style) -> Text:
-        data = node.data
-        total = self.label_width(node) + self.guides_width(node)
-        status = self.status_of(data)
+    def render_label(self, line: TreeNode[int], base_style: Style, style: Style) -> Text:
+        node = line.data
+        total = self.label_width(line) + self.guides_width(line)
+        status = self.status_of(node)
         badge = Text(f" {badges.symbol(status)} ", style=badges.style(status))
         if self.single:
-            a_width = total - self.guides_width(node) - BADGE_WIDTH - FIGURE_WIDTH
-            text = Text.assemble(self.side_text(node, "a", a_width), badge, self.figure(data))
+            a_width = total - self.guides_width(line) - BADGE_WIDTH - FIGURE_WIDTH
+            text = Text.assemble(self.side_text(line, "a", a_width), badge, self.figure(node))
         else:
             inner = total - BADGE_WIDTH - FIGURE_WIDTH
             half = inner // 2
-            guides = self.b_guides(node, self.present(data, "b"))
+            guides = self.b_guides(line, self.present(node, "b"))
             text = Text.assemble(
-                self.side_text(node, "a", half - self.guides_width(node)), badge, guides,
-                self.side_text(node, "b", inner - half - guides.cell_len), self.figure(data))
+                self.side_text(line, "a", half - self.guides_width(line)), badge, guides,
+                self.side_text(line, "b", inner - half - guides.cell_len), self.figure(node))
         text.stylize(style)
         return text
