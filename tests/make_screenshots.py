@@ -25,17 +25,15 @@ VIEWS = {
 
 
 async def shoot(base: str, tuned: str, name: str, keys: list[str]) -> None:
-    from weightscope.ui.app import WeightscopeApp
+    from ui.helpers import open_app, settle
 
-    app = WeightscopeApp(base, tuned, use_cache=False)
+    app = open_app(base, tuned, use_cache=False)
     async with app.run_test(size=SIZE) as pilot:
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         for key in keys:
             await pilot.press(key)
         await pilot.pause(0.2)
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         app.clear_notifications()
         await pilot.pause()
         app.save_screenshot(str(SCREENSHOTS / name))

@@ -61,3 +61,46 @@ def test_listing_safetensors_does_not_import_torch(ck, tmp_path):
         f"{HEAVY!r}]}}))\n")
     assert listing["heavy"] == []
     assert listing["names"] == {n: ["float32", list(t.shape)] for n, t in sd.items()}
+
+
+APP = r"""
+import asyncio, json, sys
+from weightscope.engine.protocol import Job
+from weightscope.ui.app import WeightscopeApp
+
+async def main():
+    app = WeightscopeApp(Job(sys.argv[1], sys.argv[2], use_cache=False))
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(3000):
+            await pilot.pause(0.01)
+            if app.scan_done:
+                break
+        await pilot.press("right", "down")  # lm_head.weight: its figures and histograms
+        for _ in range(3000):
+            await pilot.pause(0.01)
+            if app.details:
+                break
+        assert app.scan_done and app.details, "the app never settled"
+        await pilot.press("v")  # its spectrum: torch, in the engine
+        for _ in range(3000):
+            await pilot.pause(0.01)
+            if app.figures:
+                break
+        assert app.figures, "no spectrum came"
+    print(json.dumps(sorted(sys.modules)))
+
+asyncio.run(main())
+"""
+
+
+def test_the_app_process_does_no_heavy_work(ck, tmp_path):
+    """The app's own interpreter draws and asks: after a whole scan, a tensor's figures and a
+    spectrum, it has loaded neither the compiled loops (numba) nor torch; the engine has."""
+    sd = ck.llama_like(0)
+    a = ck.write_safetensors(tmp_path / "a.safetensors", sd)
+    b = ck.write_safetensors(tmp_path / "b.safetensors", {n: t * 1.01 for n, t in sd.items()})
+    done = subprocess.run([sys.executable, "-c", APP, str(a), str(b)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "textual" in modules and "weightscope.ui.app" in modules
+    assert [m for m in modules if m.split(".")[0] in ("numba", "torch", "llvmlite")] == []

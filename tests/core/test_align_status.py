@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from weightscope.compare import plan as plans
 from weightscope.compare.align import align, unwrap
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo
 from weightscope.report.diff import exit_status
@@ -300,8 +301,10 @@ class TestChanges:
 
 
 class TestScan:
-    def test_progress_and_cancel(self, ck, tmp_path, opened):
-        """`scan` reports progress after each pair and stops when `should_cancel` says so."""
+    def test_progress_and_cancel(self, ck, tmp_path, opened, monkeypatch):
+        """`scan` reports progress after each unit of work (here a tensor each) and stops when
+        `should_cancel` says so."""
+        monkeypatch.setattr(plans, "UNIT_BYTES", 1)
         sd = ck.llama_like(20, layers=1)
         a = opened(ck.write_safetensors(tmp_path / "a.safetensors", sd))
         b = opened(ck.write_safetensors(tmp_path / "b.safetensors", sd))

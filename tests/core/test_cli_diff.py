@@ -200,3 +200,65 @@ def test_console_script(pair, tmp_path):
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "junk.bin" in done.stderr and "refused to unpickle" in done.stderr
+
+
+class TestFailuresSpeak:
+    """Exit 1 means differences or failed checks, nothing else: anything that goes wrong is exit 2
+    with one line on stderr (the traceback only with --debug)."""
+
+    def test_a_failed_scan_is_exit_2_with_one_line(self, capsys, pair, monkeypatch):
+        monkeypatch.setenv("WEIGHTSCOPE_FAULT", "scan")
+        _, base, same, _ = pair
+        code, _, err = run(capsys, base, same, "--no-cache")
+        assert code == 2
+        (line,) = err.strip().splitlines()
+        assert line.startswith("weightscope: scan failed: RuntimeError: injected fault in scan (")
+
+    def test_a_failure_to_open_is_exit_2_with_one_line(self, capsys, pair, monkeypatch):
+        monkeypatch.setenv("WEIGHTSCOPE_FAULT", "open")
+        _, base, same, _ = pair
+        code, out, err = run(capsys, base, same)
+        assert code == 2 and out == ""
+        assert err.startswith("weightscope: RuntimeError: injected fault in open (") and err.count("\n") == 1
+
+    def test_a_bug_here_is_exit_2_not_differences(self, capsys, pair, monkeypatch):
+        import weightscope.report.diff as report
+
+        def broken(*args, **kwargs):
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(report, "to_text", broken)
+        _, base, _, tuned = pair
+        code, out, err = run(capsys, base, tuned)
+        assert code == 2 and out == ""
+        assert err == "weightscope: unexpected error: KeyError: 'a bug' (--debug shows where)\n"
+        with pytest.raises(KeyError):
+            run(capsys, base, tuned, "--debug")
+
+    def test_the_engine_dying_is_exit_2(self, capsys, pair, monkeypatch):
+        """The engine's process killed mid-run (out of memory, say): said, exit 2."""
+        from weightscope.engine import client
+
+        start = client.Engine.__init__
+
+        def killed(self, *args, **kwargs):
+            start(self, *args, **kwargs)
+            self.process.kill()
+
+        monkeypatch.setattr(client.Engine, "__init__", killed)
+        _, base, _, tuned = pair
+        code, out, err = run(capsys, base, tuned)
+        assert code == 2 and out == ""
+        assert err.startswith("weightscope: the engine process stopped unexpectedly (signal 9)")
+
+
+def test_one_file_on_both_sides_is_identical_without_reading_it(capsys, ck, tmp_path):
+    """The same file twice, or two paths to it: identical at once, with a note, and no statistics."""
+    path = ck.write_safetensors(tmp_path / "m.safetensors", ck.llama_like(0))
+    os.symlink(path, tmp_path / "link.safetensors")
+    for other in (path, tmp_path / "link.safetensors"):
+        code, out, _ = run(capsys, path, other, "--json")
+        doc = json.loads(out)
+        assert code == 0 and {t["status"] for t in doc["tensors"]} == {"identical"}
+        assert all(t["a"] is None and t["diff"] is None for t in doc["tensors"])
+        assert any("same file on both sides" in n for n in doc["notes"])

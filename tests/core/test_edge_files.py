@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from weightscope.cli import main
+from weightscope.sources.discover import open_checkpoint
 from weightscope.sources.errors import CheckpointError
 
 TWO = {"a": torch.arange(4, dtype=torch.float32), "b": torch.ones(2, 3, dtype=torch.bfloat16)}
@@ -144,12 +145,15 @@ class TestPickleProtocols:
         calls = []
         load = torch.load
         monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or load(*a, **k))
-        assert main(["diff", str(path), str(path), "--no-cache"]) == 2
+        with pytest.raises(CheckpointError) as refused:
+            open_checkpoint(str(path))
+        assert calls and all(weights_only is True for weights_only in calls)
+        assert main(["diff", str(path), str(path), "--no-cache"]) == 2  # the same, from the engine's process
         err = capsys.readouterr().err.strip()
+        assert err == f"weightscope: {refused.value}"
         assert "\n" not in err and str(path) in err
         assert f"saved with pickle protocol {protocol}" in err
         assert "re-save it with torch.save's default protocol (2), or as safetensors" in err
-        assert calls and all(weights_only is True for weights_only in calls)
 
     def test_protocol_2_still_reads(self, tmp_path, opened):
         torch.save({"w": torch.ones(2)}, tmp_path / "m.bin", pickle_protocol=2)

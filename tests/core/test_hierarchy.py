@@ -1,76 +1,111 @@
-"""The name tree's roll-ups: counts and most-changed members kept current as results arrive."""
+"""The name tree as arrays, and its groups' roll-ups as results arrive: counts, the largest
+change, the most changed members, the next tensor that differs."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from weightscope.analysis import hierarchy
-from weightscope.compare.align import Pair
-from weightscope.sources.checkpoint import TensorInfo
-from weightscope.compare.scan import PairResult
-from weightscope.compare.stats import DiffStats
+from weightscope.compare import catalog as cat
+from weightscope.compare.align import Alignment, Pair
+from weightscope.sources.checkpoint import Checkpoint, TensorInfo
 
 
-def pair(name: str) -> Pair:
-    info = TensorInfo(name, "float32", (4,), "f")
-    return Pair(name, info, info)
+def catalog_of(names: list[str]) -> cat.Catalog:
+    infos = {name: TensorInfo(name, "float32", (4,), "f") for name in names}
+    checkpoint = Checkpoint("m", "safetensors", ["f"], infos)
+    return cat.build(checkpoint, checkpoint, Alignment([Pair(n, infos[n], infos[n]) for n in names], []))
 
 
-def result(p: Pair, rel: float) -> PairResult:
-    diff = DiffStats(rel, None, rel, rel, rel, None, 1.0, 1.0 if rel else 0.0, 4 if rel else 0, 0, 0.0, 0.0)
-    return PairResult(p, "changed" if rel else "identical", diff=diff)
+def paths(tree: hierarchy.NameTree) -> list[str]:
+    return [tree.path(node) for node in range(1, len(tree))]
 
 
-def reference(node: hierarchy.NameNode) -> list[str]:
-    """The most-changed members by walking the whole subtree."""
-    ranked = sorted(((n.rel_l2, n.path) for n in node.walk() if n.rel_l2), key=lambda item: -item[0])
-    return [path for _, path in ranked[:hierarchy.TOP]]
+def test_nodes_come_in_the_order_the_tree_shows_them_with_numbers_in_natural_order():
+    names = ["model.layers.10.w", "model.layers.2.w", "model.embed.weight", "lm_head.weight", "model.layers.2.b"]
+    tree = hierarchy.build(catalog_of(names))
+    assert paths(tree) == ["lm_head", "lm_head.weight", "model", "model.embed", "model.embed.weight",
+                           "model.layers", "model.layers.2", "model.layers.2.b", "model.layers.2.w",
+                           "model.layers.10", "model.layers.10.w"]
+    order = [names[i] for i in tree.order]
+    assert order == ["lm_head.weight", "model.embed.weight", "model.layers.2.b", "model.layers.2.w",
+                     "model.layers.10.w"]
+    layers = paths(tree).index("model.layers") + 1
+    assert [tree.path(child) for child in tree.children(layers)] == ["model.layers.2", "model.layers.10"]
+    assert [names[i] for i in tree.order[tree.lo[layers]:tree.hi[layers]]] == order[2:]  # a group is one run
+    assert tree.tensors(0) == 5 and tree.ancestors(tree.node_of[0])[-1] == 0
 
 
-def test_groups_rank_members_as_results_arrive_and_change():
-    pairs = [pair(f"model.layers.{layer}.{module}.weight") for layer in range(12)
+def test_a_tensor_that_is_also_a_group():
+    names = ["enc.weight", "enc"]
+    tree = hierarchy.build(catalog_of(names))
+    enc = paths(tree).index("enc") + 1
+    assert tree.pair[enc] == 1 and tree.is_group(enc) and tree.tensors(enc) == 2
+    assert [names[i] for i in tree.order] == ["enc", "enc.weight"]
+
+
+def test_a_filter_keeps_the_matching_names_only():
+    names = [f"model.layers.{i}.{m}.weight" for i in range(3) for m in ("q_proj", "mlp.up_proj")]
+    catalog = catalog_of(names)
+    tree = hierarchy.build(catalog, "q_proj")
+    assert [names[i] for i in tree.order] == [f"model.layers.{i}.q_proj.weight" for i in range(3)]
+    assert (tree.position >= 0).sum() == 3 and tree.pattern == "q_proj"
+    globbed = hierarchy.build(catalog, "*.[02].mlp.*")
+    assert [names[i] for i in globbed.order] == ["model.layers.0.mlp.up_proj.weight", "model.layers.2.mlp.up_proj.weight"]
+
+
+def rollup_with(names: list[str], tree: hierarchy.NameTree) -> hierarchy.Rollup:
+    n = len(names)
+    return hierarchy.Rollup(tree, np.full(n, hierarchy.CODE["pending"], np.int8), np.full(n, np.nan), np.full(n, 4))
+
+
+def test_groups_count_rank_and_find_as_results_arrive_and_change():
+    names = [f"model.layers.{layer}.{module}.weight" for layer in range(12)
              for module in ("q_proj", "k_proj", "mlp.up_proj", "mlp.down_proj")]
-    names = hierarchy.build(pairs)
+    tree = hierarchy.build(catalog_of(names))
+    rollup = rollup_with(names, tree)
+    badge, rel = np.full(len(names), hierarchy.CODE["pending"], np.int8), np.full(len(names), np.nan)
     rng = random.Random(0)
-    groups = [names.root, names.root.children["model"], names.nodes["model.layers.3.q_proj.weight"].parent.parent]
-    for step in range(600):
-        p = rng.choice(pairs)
-        # A mix of zeros (never ranked), ties and values that rise and fall for the same tensor.
-        names.apply([result(p, rng.choice([0.0, 0.5, rng.random(), rng.random() / 100]))])
+    groups = [0, paths(tree).index("model") + 1, paths(tree).index("model.layers.3") + 1]
+    for step in range(300):
+        index = np.array(rng.sample(range(len(names)), 3))
+        value = np.array([rng.choice([0.0, 0.5, rng.random(), rng.random() / 100]) for _ in index])
+        badge[index] = np.where(value > 0, hierarchy.CODE["changed"], hierarchy.CODE["identical"])
+        rel[index] = value
+        rollup.update(index, badge[index], rel[index])
         for group in groups:
-            got = [n.path for n in group.most_changed()]
-            assert [names.nodes[path].rel_l2 for path in got] == \
-                [names.nodes[path].rel_l2 for path in reference(group)], f"step {step}, {group.path or 'root'}"
+            members = tree.order[tree.lo[group]:tree.hi[group]]
+            assert rollup.counts(group).tolist() == np.bincount(badge[members], minlength=len(hierarchy.SEVERITY)).tolist()
+            ranked = sorted(((rel[i], i) for i in members if rel[i] > 0), key=lambda item: -item[0])
+            assert [r for _, r in rollup.most_changed(group)] == [r for r, _ in ranked[:hierarchy.TOP]], step
+            known = rel[members][~np.isnan(rel[members])]
+            assert rollup.max_rel(group) == (float(known.max()) if len(known) else None)
+            assert rollup.parameters(group) == 4 * len(members)
 
 
-def test_most_changed_of_a_group_lists_only_its_members_largest_first():
-    pairs = [pair(name) for name in ("a.x.weight", "a.y.weight", "b.x.weight")]
-    names = hierarchy.build(pairs)
-    names.apply([result(pairs[0], 0.01), result(pairs[1], 0.3), result(pairs[2], 0.9)])
-    assert [n.path for n in names.root.children["a"].most_changed()] == ["a.y.weight", "a.x.weight"]
-    assert [n.path for n in names.root.most_changed(2)] == ["b.x.weight", "a.y.weight"]
-    names.apply([result(pairs[2], 0.0)])  # b.x came back unchanged: it leaves every ranking
-    assert [n.path for n in names.root.most_changed()] == ["a.y.weight", "a.x.weight"]
+def test_next_differing_goes_both_ways_and_wraps():
+    names = [f"t{i}" for i in range(6)]
+    tree = hierarchy.build(catalog_of(names))
+    rollup = rollup_with(names, tree)
+    assert rollup.next_differing(-1, 1) is None  # nothing read: nothing differs yet
+    index = np.arange(6)
+    badge = np.array([hierarchy.CODE["changed" if i in (1, 4) else "identical"] for i in index], np.int8)
+    rollup.update(index, badge, np.where(badge == hierarchy.CODE["changed"], 0.1, 0.0))
+    found = [names[tree.order[p]] for p in (rollup.next_differing(-1, 1), rollup.next_differing(1, 1),
+                                             rollup.next_differing(4, 1), rollup.next_differing(4, -1),
+                                             rollup.next_differing(1, -1))]
+    assert found == ["t1", "t4", "t1", "t1", "t4"]
+    assert rollup.status(0) == "changed" and rollup.differing(0) == 2
 
 
-def test_a_tree_holds_no_cycles_and_comes_apart_a_node_at_a_time():
-    import gc
-    import weakref
+def test_badges_put_nan_and_dtype_changes_above_the_status(tmp_path, ck, diff):
+    import torch
 
-    pairs = [pair(f"model.layers.{i}.mlp.{m}.weight") for i in range(3) for m in ("up", "down")]
-    names = hierarchy.build(pairs, [result(p, 0.1 * (i + 1)) for i, p in enumerate(pairs)])
-    layer = names.root.children["model"].children["layers"].children["1"]
-    assert layer.parent.path == "model.layers" and layer.differing == 2
-    root = weakref.ref(names.root)
-    gc.disable()  # freed by reference counting alone
-    try:
-        del names
-        assert root() is None and layer.parent is None  # only what is held elsewhere lives on
-        assert [n.path for n in layer.leaves()] == ["model.layers.1.mlp.down.weight", "model.layers.1.mlp.up.weight"]
-    finally:
-        gc.enable()
-    names = hierarchy.build(pairs)
-    kept = names.nodes["model.layers.0.mlp.up.weight"]
-    names.take_apart()
-    assert names.nodes == {} and names.root.children == {} and names.root.top == []
-    assert kept.pair is pairs[0] and kept.status == "pending"  # a node held elsewhere still answers
+    a = {"w": torch.ones(4), "x": torch.ones(4), "y": torch.ones(4)}
+    b = {"w": torch.tensor([1.0, float("nan"), 1.0, 1.0]), "x": torch.ones(4, dtype=torch.float64), "y": torch.ones(4)}
+    d = diff(ck.write_safetensors(tmp_path / "a.safetensors", a), ck.write_safetensors(tmp_path / "b.safetensors", b))
+    codes = hierarchy.badges(d.catalog, d.table)
+    assert {d.catalog.names[i]: hierarchy.SEVERITY[code] for i, code in enumerate(codes)} == \
+        {"w": "nonfinite", "x": "dtype", "y": "identical"}

@@ -1,50 +1,33 @@
 """Pilot tests of the terminal app: trees, keys, the detail pane and its worker, the filter.
 
-Each test opens the app headless with `run_test`, waits with `settle` (workers and the message
-queue, never a fixed sleep) and checks what the app holds or draws. Checkpoints are the demo
-pair or tiny files written here with safetensors' own writer.
+Each test opens the app headless with `run_test`, waits with `settle` (the scan and every
+question asked of the engine, never a fixed sleep) and checks what the app holds or draws.
+Checkpoints are the demo pair or tiny files written here with safetensors' own writer.
 """
 
 from __future__ import annotations
 
 import io
-import threading
 import time
-import weakref
 
 import pytest
 import torch
 from rich.console import Console
 from textual import events
 from textual.widgets import Input, Static
-from textual.worker import Worker, WorkerState
 
 import weightscope.ui.app as app_module
-from weightscope.analysis.hierarchy import DIFFERS
-from weightscope.compare.stats import Cancelled
+from weightscope.engine import protocol as msg
 from weightscope.ui.app import WeightscopeApp
-from weightscope.ui.messages import DetailReady, Filtered, Opened
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.detail import DetailPane
 from weightscope.ui.widgets.diff_tree import DiffTree
 from weightscope.ui.widgets.histogram import HistogramPlot, fitted_title
 
-from .helpers import (SIZE, cursor_path, leaf_names, line_of, name_nodes, screen_text, settle, static_text,
-                      tree_lines)
-
-
-def record_notifications(app: WeightscopeApp) -> list[str]:
-    """Every message the app passes to `notify` from now on."""
-    messages: list[str] = []
-    notify = app.notify
-
-    def recording(message, **kwargs):
-        messages.append(str(message))
-        return notify(message, **kwargs)
-
-    app.notify = recording
-    return messages
+from .helpers import (SIZE, Gate, cursor_path, histograms_of, leaf_names, line_of, name_nodes, open_app,
+                      record_notifications, record_requests, screen_text, settle, shown_name, shown_pair,
+                      shown_status, static_text, status_of, tree_lines, wait_for)
 
 
 def burst(app: WeightscopeApp, key: str, times: int) -> None:
@@ -62,10 +45,11 @@ def split_line(line: str, status: str) -> tuple[str, str]:
     return a, b
 
 
-def tree_leaves(tree: DiffTree) -> list[str]:
+def tree_leaves(app: WeightscopeApp) -> list[str]:
     """The tensors on the tree's lines (expanded far enough to be seen), top to bottom."""
+    tree = app.query_one(DiffTree)
     nodes = [tree.get_node_at_line(line).data for line in range(tree.last_line + 1)]
-    return [node.pair.name for node in nodes if node.pair is not None]
+    return [app.catalog.names[app.names.pair[node]] for node in nodes if app.names.pair[node] >= 0]
 
 
 def layer_pair(pair, layers: int = 12):
@@ -88,7 +72,7 @@ def sync_pair(pair):
 
 
 async def test_both_columns_show_names(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         lines = tree_lines(app)
@@ -103,11 +87,11 @@ async def test_both_columns_show_names(demo):
 
 
 async def test_layer_numbers_sort_naturally(pair):
-    app = WeightscopeApp(*layer_pair(pair))
+    app = open_app(*layer_pair(pair))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("right")  # the cursor starts on `layers`, the only top-level line
-        parts = [node.data.part for node in app.query_one(DiffTree).root.children[0].children]
+        parts = [app.names.parts[node.data] for node in app.query_one(DiffTree).root.children[0].children]
         assert parts == [str(i) for i in range(12)]
         assert line_of(app, "layers.1") < line_of(app, "layers.2") < line_of(app, "layers.10")
         lines = tree_lines(app)
@@ -116,7 +100,7 @@ async def test_layer_numbers_sort_naturally(pair):
 
 
 async def test_children_are_created_when_a_node_expands(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         tree = app.query_one(DiffTree)
@@ -124,7 +108,7 @@ async def test_children_are_created_when_a_node_expands(demo):
         assert not model.is_expanded and len(model.children) == 0
         await pilot.press("down", "right")
         assert model.is_expanded
-        assert [child.data.part for child in model.children] == ["embed_tokens", "layers", "norm"]
+        assert [app.names.parts[child.data] for child in model.children] == ["embed_tokens", "layers", "norm"]
         layers = model.children[1]
         assert len(layers.children) == 0  # one level at a time
 
@@ -133,7 +117,7 @@ async def test_children_are_created_when_a_node_expands(demo):
 
 
 async def test_up_down_and_j_k_move_the_cursor(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         tree = app.query_one(DiffTree)
@@ -153,13 +137,13 @@ async def test_up_down_and_j_k_move_the_cursor(demo):
 
 @pytest.mark.parametrize("right, left", [("right", "left"), ("l", "h")])
 async def test_right_expands_then_enters_left_collapses_then_leaves(demo, right, left):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         tree = app.query_one(DiffTree)
         await pilot.press("down")
         model = tree.cursor_node
-        assert model.data.path == "model" and not model.is_expanded
+        assert app.names.path(model.data) == "model" and not model.is_expanded
         await pilot.press(right)
         assert model.is_expanded and cursor_path(app) == "model"
         await pilot.press(right)
@@ -177,14 +161,14 @@ async def test_right_expands_then_enters_left_collapses_then_leaves(demo, right,
 
 
 async def test_enter_and_space_toggle(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         node = app.query_one(DiffTree).cursor_node  # the first line, with no key pressed
-        assert node.data.path == "lm_head" and not node.is_expanded
+        assert app.names.path(node.data) == "lm_head" and not node.is_expanded
         for key in ("enter", "space"):
             await pilot.press(key)
-            assert node.is_expanded and [c.data.part for c in node.children] == ["weight"]
+            assert node.is_expanded and [app.names.parts[c.data] for c in node.children] == ["weight"]
             await pilot.press(key)
             assert not node.is_expanded
 
@@ -193,7 +177,7 @@ async def test_enter_and_space_toggle(demo):
 
 
 async def test_a_name_on_one_side_leaves_the_other_column_blank(pair):
-    app = WeightscopeApp(*sync_pair(pair))
+    app = open_app(*sync_pair(pair))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("down", "right")  # open `extra`
@@ -213,24 +197,24 @@ async def test_a_name_on_one_side_leaves_the_other_column_blank(pair):
 
 
 async def test_statuses_after_the_scan(pair):
-    app = WeightscopeApp(*sync_pair(pair))
+    app = open_app(*sync_pair(pair))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        statuses = {name: node.status for name, node in name_nodes(app).items()}
+        statuses = {name: status_of(app, name) for name in name_nodes(app)}
         assert statuses == {"blocks.same": "identical", "blocks.moved": "changed", "blocks.shape": "shape_mismatch",
                             "extra.gone": "only_a", "extra.fresh": "only_b"}
-        groups = {node.path: node.status for node in app.query_one(DiffTree).root.data.children.values()}
+        groups = {app.names.path(node): app.rollup.status(node) for node in app.names.children(0)}
         assert groups == {"blocks": "shape_mismatch", "extra": "only_a"}
         tree = app.query_one(DiffTree)
-        badge = {node.data.path: tree.render_label(node, tree.rich_style, tree.rich_style).plain
+        badge = {app.names.path(node.data): tree.render_label(node, tree.rich_style, tree.rich_style).plain
                  for node in tree.root.children}
         assert f" {badges.symbol('shape_mismatch')} " in badge["blocks"]
         assert "2/3" in split_line(badge["blocks"], "shape_mismatch")[1]  # moved and shape differ, same does not
 
 
 async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck, tmp_path, monkeypatch):
-    """While scanning, every pair's result is sent once; at the end, only the results the LoRA
-    notes changed come again (sending a 100,000-tensor scan a second time stalled the UI)."""
+    """While scanning, every pair's result comes once; at the end, the LoRA notes come with the
+    end of the scan, not as results sent again (sending 100,000 results twice stalled the UI)."""
     base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=16, vocab=64))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -241,47 +225,50 @@ async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck
                           f"{module}.lora_B.weight": torch.randn(16, 8, generator=gen)})
     (adapter / "adapter_config.json").write_text(
         '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
-    monkeypatch.setattr(app_module, "BATCH_SECONDS", 0.0)  # a message per result
-    received: list[str] = []
-    handle = WeightscopeApp.on_scan_results
+    received: list[int] = []
+    take = WeightscopeApp.take_results
 
     def recording(self, message):
-        received.extend(result.pair.name for result in message.results)
-        handle(self, message)
+        received.extend(message.batch.index.tolist())
+        take(self, message)
 
-    monkeypatch.setattr(WeightscopeApp, "on_scan_results", recording)
-    app = WeightscopeApp(str(base), str(adapter))
+    monkeypatch.setattr(WeightscopeApp, "take_results", recording)
+    app = open_app(base, adapter)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        names = [pair.name for pair in app.alignment.pairs]
-        noted = {name for name, result in app.results.items() if result.notes}
+        assert sorted(received) == list(range(len(app.catalog)))
+        noted = {app.catalog.names[i] for i, notes in app.table.notes.items() if notes}
         assert "model.layers.0.self_attn.q_proj.weight" in noted
-        assert sorted(received) == sorted(names + list(noted))
 
 
-async def test_a_reopened_pair_takes_its_cached_results_a_slice_at_a_time(pair, monkeypatch):
-    """Cached results go to the app in slices, each once the one before is in (all of a
-    100,000-tensor cache in one message held the UI most of a second), and nothing is scanned."""
-    paths = sync_pair(pair)
-    app = WeightscopeApp(*paths)
+async def test_a_reopened_pair_takes_its_cached_results_and_keys_pressed_meanwhile(pair):
+    """Reopened, the results come from the cache, each message acknowledged once taken. A
+    tensor selected and `n` pressed before they are in: the tensor's figures come all the
+    same, `n` says nothing differs yet, and goes to the next difference once it is known."""
+    a = {f"t{i}": torch.full((3,), float(i)) for i in range(6)}
+    paths = pair(a, {name: t + (1.0 if name == "t4" else 0.0) for name, t in a.items()})
+    app = open_app(*paths)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)  # scanned, and the results cached
-        scanned = {name: result.status for name, result in app.results.items()}
-    monkeypatch.setattr(app_module, "CACHED_SLICE", 2)
-    monkeypatch.setattr(app_module, "scan_iter", lambda *args, **kwargs: pytest.fail("scanned again"))
-    slices: list[tuple[int, int, bool]] = []  # (results in the message, results the app held before, finished)
-    handle = WeightscopeApp.on_scan_results
-
-    def recording(self, message):
-        slices.append((len(message.results), len(self.results), message.finished))
-        handle(self, message)
-
-    monkeypatch.setattr(WeightscopeApp, "on_scan_results", recording)
-    app = WeightscopeApp(*paths)
+        scanned = app.table.status.copy()
+    app = open_app(*paths)
+    gate = Gate(app, msg.Results, msg.ScanDone)
+    notes = record_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.ready)
+        sent = record_requests(app)
+        await pilot.press("down")  # t1, before any result is in
+        await wait_for(pilot, lambda: shown_pair(app) is not None and shown_pair(app) in app.details)
+        t1, t4 = app.catalog.index("t1"), app.catalog.index("t4")
+        assert cursor_path(app) == "t1" and app.table.status[t1] >= 0 > app.table.status[t4]  # t1's from its question
+        await pilot.press("n")
+        read = (app.table.status >= 0).sum()
+        assert f"no tensor differs yet ({read} of 6 tensors read)" in notes, notes
+        gate.open()
         await settle(pilot)
-        assert {name: result.status for name, result in app.results.items()} == scanned
-    assert slices == [(2, 0, False), (2, 2, False), (1, 4, True)]
+        assert (app.table.status == scanned).all()
+        assert cursor_path(app) == "t4"  # the next difference, once it was known
+        assert [r for r in sent if isinstance(r, msg.Ack)]  # each message of results acknowledged
 
 
 # Next / previous difference
@@ -290,7 +277,7 @@ async def test_a_reopened_pair_takes_its_cached_results_a_slice_at_a_time(pair, 
 async def test_n_and_shift_n_visit_differences_and_wrap(pair):
     a = {f"t{i}": torch.full((3,), float(i)) for i in range(6)}
     b = {name: t + (1.0 if name in ("t1", "t4") else 0.0) for name, t in a.items()}
-    app = WeightscopeApp(*pair(a, b))
+    app = open_app(*pair(a, b))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         visited = []
@@ -306,20 +293,20 @@ async def test_n_and_shift_n_visit_differences_and_wrap(pair):
 
 
 async def test_n_reveals_a_difference_deep_in_a_collapsed_tree(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("n", "n")
         assert cursor_path(app) == "model.layers.0.self_attn.rotary_emb.inv_freq"
-        assert name_nodes(app)[cursor_path(app)].status == "only_a"
+        assert status_of(app, cursor_path(app)) == "only_a"
         await pilot.press("N", "N")  # back past lm_head, round to the last difference
-        differing = [name for name, node in name_nodes(app).items() if node.own_status in DIFFERS]
+        differing = [name for name in name_nodes(app) if status_of(app, name) not in ("identical", "value_equal")]
         assert differing[0] == "lm_head.weight" and cursor_path(app) == differing[-1]
 
 
 async def test_n_on_an_identical_pair_says_nothing_differs(pair):
     a = {"x.weight": torch.arange(6.0), "y.weight": torch.ones(2, 2)}
-    app = WeightscopeApp(*pair(a, {k: v.clone() for k, v in a.items()}))
+    app = open_app(*pair(a, {k: v.clone() for k, v in a.items()}))
     notes = record_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -343,14 +330,13 @@ async def press_until(pilot, key: str, condition, limit: int = 50) -> None:
 
 
 async def test_a_tensor_fills_the_detail_pane(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await press_until(pilot, "n", lambda: app.shown.own_status == "changed")
-        name = app.shown.pair.name
+        await press_until(pilot, "n", lambda: shown_status(app) == "changed")
+        name = shown_name(app)
         await settle(pilot)
-        assert app.details[name].histograms  # the worker's result, kept in the LRU cache
-        assert set(app.details[name].histograms) >= {"a", "b", "diff"}
+        assert set(histograms_of(app, name)) >= {"a", "b", "diff"}  # the engine's answer, kept in the LRU cache
         title = static_text(app, "#detail-title")
         assert name in title and "changed" in title
         stats = static_text(app, "#detail-stats")
@@ -364,15 +350,16 @@ async def test_a_tensor_fills_the_detail_pane(demo):
 
 
 async def test_a_group_shows_aggregate_counts(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("down")
         await settle(pilot)
-        assert app.shown.path == "model"
-        rows = {line.split("  ")[1].strip(): int(line.split()[-1]) for line in
+        assert app.names.path(app.shown) == "model"
+        rows = {line.split("  ")[1].strip(): int(line.split()[-1].replace(",", "")) for line in
                 static_text(app, "#detail-sides").splitlines() if line.strip()}
-        assert rows == {badges.words(status): count for status, count in app.shown.counts.items() if count}
+        counts = dict(zip(app_module.hierarchy.SEVERITY, app.rollup.counts(app.shown).tolist()))
+        assert rows == {badges.words(status): count for status, count in counts.items() if count}
         assert rows["changed"] == 20 and rows["identical"] == 10 and rows["NaN or Inf"] == 1
         assert "39 tensors" in static_text(app, "#detail-stats")
         verdict = static_text(app, "#detail-verdict")
@@ -381,58 +368,32 @@ async def test_a_group_shows_aggregate_counts(demo):
 
 
 async def test_holding_down_computes_only_the_last_tensor(pair, monkeypatch):
-    """50 cursor moves queued at once: the tensor first highlighted has its worker running and
-    is cancelled; tensors passed over start no work; the last one is shown.
-
-    The cursor starts on w0, whose figures are computed while the app opens; the test starts
-    on w1, the first tensor highlighted by a key."""
+    """50 cursor moves queued at once: the tensor first highlighted had its figures asked for,
+    and that question, still unanswered, is cancelled; tensors passed over ask nothing; the
+    last one is shown."""
     a = {f"w{i}": torch.randn(64, 64) for i in range(60)}
     b = {name: t + 0.01 for name, t in a.items()}
-    started, cancelled = threading.Event(), []
-    real = app_module.histograms_for
-
-    def slow_for_w1(result, a_, b_, should_cancel):
-        if result.pair.name != "w1":
-            return real(result, a_, b_, should_cancel)
-        started.set()
-        deadline = time.monotonic() + 10
-        while not should_cancel():  # a long computation, polling its cancellation as the core does
-            assert time.monotonic() < deadline, "the stale detail worker was never cancelled"
-            time.sleep(0.001)
-        cancelled.append(result.pair.name)
-        raise Cancelled
-
-    monkeypatch.setattr(app_module, "histograms_for", slow_for_w1)
     # The cursor must rest this long before work starts; longer than the app's 50 ms so that a
     # stall of a loaded CI machine in the middle of the burst cannot pass for a rest.
     monkeypatch.setattr(app_module, "DETAIL_DELAY", 0.3)
-    ready, states = [], {}
-
-    def hook(message):
-        if isinstance(message, DetailReady):
-            ready.append((message.result.pair.name, message.complete))
-        elif isinstance(message, Worker.StateChanged) and message.worker.group == "detail":
-            if message.worker.name == "load_detail":
-                states[id(message.worker)] = message.state
-
-    app = WeightscopeApp(*pair(a, b))
-    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
-        await settle(pilot)  # every pair scanned: a detail worker only adds the histograms
-        assert cursor_path(app) == "w0" and set(app.details.keys()) == {"w0"}
-        states.clear()
-        ready.clear()
-        await pilot.press("down")  # onto w1: its worker starts after the cursor rests a moment
-        deadline = time.monotonic() + 10
-        while not started.is_set():
-            assert time.monotonic() < deadline, "no detail worker started for w1"
-            await pilot.pause()
+    app = open_app(*pair(a, b))
+    answers = Gate(app, msg.Reply, is_open=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert cursor_path(app) == "w0" and list(app.details.keys()) == [app.catalog.index("w0")]
+        sent = record_requests(app)
+        answers.close()  # w1's answer takes its time
+        await pilot.press("down")  # onto w1: its question is asked at once (a lone key)
         burst(app, "down", 50)
+        await wait_for(pilot, lambda: any(isinstance(r, msg.Cancel) for r in sent))
+        answers.open()
         await settle(pilot)
         assert cursor_path(app) == "w51"
+        asked = {r.ticket: app.catalog.names[r.args[0]] for r in sent if isinstance(r, msg.Ask) and r.kind == "detail"}
+        assert sorted(asked.values()) == ["w1", "w51"]
+        cancelled = [asked[r.ticket] for r in sent if isinstance(r, msg.Cancel) and r.ticket in asked]
         assert cancelled == ["w1"]
-        assert ready == [("w51", True)]  # scanned already: figures and histograms in one message
-        assert set(app.details.keys()) == {"w0", "w51"}
-        assert sorted(state.name for state in states.values()) == ["CANCELLED", "SUCCESS"]
+        assert set(app.details.keys()) >= {app.catalog.index("w51")}
         assert "w51" in static_text(app, "#detail-title")
         assert "mismatched" in static_text(app, "#detail-verdict")
 
@@ -445,56 +406,28 @@ async def until(pilot, condition, what: str, timeout: float = 10.0) -> None:
         await pilot.pause()
 
 
-async def test_figures_come_before_the_histograms(pair, monkeypatch):
-    """A tensor the scan has not read yet: its detail worker posts the figures first (statistics,
-    verdict, the tree's badge), and the histograms in a second message once they are computed."""
+async def test_a_tensor_not_read_yet_gets_its_figures_from_its_question(pair):
+    """While the scan's results are held back, the tensor under the cursor is asked about on
+    its own: its figures and histograms come in the answer, and its badge reaches the tree."""
     gen = torch.Generator().manual_seed(2)
     a = {f"w{i}": torch.randn(64, 64, generator=gen) for i in range(2)}
     b = {name: t + 0.5 for name, t in a.items()}
-    scan_gate, hist_gate = threading.Event(), threading.Event()
-    real_scan, real_histograms = app_module.scan_iter, app_module.histograms_for
-
-    def held_scan(*args, **kwargs):  # the background scan reads nothing until the test says so
-        scan_gate.wait(10)
-        yield from real_scan(*args, **kwargs)
-
-    def held_histograms(result, a_, b_, should_cancel):
-        hist_gate.wait(10)
-        return real_histograms(result, a_, b_, should_cancel)
-
-    monkeypatch.setattr(app_module, "scan_iter", held_scan)
-    monkeypatch.setattr(app_module, "histograms_for", held_histograms)
-    ready = []
-
-    def hook(message):
-        if isinstance(message, DetailReady):
-            ready.append((message.result.pair.name, message.complete))
-
-    app = WeightscopeApp(*pair(a, b))
-    try:
-        async with app.run_test(size=SIZE, message_hook=hook) as pilot:
-            await until(pilot, lambda: ready == [("w0", False)], "the figures of w0 (the first line)")
-            await pilot.pause()
-            assert cursor_path(app) == "w0" and "w0" not in app.details
-            assert not app.query_one("#detail-stats", Static).loading
-            stats = static_text(app, "#detail-stats")
-            assert stats.splitlines()[0].split() == ["A", "B", "Δ", "=", "B", "−", "A"] and "rel L2" in stats
-            assert static_text(app, "#detail-verdict").startswith("mismatched ")
-            assert "computing histograms…" in screen_text(app)
-            statuses = {name: node.status for name, node in name_nodes(app).items()}
-            assert statuses == {"w0": "changed", "w1": "pending"}  # the tree has w0's badge already
-            hist_gate.set()
-            await until(pilot, lambda: len(ready) == 2, "the histograms of w0")
-            scan_gate.set()
-            await settle(pilot)
-            assert ready == [("w0", False), ("w0", True)]
-            assert set(app.details["w0"].histograms) >= {"a", "b", "diff"}
-            screen = screen_text(app)
-            assert "computing histograms…" not in screen
-            assert all(f"⢕⢕ {label}" in screen for label in ("A", "B", "Δ"))
-    finally:  # release the workers whatever happened
-        scan_gate.set()
-        hist_gate.set()
+    app = open_app(*pair(a, b), use_cache=False)
+    gate = Gate(app, msg.Results, msg.ScanDone)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.catalog is not None and app.catalog.index("w0") in app.details)
+        await pilot.pause()
+        assert cursor_path(app) == "w0"
+        stats = static_text(app, "#detail-stats")
+        assert stats.splitlines()[0].split() == ["A", "B", "Δ", "=", "B", "−", "A"] and "rel L2" in stats
+        assert static_text(app, "#detail-verdict").startswith("mismatched ")
+        assert set(histograms_of(app, "w0")) >= {"a", "b", "diff"}
+        assert {name: status_of(app, name) for name in name_nodes(app)} == {"w0": "changed", "w1": "pending"}
+        gate.open()
+        await settle(pilot)
+        assert {name: status_of(app, name) for name in name_nodes(app)} == {"w0": "changed", "w1": "changed"}
+        screen = screen_text(app)
+        assert all(f"⢕⢕ {label}" in screen for label in ("A", "B", "Δ"))
 
 
 # Filtering
@@ -506,11 +439,12 @@ async def type_filter(pilot, text: str) -> None:
 
 
 def matching(app: WeightscopeApp, keep) -> list[str]:
-    return [p.name for p in app.alignment.pairs if keep(p.name)]
+    """The names `keep` keeps, in natural order (the tree's)."""
+    return [app.catalog.names[i] for i in app.natural.tolist() if keep(app.catalog.names[i])]
 
 
 async def test_substring_filter_narrows_the_tree_live(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_filter(pilot, "q_proj")  # `q` must type, not quit
@@ -521,18 +455,18 @@ async def test_substring_filter_narrows_the_tree_live(demo):
         assert len(expected) == 4
         assert leaf_names(app) == expected
         tree = app.query_one(DiffTree)
-        assert tree_leaves(tree) == expected  # every match is on a line: few matches open their groups
+        assert tree_leaves(app) == expected  # every match is on a line: few matches open their groups
         assert app.return_code is None
         await pilot.press("enter")
         assert tree.has_focus and box.display and box.value == "q_proj"
         await pilot.press("escape")
         await settle(pilot, until=lambda: len(leaf_names(app)) == 40)
         assert not box.display and box.value == "" and tree.has_focus
-        assert [node.data.path for node in tree.root.children] == ["lm_head", "model"]
+        assert [app.names.path(node.data) for node in tree.root.children] == ["lm_head", "model"]
 
 
 async def test_glob_filter(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_filter(pilot, "*.layers.[13].mlp.*")
@@ -540,12 +474,12 @@ async def test_glob_filter(demo):
         await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
         expected = [f"model.layers.{i}.mlp.{p}_proj.weight" for i in (1, 3) for p in ("down", "gate", "up")]
         assert leaf_names(app) == expected
-        assert tree_leaves(app.query_one(DiffTree)) == expected
+        assert tree_leaves(app) == expected
         assert any("up_proj" in line for line in tree_lines(app))
 
 
 async def test_escape_while_typing_clears_the_filter(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_filter(pilot, "norm")
@@ -562,10 +496,10 @@ async def test_escape_while_typing_clears_the_filter(demo):
 
 
 async def test_L_toggles_log_counts(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await press_until(pilot, "n", lambda: app.shown.own_status == "changed")
+        await press_until(pilot, "n", lambda: shown_status(app) == "changed")
         await settle(pilot)
         assert not app.log_counts and "log10(1+count)" not in screen_text(app)
         await pilot.press("L")
@@ -577,7 +511,7 @@ async def test_L_toggles_log_counts(demo):
 
 
 async def test_c_copies_the_name(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("n", "c")
@@ -595,7 +529,7 @@ def help_text(app: WeightscopeApp) -> str:
 
 
 async def test_question_mark_opens_help_and_escape_closes_it(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("question_mark")
@@ -612,7 +546,7 @@ async def test_question_mark_opens_help_and_escape_closes_it(demo):
 
 
 async def test_q_quits(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("q")
@@ -623,14 +557,14 @@ async def test_q_quits(demo):
 
 
 async def test_single_checkpoint_shows_a_nan_badge(demo):
-    app = WeightscopeApp(demo[1])
+    app = open_app(demo[1])
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert "A finetune   39 tensors" in screen_text(app)
         await pilot.press("n")
         name = "model.layers.2.mlp.up_proj.weight"
         assert cursor_path(app) == name
-        assert name_nodes(app)[name].status == "nonfinite"
+        assert status_of(app, name) == "nonfinite"
         a, rest = split_line(tree_lines(app)[line_of(app, name)], "nonfinite")
         assert "up_proj" not in a and "weight  bf16 704×256" in a
         await settle(pilot)
@@ -639,7 +573,7 @@ async def test_single_checkpoint_shows_a_nan_badge(demo):
 
 
 async def test_single_checkpoint_without_nan_says_so(demo):
-    app = WeightscopeApp(demo[0])
+    app = open_app(demo[0])
     notes = record_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -649,7 +583,7 @@ async def test_single_checkpoint_without_nan_says_so(demo):
 
 async def test_single_checkpoint_tree_after_the_scan(demo):
     """Every tensor read and finite shows the "read" badge; no group counts its tensors as differing."""
-    app = WeightscopeApp(demo[0])
+    app = open_app(demo[0])
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("right")  # open lm_head: lm_head, its weight, model
@@ -665,7 +599,7 @@ async def test_single_checkpoint_tree_after_the_scan(demo):
 
 async def test_single_checkpoint_detail_pane_for_a_tensor(demo):
     """A tensor of one checkpoint: its A row, A's statistics only (no B, no Δ), no verdict of a comparison."""
-    app = WeightscopeApp(demo[0])
+    app = open_app(demo[0])
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("right", "down")
@@ -686,14 +620,14 @@ async def test_single_checkpoint_detail_pane_for_a_tensor(demo):
 
 async def test_single_checkpoint_detail_pane_for_a_group(demo):
     """A group of one checkpoint speaks of tensors read, as the tree does, not of a comparison."""
-    app = WeightscopeApp(demo[0])
+    app = open_app(demo[0])
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         tree = app.query_one(DiffTree)
         for keys, path in (((), "lm_head"), (("down",), "model")):
             await pilot.press(*keys)
             await settle(pilot)
-            assert app.shown.path == path
+            assert app.names.path(app.shown) == path
             title, sides = static_text(app, "#detail-title"), static_text(app, "#detail-sides")
             assert "only in A" not in title + sides
             assert title.split()[0] == badges.symbol(tree.status_of(app.shown)) == badges.symbol("read"), title
@@ -710,7 +644,7 @@ async def test_an_unreadable_input_exits_with_2(tmp_path, demo_root, kind, where
         bad.write_bytes(b"\x00\x01 this is not a checkpoint " * 20)
     paths = {"a": (str(bad), str(demo_root / "finetune")), "b": (str(demo_root / "base"), str(bad)),
              "single": (str(bad),)}[where]
-    app = WeightscopeApp(*paths)
+    app = open_app(*paths)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
     assert app.return_code == 2
@@ -721,18 +655,10 @@ async def test_an_unreadable_input_exits_with_2(tmp_path, demo_root, kind, where
 # Keys pressed before the headers are read
 
 
-def hold_opening(app: WeightscopeApp) -> threading.Event:
-    """Hold the headers back until the test sets the returned event (as a big checkpoint on a
-    slow disk makes the user wait): the opening worker's `Opened` message waits for it."""
-    gate, post = threading.Event(), app.post_message
-
-    def post_message(message) -> bool:
-        if isinstance(message, Opened):  # posted by the opening worker, off the UI thread
-            gate.wait(10)
-        return post(message)
-
-    app.post_message = post_message
-    return gate
+def hold_opening(app: WeightscopeApp) -> Gate:
+    """Hold the headers back until the test opens the returned gate (as a big checkpoint on a
+    slow disk makes the user wait)."""
+    return Gate(app, msg.Opened)
 
 
 @pytest.mark.parametrize("keys, pattern", [
@@ -744,12 +670,12 @@ def hold_opening(app: WeightscopeApp) -> threading.Event:
     (["a"], ""),  # next anomaly: nothing to look at yet
 ], ids=["other-keys", "filter-typed", "filter-entered", "filter-escaped", "next-anomaly"])
 async def test_keys_before_the_headers_are_read(demo, keys, pattern):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     gate = hold_opening(app)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press(*keys)
         assert "reading headers" in screen_text(app)
-        gate.set()
+        gate.open()
         await settle(pilot)
         assert app.return_code is None and app.error is None
         box = app.query_one("#filter", Input)
@@ -762,37 +688,27 @@ async def test_keys_before_the_headers_are_read(demo, keys, pattern):
 
 
 async def test_a_filter_typed_while_opening_applies_once_open(demo):
-    ran = threading.Event()
-
-    def hook(message):
-        if isinstance(message, Worker.StateChanged) and message.worker.group == "filter" \
-                and message.state == WorkerState.SUCCESS:
-            ran.set()
-
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     gate = hold_opening(app)
-    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+    async with app.run_test(size=SIZE) as pilot:
         await type_filter(pilot, "norm")
-        deadline = time.monotonic() + 10
-        while not ran.is_set():  # the live filter has run, with no names to filter yet
-            assert time.monotonic() < deadline, "the live filter never ran"
-            await pilot.pause()
+        await pilot.pause(3 * app_module.FILTER_DELAY)  # the live filter's moment has come, with no names yet
         assert "reading headers" in screen_text(app)
-        gate.set()
+        gate.open()
         await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
         box = app.query_one("#filter", Input)
         assert box.display and box.value == "norm"
         expected = matching(app, lambda n: "norm" in n)
         assert len(expected) == 9 and leaf_names(app) == expected
-        assert tree_leaves(app.query_one(DiffTree)) == expected  # few matches: every one on a line
+        assert tree_leaves(app) == expected  # few matches: every one on a line
 
 
 async def test_a_filter_typed_while_opening_keeps_the_focus(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     gate = hold_opening(app)
     async with app.run_test(size=SIZE) as pilot:
         await type_filter(pilot, "nor")
-        gate.set()
+        gate.open()
         await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
         box = app.query_one("#filter", Input)
         assert box.has_focus
@@ -804,7 +720,7 @@ async def test_a_filter_typed_while_opening_keeps_the_focus(demo):
 
 
 async def test_a_filter_that_matches_nothing(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     notes = record_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -826,7 +742,7 @@ FOOTER_HIDDEN = ("N Prev diff", "L Log scale", "c Copy name", "e Export")
 
 
 async def test_the_footer_shows_help_and_quit(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         footer = screen_text(app).splitlines()[-1]
@@ -838,7 +754,7 @@ async def test_the_footer_shows_help_and_quit(demo):
 
 
 async def test_the_footer_fits_80_columns_and_the_help_names_the_palette(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         footer = screen_text(app).splitlines()[-1]
@@ -850,7 +766,7 @@ async def test_the_footer_fits_80_columns_and_the_help_names_the_palette(demo):
 async def test_e_exports_though_the_footer_leaves_it_out(pair, tmp_path, monkeypatch):
     """N, L and c are tested above; `e` writes the comparison as Markdown and JSON into the working directory."""
     monkeypatch.chdir(tmp_path)
-    app = WeightscopeApp(*sync_pair(pair))
+    app = open_app(*sync_pair(pair))
     notes = record_notifications(app)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -873,10 +789,10 @@ def test_a_histogram_title_is_shortened_to_fit_rather_than_dropped():
 
 async def test_histograms_fit_in_80_columns(demo):
     """Under 110 columns the plots stack below the figures, in the figures' columns; wider, beside them."""
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await press_until(pilot, "n", lambda: app.shown.own_status == "changed")
+        await press_until(pilot, "n", lambda: shown_status(app) == "changed")
         await settle(pilot)
         pane = app.query_one(DetailPane)
         assert pane.has_class("narrow")
@@ -887,7 +803,7 @@ async def test_histograms_fit_in_80_columns(demo):
             region = plot.region
             assert region.x == figures.x and region.right == figures.right <= 80, (region, figures)
             assert region.y >= figures.bottom and region.height > 0, (region, figures)
-        assert set(app.details[app.shown.pair.name].histograms) >= {"a", "b", "diff"}
+        assert set(histograms_of(app, shown_name(app))) >= {"a", "b", "diff"}
         await pilot.resize_terminal(*SIZE)
         await settle(pilot)
         assert not pane.has_class("narrow")
@@ -897,12 +813,12 @@ async def test_histograms_fit_in_80_columns(demo):
 
 
 async def test_the_cursor_starts_on_the_first_line(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         tree = app.query_one(DiffTree)
         assert tree.cursor_line == 0 and cursor_path(app) == "lm_head"
-        assert app.shown is tree.cursor_node.data and "lm_head" in static_text(app, "#detail-title")
+        assert app.shown == tree.cursor_node.data and "lm_head" in static_text(app, "#detail-title")
         await pilot.press("right")
         assert cursor_path(app) == "lm_head" and tree.cursor_node.is_expanded
         await pilot.press("k")  # stays at the top, not round to the last line
@@ -910,7 +826,7 @@ async def test_the_cursor_starts_on_the_first_line(demo):
 
 
 async def test_a_tensor_that_doubled_reads_100_percent(pair):
-    app = WeightscopeApp(*pair({"w": torch.ones(4)}, {"w": torch.full((4,), 2.0)}))
+    app = open_app(*pair({"w": torch.ones(4)}, {"w": torch.full((4,), 2.0)}))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert tree_lines(app)[0].split()[-1] == "100%"
@@ -918,14 +834,14 @@ async def test_a_tensor_that_doubled_reads_100_percent(pair):
 
 
 async def test_a_tensor_that_is_also_a_group_can_be_inspected(pair):
-    app = WeightscopeApp(*pair({"enc": torch.ones(4), "enc.weight": torch.ones(3)},
+    app = open_app(*pair({"enc": torch.ones(4), "enc.weight": torch.ones(3)},
                                {"enc": torch.full((4,), 2.0), "enc.weight": torch.ones(3)}))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("n")
         assert cursor_path(app) == "enc"
         await settle(pilot)
-        assert set(app.details["enc"].histograms) >= {"a", "b", "diff"}
+        assert set(histograms_of(app, "enc")) >= {"a", "b", "diff"}
         title = static_text(app, "#detail-title")
         assert title.split() == [badges.symbol("changed"), "changed", "enc"]
         assert static_text(app, "#detail-stats").splitlines()[0].split() == ["A", "B", "Δ", "=", "B", "−", "A"]
@@ -938,7 +854,7 @@ async def test_a_tensor_that_is_also_a_group_can_be_inspected(pair):
 
 
 async def test_a_filter_shows_the_first_match_in_the_detail_pane(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         assert cursor_path(app) == "lm_head"
@@ -946,26 +862,20 @@ async def test_a_filter_shows_the_first_match_in_the_detail_pane(demo):
         await pilot.press("enter")
         await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
         assert cursor_path(app) == "model"
-        assert app.shown is app.query_one(DiffTree).cursor_node.data
+        assert app.shown == app.query_one(DiffTree).cursor_node.data
         assert static_text(app, "#detail-title").split()[-1] == "model"
         await pilot.press("c")
         assert app.clipboard == "model"
 
 
 async def test_escape_rebuilds_the_tree_once(demo):
-    rebuilt = []
-
-    def hook(message):
-        if isinstance(message, Filtered):
-            rebuilt.append(message.pattern)
-
-    app = WeightscopeApp(*demo)
-    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+    app = open_app(*demo)
+    async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await type_filter(pilot, "norm")
         await pilot.press("enter")
         await settle(pilot, until=lambda: len(leaf_names(app)) < 40)
-        rebuilt.clear()
+        sent = record_requests(app)
         await pilot.press("escape")
         await settle(pilot, until=lambda: len(leaf_names(app)) == 40)
         await pilot.press("down")  # onto model, before or after the second rebuild
@@ -974,26 +884,44 @@ async def test_escape_rebuilds_the_tree_once(demo):
         while time.monotonic() < deadline:
             await pilot.pause(app_module.FILTER_DELAY / 3)
         await settle(pilot)
-        assert rebuilt == [""]
+        assert [r.args for r in sent if isinstance(r, msg.Ask) and r.kind == "tree"] == [("",)]
         assert cursor_path(app) == "model"
 
 
-async def test_a_tree_a_filter_replaced_is_freed(demo):
-    """Name trees hold no cycles and the tree's old lines let go of theirs: a replaced tree is
-    freed at once, though it was frozen out of the collector's way (each filtered tree of a
-    100,000-tensor model is some 150 MB)."""
-    app = WeightscopeApp(*demo)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("down", "right")  # a line expanded: its node holds a subtree
-        await type_filter(pilot, "layers")
-        await settle(pilot, until=lambda: all("layers" in name for name in app.names.nodes))
-        old = weakref.ref(app.names.root)
-        leaf = weakref.ref(next(iter(app.names.nodes.values())))
-        await pilot.press(*["backspace"] * len("layers"), *"norm")
-        await settle(pilot, until=lambda: all("norm" in name for name in app.names.nodes))
-        for _ in range(50):  # the old tree is taken apart in a thread of its own
-            if old() is None and leaf() is None:
-                break
-            await pilot.pause(0.02)
-        assert old() is None and leaf() is None
+async def test_app_and_diff_agree_whoever_wrote_the_cache(ck, tmp_path, capsys, monkeypatch):
+    """On a LoRA pair: the app first (it stores the scan), then `diff` from that cache; and
+    `diff` first, then the app. The document and the notes are the ones a fresh scan gives:
+    derived notes are worked out again by whoever reads, never stored twice or lost."""
+    import json
+
+    from weightscope.cli import main
+
+    base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=16, vocab=64))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    ck.write_safetensors(adapter / "adapter_model.safetensors",
+                         {f"{module}.lora_A.weight": torch.randn(8, 16, generator=gen),
+                          f"{module}.lora_B.weight": torch.randn(16, 8, generator=gen)})
+    (adapter / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
+
+    def document(*extra) -> dict:
+        main(["diff", str(base), str(adapter), "--json", *extra])
+        return json.loads(capsys.readouterr().out)
+
+    async def notes_in_the_app() -> dict:
+        app = open_app(base, adapter)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            return {app.catalog.names[i]: list(notes) for i, notes in app.table.notes.items() if notes}
+
+    fresh = document("--no-cache")
+    expected = {t["name"]: t["notes"] for t in fresh["tensors"] if t["notes"]}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "first-the-app"))
+    assert await notes_in_the_app() == expected
+    assert document() == fresh
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "first-diff"))
+    assert document() == fresh
+    assert await notes_in_the_app() == expected

@@ -12,11 +12,10 @@ from __future__ import annotations
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from weightscope.ui.app import WeightscopeApp
 from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.widgets.detail import DetailPane
 
-from .helpers import SIZE, cursor_path, settle
+from .helpers import SIZE, cursor_path, open_app, settle, shown_status
 
 SMALL = (80, 24)
 
@@ -33,9 +32,9 @@ async def onto_changed_tensor(pilot: Pilot) -> None:
     await settle(pilot)
     for _ in range(10):
         await pilot.press("n")
-        if pilot.app.shown.own_status == "changed":
+        if shown_status(pilot.app) == "changed":
             break
-    assert pilot.app.shown.own_status == "changed"
+    assert shown_status(pilot.app) == "changed"
     await quiet(pilot)
 
 
@@ -44,7 +43,7 @@ class TestInitialView:
         """Both trees collapsed to `lm_head` (shape changed) and `model` (NaN in B), the cursor on
         the first line, `lm_head`'s counts by status in the detail pane, no progress bar, a
         footer that ends with `? Help` and `q Quit`."""
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=quiet)
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=quiet)
 
 
 class TestDetail:
@@ -55,7 +54,7 @@ class TestDetail:
             await onto_changed_tensor(pilot)
             assert cursor_path(pilot.app) == "model.layers.1.mlp.down_proj.weight"
 
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=run_before)
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=run_before)
 
     def test_group_of_one_layer(self, snap_compare, demo):
         """Layer 3 (the one fine-tuned hardest): counts by status, parameters, most-changed members."""
@@ -67,7 +66,7 @@ class TestDetail:
             assert cursor_path(pilot.app) == "model.layers.3"
             await quiet(pilot)
 
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=run_before)
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=run_before)
 
 
 class TestHelp:
@@ -81,7 +80,7 @@ class TestHelp:
             assert isinstance(pilot.app.screen, HelpScreen)
             await quiet(pilot)
 
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=run_before)
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=run_before)
 
 
 class TestFilter:
@@ -93,10 +92,10 @@ class TestFilter:
             await settle(pilot)  # the cursor on lm_head, which the filter drops: the pane follows to model
             await pilot.press("slash", *"up_proj")
             pilot.app.query_one("#filter", Input).cursor_blink = False  # a steady cursor in the picture
-            await settle(pilot, until=lambda: len(pilot.app.query_one("DiffTree").root.data.children) == 1)
+            await settle(pilot, until=lambda: len(pilot.app.names.children(0)) == 1)
             await quiet(pilot)
 
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=run_before)
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=run_before)
 
 
 class TestSmallTerminal:
@@ -104,7 +103,7 @@ class TestSmallTerminal:
         """The same changed tensor as in TestDetail, in an 80×24 terminal: under 110 columns the
         statistics take the pane's width and the histograms stack below them (out of view here;
         the pane scrolls, its scrollbar shows)."""
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SMALL, run_before=onto_changed_tensor)
+        assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=onto_changed_tensor)
 
     def test_changed_tensor_at_80x24_scrolled_to_the_histograms(self, snap_compare, demo):
         """The same, with the detail pane scrolled down to its plots: the A/B values histogram
@@ -117,4 +116,4 @@ class TestSmallTerminal:
             await quiet(pilot)
             assert pane.scroll_y > 0
 
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SMALL, run_before=run_before)
+        assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=run_before)

@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
+from weightscope.analysis.hierarchy import badges
+from weightscope.compare import columns as c
+from weightscope.compare.catalog import Catalog, Side, SideSummary
+from weightscope.compare.results import CHANGED, ResultTable
 from weightscope.ui.app import WeightscopeApp
 from weightscope.ui.screens.overview import OverviewScreen
-from weightscope.ui.screens.table import Row, TableScreen
+from weightscope.ui.screens.table import TableScreen
 from weightscope.ui.widgets.change_map_view import ChangeMapView
 from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
 
-from .helpers import SIZE, cursor_path, screen_text, settle, static_text, wait_for
+from .helpers import SIZE, cursor_path, open_app, screen_text, settle, static_text, wait_for
 
 
 def figures(app: WeightscopeApp, view: str) -> list:
@@ -32,7 +37,7 @@ def cell(table: DataTable, row: str, column: str) -> str:
 
 
 async def test_overview_shows_frozen_embeddings_nans_and_changes_where_they_are(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("o")
@@ -55,44 +60,69 @@ async def test_overview_shows_frozen_embeddings_nans_and_changes_where_they_are(
 
 
 async def test_table_sorts_filters_and_jumps(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("t")
         await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
         screen = app.screen
-        assert len(screen.shown) == 40
+
+        def shown() -> list:
+            return [screen.rows[k] for k in range(len(screen.rows))]
+
+        assert len(shown()) == 40
         await pilot.press("5")  # rel L2, largest first; unknown figures last
-        rel = [r.rel_l2 for r in screen.shown]
+        rel = [r.rel_l2 for r in shown()]
         known = [x for x in rel if x is not None]
         assert known == sorted(known, reverse=True) and rel[:len(known)] == known
-        assert screen.shown[0].name.startswith("model.layers.3.mlp.")
+        assert shown()[0].name.startswith("model.layers.3.mlp.")
         await pilot.press("5")  # again: smallest first
-        assert screen.shown[0].rel_l2 == min(known)
+        assert shown()[0].rel_l2 == min(known)
         await pilot.press("slash", *"up_proj")
         await pilot.pause()
-        assert {r.name for r in screen.shown} == {f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)}
+        assert {r.name for r in shown()} == {f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)}
+        second = shown()[1].name
         await pilot.press("enter", "down", "enter")  # focus the table, pick the second row
         await settle(pilot)
         assert not isinstance(app.screen, TableScreen)
-        assert cursor_path(app) == screen.shown[1].name
+        assert cursor_path(app) == second
 
 
 class TableOnly(App[str | None]):
-    """The table screen alone over `rows`; the app's return value is what it was dismissed with."""
+    """The table screen alone over a catalog and its results; the app's return value is what
+    it was dismissed with."""
 
-    def __init__(self, rows: list[Row]):
+    def __init__(self, catalog, table):
         super().__init__()
-        self.rows = rows
+        self.catalog, self.table = catalog, table
 
     def on_mount(self) -> None:
-        self.push_screen(TableScreen(self.rows), self.exit)
+        badge = badges(self.catalog, self.table)
+        self.push_screen(TableScreen(self.catalog, self.table, badge, np.arange(len(self.catalog))), self.exit)
+
+
+def expert_catalog(count: int):
+    """A catalog of `count` bf16 expert matrices, every one changed by a rel L2 of (i + 1) / count."""
+    names = [f"model.layers.{i // 1000}.mlp.experts.{i % 1000}.down_proj.weight" for i in range(count)]
+
+    def side():
+        return Side(list(names), ["bfloat16"] * count, [(512, 128)] * count, np.zeros(count, np.int32),
+                    np.zeros(count, np.int64), np.zeros(count, np.int64), np.full(count, 512 * 128),
+                    np.full(count, 2 * 512 * 128), np.ones(count, bool))
+
+    summary = SideSummary("a", "safetensors", ["f"], count, 0, 0, [], [], {})
+    catalog = Catalog(names, side(), side(), ["f"], np.zeros(count, np.int8), summary, summary, [], {})
+    table = ResultTable(count)
+    table.status[:] = CHANGED
+    table.values[:, c.FD + c.REL_L2] = (np.arange(count) + 1) / count
+    table.values[:, c.FD + c.MAX_ABS] = 0.5
+    table.values[:, c.FD + c.COSINE] = 0.99
+    return catalog, table
 
 
 async def test_a_table_of_100000_rows_draws_what_is_on_screen_and_walks_to_the_end():
-    rows = [Row(f"model.layers.{i // 1000}.mlp.experts.{i % 1000}.down_proj.weight", "changed", "bfloat16",
-                "512×128", (i + 1) / 1e5, 0.5, 0.99, 0, "") for i in range(100_000)]
-    app = TableOnly(rows)
+    catalog, table = expert_catalog(100_000)
+    app = TableOnly(catalog, table)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
         await pilot.pause()
@@ -110,11 +140,11 @@ async def test_a_table_of_100000_rows_draws_what_is_on_screen_and_walks_to_the_e
         assert "s.0.mlp.experts.0.down_proj.weight" in screen_text(app).splitlines()[-2]  # above the footer
         await pilot.press("home", "pagedown", "enter")
     page = len(lines) - header - 2  # rows between the header and the footer
-    assert app.return_value == sorted(rows, key=lambda r: -r.rel_l2)[page].name
+    assert app.return_value == catalog.names[-1 - page]
 
 
 async def test_anomalies_cycle_from_the_most_serious(demo):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         seen = []
@@ -128,7 +158,7 @@ async def test_anomalies_cycle_from_the_most_serious(demo):
 
 
 async def test_export_writes_markdown_and_json(demo, tmp_path, monkeypatch):
-    app = WeightscopeApp(*demo)
+    app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         monkeypatch.chdir(tmp_path)
@@ -159,7 +189,7 @@ async def change_map_of(pilot: Pilot) -> None:
 
 
 async def test_change_map_lights_the_changed_rows_only(pair):
-    app = WeightscopeApp(*embedding_pair(pair))
+    app = open_app(*embedding_pair(pair))
     async with app.run_test(size=SIZE) as pilot:
         await change_map_of(pilot)
         assert app.detail_view == "map"
@@ -174,7 +204,7 @@ async def test_spectrum_of_a_low_rank_change(pair):
     generator = torch.Generator().manual_seed(1)
     a = torch.randn(256, 128, generator=generator)
     b = a + torch.randn(256, 4, generator=generator) @ torch.randn(4, 128, generator=generator) * 0.01
-    app = WeightscopeApp(*pair({"w": a}, {"w": b}))
+    app = open_app(*pair({"w": a}, {"w": b}))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("v")  # the cursor starts on the one tensor `w`
@@ -196,11 +226,11 @@ class TestWholeModelSnapshots:
             await wait_for(pilot, lambda: isinstance(pilot.app.screen, OverviewScreen))
             await pilot.pause()
 
-        assert snap_compare(WeightscopeApp(*demo), terminal_size=SIZE, run_before=run_before)
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=run_before)
 
     def test_change_map_of_new_rows(self, snap_compare, pair, tmp_path, monkeypatch):
         """Only rows 900–999 of a 2000-row embedding changed: one lit band, the rest dark."""
         embedding_pair(pair)
         monkeypatch.chdir(tmp_path)  # relative paths: the title bar reads the same on every machine
-        app = WeightscopeApp("a.safetensors", "b.safetensors")
+        app = open_app("a.safetensors", "b.safetensors")
         assert snap_compare(app, terminal_size=SIZE, run_before=change_map_of)

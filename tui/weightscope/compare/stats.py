@@ -336,8 +336,11 @@ def summed(sides: Sides, atol: float, rtol: float, should_cancel: Callable[[], b
         r, f = run_pieces(a, b, table, np.tile([atol, rtol], (len(table), 1)))
         rows.append(r)
         flags.append(f)
-    if not rows:  # no elements: an empty row that says which sides there are
-        has = {pieces.PAIRED: pieces.HAS_A | pieces.HAS_B | pieces.HAS_D, pieces.SIDE_A: pieces.HAS_A, pieces.SIDE_B: pieces.HAS_B}[sides.kind]
+    if not rows:  # no elements: an empty row that says which sides there are (and, of one type, equal)
+        has = {pieces.PAIRED: pieces.HAS_A | pieces.HAS_B | pieces.HAS_D, pieces.SIDE_A: pieces.HAS_A,
+               pieces.SIDE_B: pieces.HAS_B}[sides.kind]
+        if sides.kind == pieces.PAIRED and sides.code_a == sides.code_b:
+            has |= pieces.EQUAL
         return np.zeros(c.PAIR), has
     rows_, flags_ = np.concatenate(rows), np.concatenate(flags)
     _, merged, merged_flags = merge(rows_, flags_, np.zeros(len(rows_), np.int64))

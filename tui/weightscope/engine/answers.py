@@ -5,10 +5,13 @@ from __future__ import annotations
 from weightscope.compare.catalog import Catalog
 from weightscope.compare.results import ResultTable
 from weightscope.engine.protocol import Ask
+from weightscope.engine.worker import fault
 
 
 def answer(request: Ask, catalog: Catalog, table: ResultTable) -> object:
     from weightscope.analysis import anatomy, hierarchy
+
+    fault("filter" if request.kind == "tree" else request.kind)
 
     if request.kind == "tree":
         (pattern,) = request.args

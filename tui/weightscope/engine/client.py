@@ -74,12 +74,14 @@ class Engine:
             return msg.Failed(None, "engine", f"the engine process stopped unexpectedly ({why})", fatal=True)
 
     def close(self) -> None:
-        """Ask the engine to stop, and make sure it has."""
+        """Ask the engine to stop, and make sure it has. A thread still reading the pipe gets
+        end-of-file (the pipe is shut down, not closed under it)."""
         try:
             self.conn.send(msg.Close())
-        except (BrokenPipeError, OSError):
+            with socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as ours:
+                ours.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already gone
             pass
-        self.conn.close()
         try:
             self.process.wait(3)
         except subprocess.TimeoutExpired:

@@ -30,7 +30,7 @@ from weightscope.compare import results
 from weightscope.compare.results import Batch, ResultTable
 from weightscope.compare.scan import Assembler, PairJob, UnitOutput
 from weightscope.engine import protocol as msg
-from weightscope.engine.worker import Done, Opened, Task, serve
+from weightscope.engine.worker import Done, Opened, Task, fault, serve
 from weightscope.sources.errors import CheckpointError, one_line
 
 CACHED_SLICE = 5000  # cached results per message: the client takes each before the next few come
@@ -104,6 +104,7 @@ class Server:
         from weightscope.engine.opening import open_job
 
         try:
+            fault("open")
             self.options = replace(self.job.options, device=resolve(self.job.options.device))
             a, b, _, self.catalog = open_job(self.job)
         except (CheckpointError, ValueError) as exc:  # ValueError: options that cannot be honoured

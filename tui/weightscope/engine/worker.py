@@ -19,6 +19,16 @@ from weightscope.engine.protocol import Cancel, Job
 NICE = 5  # worker processes yield the CPU to the app's own process when both want it
 
 
+FAULTS = {kind for kind in os.environ.get("WEIGHTSCOPE_FAULT", "").split(",") if kind}
+
+
+def fault(kind: str) -> None:
+    """Fail on purpose where the tests ask for it (`WEIGHTSCOPE_FAULT=detail,export`), to show
+    that every kind of work that fails is said to the user."""
+    if kind in FAULTS:
+        raise RuntimeError(f"injected fault in {kind}")
+
+
 @dataclass(frozen=True)
 class Task:
     """One thing for a worker to do: `kind` names it ("unit", "detail", "spectrum", "map")."""
@@ -64,6 +74,7 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
     from weightscope.compare import scan
 
     options = task.options or opened.job.options
+    fault("scan" if task.kind == "unit" else task.kind)
     if task.kind == "unit":
         (unit,) = task.args
         return scan.run_unit(unit, opened, options, should_cancel)

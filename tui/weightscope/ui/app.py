@@ -22,6 +22,7 @@ from textual.binding import Binding
 from textual.cache import LRUCache
 from textual.command import Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.timer import Timer
 from textual.widgets import Footer, Input, ProgressBar, Static, Tree
@@ -115,7 +116,7 @@ class WeightscopeApp(App[None]):
         self.shown: int | None = None  # the node in the detail pane
         self.scan_done = False
         self.read_so_far = 0
-        self._detail_timer: Timer | None = None
+        self._detail_timer: Timer | None = None  # the figures of the line under the cursor wait for it
         self._filter_timer: Timer | None = None
         self.last_move = 0.0  # time.monotonic() of the last move of the cursor
         self.group_drawn = 0.0
@@ -176,8 +177,8 @@ class WeightscopeApp(App[None]):
 
     def ask(self, kind: str, *args, key: str | None = None) -> int:
         """Ask the engine; with `key`, the answer to an earlier question of that key is no longer wanted."""
-        if key is not None and key in self.latest:
-            self.engine.send(msg.Cancel(self.latest[key]))
+        if key is not None and key in self.latest and self.asked.pop(self.latest[key], None) is not None:
+            self.engine.send(msg.Cancel(self.latest[key]))  # its answer, if one still comes, is dropped
         ticket = self.engine.ask(kind, *args)
         self.asked[ticket] = (kind, args)
         if key is not None:
@@ -190,7 +191,12 @@ class WeightscopeApp(App[None]):
     # What the engine says
 
     def on_from_engine(self, event: FromEngine) -> None:
-        message = event.message
+        try:
+            self.take_message(event.message)
+        except NoMatches:  # a message that arrives as the app closes, its widgets gone
+            pass
+
+    def take_message(self, message) -> None:
         if isinstance(message, msg.Results):
             self.take_results(message)
         elif isinstance(message, msg.Reply):
@@ -206,6 +212,7 @@ class WeightscopeApp(App[None]):
         """A failure always speaks: fatal ones end the app (exit 2), the others a notification
         and the status line, the rest of the app still usable."""
         kind = self.asked.pop(failure.ticket, (failure.job,))[0] if failure.ticket is not None else failure.job
+        kind = {"tree": "filter"}.get(kind, kind)  # as the user knows it
         if failure.fatal:
             self.error = failure.message
             self.exit(return_code=2, message=f"weightscope: {failure.message}")
@@ -328,6 +335,7 @@ class WeightscopeApp(App[None]):
         detail = self.query_one(DetailPane)
         if self._detail_timer is not None:
             self._detail_timer.stop()
+            self._detail_timer = None
         pair = int(self.names.pair[node])
         if pair < 0:
             self.show_group(node)
@@ -342,6 +350,7 @@ class WeightscopeApp(App[None]):
             detail.show_result(self.result(pair), self.log_counts, histograms_pending=True)
 
         def start() -> None:
+            self._detail_timer = None
             self.ask("detail", pair, key="detail")
             self.load_view()
 

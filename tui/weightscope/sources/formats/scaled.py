@@ -213,6 +213,9 @@ class ScaledSource:
         self.inner, self.readers, self.recipes = inner, readers, recipes
         self._last: tuple[str, np.ndarray] | None = None
 
+    def plain(self, info: TensorInfo) -> bool:
+        return info.name not in self.recipes and self.inner.plain(info)
+
     def raw(self, info: TensorInfo) -> np.ndarray:
         recipe = self.recipes.get(info.name)
         if recipe is None:

@@ -109,11 +109,11 @@ class TableScreen(Screen[str | None]):
         self.query_one(PairTable).focus()
 
     def fill(self) -> None:
-        order = self.kept if self.sort_column is None else self.kept[self.sort_order(self.kept)]
+        order = self.kept if self.sort_column is None else self.kept[self.positions(self.kept)]
         self.rows = Rows(self.catalog, self.table, self.badge, order)
         self.query_one(PairTable).show(self.rows)
 
-    def sort_order(self, pairs: np.ndarray) -> np.ndarray:
+    def positions(self, pairs: np.ndarray) -> np.ndarray:
         """Positions of `pairs` sorted by the chosen column; unknown figures last either way."""
         column, values = self.sort_column, self.table.values[pairs]
         if column == 0:
