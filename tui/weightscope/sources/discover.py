@@ -84,16 +84,18 @@ def assemble(path: str, format: str, sources: list, notes: list[str], indexed: d
     for source in sources:
         notes += source.notes
         extras += source.extras
-        unlisted = 0
-        for info in source.tensors:
-            if indexed is not None and indexed.get(info.name) != source.path:
-                unlisted += 1
-            elif info.name in tensors:
-                notes.append(f"{source.path}: {info.name} also in {tensors[info.name].file}; the first is used")
-            else:
-                tensors[info.name] = info
-        if unlisted:
-            notes.append(f"{source.path}: ignored {unlisted} tensors the index does not assign to this file")
+        infos = source.tensors
+        if indexed is not None:
+            listed = [info for info in infos if indexed.get(info.name) == source.path]
+            if len(listed) < len(infos):
+                notes.append(f"{source.path}: ignored {len(infos) - len(listed)} tensors the index does not assign "
+                             "to this file")
+            infos = listed
+        mine = {info.name: info for info in infos}  # (a file holds each name once)
+        for name in mine.keys() & tensors.keys():
+            notes.append(f"{source.path}: {name} also in {tensors[name].file}; the first is used")
+            del mine[name]
+        tensors.update(mine)
     for name, file in (indexed or {}).items():
         if name not in tensors and os.path.isfile(file):
             tensors[name] = TensorInfo(name, None, None, file, error=f"{file}: has no {name} although the index says so")
@@ -194,9 +196,11 @@ def open_indexed(path: str, index_path: str, entries: list[str], notes: list[str
     broken: list[TensorInfo] = []
     sources = []
     kind = None
-    for shard in dict.fromkeys(weight_map.values()):  # unique, in order of first mention
+    by_shard: dict[str, list[str]] = {}  # in order of first mention
+    for name, shard in weight_map.items():
+        by_shard.setdefault(shard, []).append(name)
+    for shard, names in by_shard.items():
         file = os.path.join(path, shard)
-        names = [n for n, s in weight_map.items() if s == shard]
         try:
             if not inside(root, file):
                 raise CheckpointError(file, "the index names a shard outside the checkpoint directory")
