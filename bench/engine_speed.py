@@ -18,10 +18,10 @@ For each: seconds, GB/s of both sides, and memory of the whole process tree (the
 every process it starts): the largest single VmHWM (peak resident set; target <= 1 GB), the
 peak of the summed resident sets and of the summed RssAnon (target <= 512 MB), sampled.
 
-    python3 bench/engine_speed.py [--keep DIR] [--repeat N] [--pythonpath TREE]
+    python3 bench/engine_speed.py [--keep DIR] [--repeat N] [--baseline TREE]
 
---pythonpath runs another source tree's weightscope (an older commit's `tui/`), for before
-and after figures on the same files.
+--baseline also runs another source tree's weightscope (an older commit's `tui/`) on the
+same files, in the same run, and prints its figures beside these (before and after).
 """
 
 from __future__ import annotations
@@ -164,17 +164,34 @@ def data_bytes(*paths: str) -> int:
     return total
 
 
+def run_all(ws: list[str], runs: dict[str, list[str]], pairs: dict, env: dict[str, str], repeat: int) -> dict[str, dict]:
+    for label in ("large", "moe"):  # warm the page cache, the compiled loops and the result cache
+        measure(ws + list(pairs[label]), env)
+    return {label: min((measure(command, env) for _ in range(repeat)), key=lambda r: r["seconds"])
+            for label, command in runs.items()}
+
+
+def show(title: str, figures: dict[str, dict], sizes: dict[str, int]) -> None:
+    print(f"\n{title}")
+    print(f"{'':10} {'data GB':>8} {'seconds':>8} {'GB/s':>6} {'max VmHWM':>10} {'peak RSS':>9} {'peak anon':>10}")
+    for label, f in figures.items():
+        print(f"{label:10} {sizes[label] / 1e9:8.2f} {f['seconds']:8.2f} {sizes[label] / f['seconds'] / 1e9:6.2f} "
+              f"{f['hwm'] / 2**20:7.0f} MB {f['rss'] / 2**20:6.0f} MB {f['anon'] / 2**20:7.0f} MB")
+    rate = {k: sizes[k] / figures[k]["seconds"] for k in ("large", "moe")}
+    print(f"moe at {rate['moe'] / rate['large']:.0%} of the large-tensor rate (target >= 70%); "
+          f"--json adds {figures['moe json']['seconds'] / figures['moe']['seconds'] - 1:.0%} (target <= 20%); "
+          f"largest VmHWM {max(f['hwm'] for f in figures.values()) / 2**20:.0f} MB (target <= 1024 MB); "
+          f"peak anon {max(f['anon'] for f in figures.values()) / 2**20:.0f} MB (target <= 512 MB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep", help="write the pairs here and keep them (reused when present)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best is printed")
-    parser.add_argument("--pythonpath", help="run the weightscope of this source tree")
+    parser.add_argument("--baseline", help="also run the weightscope of this source tree (its tui/), for before and after")
     args = parser.parse_args()
     root = args.keep or tempfile.mkdtemp(prefix="weightscope-bench-")
     cache = tempfile.mkdtemp(prefix="weightscope-bench-cache-")
-    env = {**os.environ, "XDG_CACHE_HOME": cache}
-    if args.pythonpath:
-        env["PYTHONPATH"] = os.path.abspath(args.pythonpath)
     try:
         large, moe = os.path.join(root, "large"), os.path.join(root, "moe")
         if not os.path.isdir(large):
@@ -200,21 +217,13 @@ def main() -> None:
         sizes = {"large": data_bytes(*pairs["large"]), "moe": data_bytes(*pairs["moe"]),
                  "moe json": data_bytes(*pairs["moe"]), "moe cache": data_bytes(*pairs["moe"]),
                  "same file": 2 * os.path.getsize(sparse)}
-        for label in ("large", "moe"):  # warm the page cache, the compiled loops and the result cache
-            measure(ws + list(pairs[label]), env)
-        figures = {label: min((measure(command, env) for _ in range(args.repeat)), key=lambda r: r["seconds"])
-                   for label, command in runs.items()}
-        print(f"\n{os.cpu_count()} cores, page cache warm, best of {args.repeat}; memory of the whole process tree"
-              + (f"; weightscope from {args.pythonpath}" if args.pythonpath else ""))
-        print(f"\n{'':10} {'data GB':>8} {'seconds':>8} {'GB/s':>6} {'max VmHWM':>10} {'peak RSS':>9} {'peak anon':>10}")
-        for label, f in figures.items():
-            print(f"{label:10} {sizes[label] / 1e9:8.2f} {f['seconds']:8.2f} {sizes[label] / f['seconds'] / 1e9:6.2f} "
-                  f"{f['hwm'] / 2**20:7.0f} MB {f['rss'] / 2**20:6.0f} MB {f['anon'] / 2**20:7.0f} MB")
-        rate = {k: sizes[k] / figures[k]["seconds"] for k in ("large", "moe")}
-        print(f"\nmoe at {rate['moe'] / rate['large']:.0%} of the large-tensor rate (target >= 70%); "
-              f"--json adds {figures['moe json']['seconds'] / figures['moe']['seconds'] - 1:.0%} (target <= 20%); "
-              f"largest VmHWM {max(f['hwm'] for f in figures.values()) / 2**20:.0f} MB (target <= 1024 MB); "
-              f"peak anon {max(f['anon'] for f in figures.values()) / 2**20:.0f} MB (target <= 512 MB)")
+        trees = {"this tree": None} | ({f"baseline, {args.baseline}": os.path.abspath(args.baseline)}
+                                       if args.baseline else {})
+        print(f"{os.cpu_count()} cores, page cache warm, best of {args.repeat}; memory of the whole process tree")
+        for title, pythonpath in trees.items():
+            shutil.rmtree(cache, ignore_errors=True)  # each tree fills its own result cache
+            env = {**os.environ, "XDG_CACHE_HOME": cache} | ({"PYTHONPATH": pythonpath} if pythonpath else {})
+            show(title, run_all(ws, runs, pairs, env, args.repeat), sizes)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         if not args.keep:

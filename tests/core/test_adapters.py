@@ -19,7 +19,7 @@ from weightscope.sources.pair import open_merge_check, open_pair
 from weightscope.compare.align import align
 from weightscope.sources.checkpoint import Checkpoint
 from weightscope.sources.errors import CheckpointError
-from weightscope.compare.catalog import KNOWN, known_status
+from weightscope.compare.catalog import KNOWN, build
 from weightscope.sources.lora.checkpoint import LoraCheckpoint
 from weightscope.analysis.lora_notes import annotate_results
 from weightscope.compare.scan import scan
@@ -533,6 +533,7 @@ def test_computed_float32_is_not_a_dtype_change(ck, tmp_path, opened_pair):
     path = ck.write_safetensors(tmp_path / "base.safetensors", sd)
     tensors = {n: t.bfloat16() for n, t in factors(Q0, 8, HIDDEN, HIDDEN, 1).items()}
     a, b = opened_pair(path, write_adapter(ck, tmp_path / "adapter", tensors))
-    pair = next(p for p in align(a, b).pairs if p.name == f"{Q0}.weight")
-    assert (pair.a.dtype, pair.b.dtype) == ("bfloat16", "float32")
-    assert KNOWN[known_status(pair)] == "pending"
+    catalog = build(a, b, align(a, b))
+    i = catalog.index(f"{Q0}.weight")
+    assert (catalog.a.dtype[i], catalog.b.dtype[i]) == ("bfloat16", "float32")
+    assert KNOWN[catalog.known[i]] == "pending"

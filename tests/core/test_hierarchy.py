@@ -46,6 +46,39 @@ def test_a_tensor_that_is_also_a_group():
     assert [names[i] for i in tree.order] == ["enc", "enc.weight"]
 
 
+def test_parts_equal_as_numbers_stay_apart_and_each_is_one_group():
+    """`01` and `1` sort as the same number, yet are different parts: one group each, never
+    a group split in two by the other's members."""
+    names = ["layers.01.w", "layers.1.w", "layers.01.b", "layers.1.b"]
+    tree = hierarchy.build(catalog_of(names))
+    assert paths(tree) == ["layers", "layers.01", "layers.01.b", "layers.01.w", "layers.1", "layers.1.b", "layers.1.w"]
+
+
+def test_a_name_deeper_than_the_tree_shows_keeps_the_rest_as_its_last_part():
+    deep = ".".join(f"p{i}" for i in range(hierarchy.MAX_DEPTH + 10))
+    tree = hierarchy.build(catalog_of([deep, "p0.x"]))
+    leaf = tree.node_of[0]
+    assert len(tree.ancestors(leaf)) == hierarchy.MAX_DEPTH + 1  # the root included
+    assert tree.path(leaf) == deep and tree.parts[leaf] == ".".join(f"p{i}" for i in range(63, 74))
+
+
+def test_a_large_random_tree_keeps_every_group_one_run_of_its_tensors():
+    rng = random.Random(7)
+    words = ["model", "layers", "mlp", "attn", "experts", "w1", "weight", "bias", "0", "1", "2", "10", "11"]
+    names = sorted({".".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(3000)})
+    rng.shuffle(names)
+    tree = hierarchy.build(catalog_of(names))
+    shown = [tree.path(node) for node in range(1, len(tree))]
+    assert len(set(shown)) == len(shown)  # every path once
+    for node in range(len(tree)):
+        prefix = tree.path(node)
+        members = {names[i] for i in tree.order[tree.lo[node]:tree.hi[node]]}
+        assert members == {n for n in names if not prefix or n == prefix or n.startswith(prefix + ".")}
+        subtree = {tree.path(k) for k in range(node + 1, tree.end[node])}
+        assert all(path.startswith(prefix + "." if prefix else "") for path in subtree)
+    assert sorted(names[i] for i in tree.order) == sorted(names)
+
+
 def test_a_filter_keeps_the_matching_names_only():
     names = [f"model.layers.{i}.{m}.weight" for i in range(3) for m in ("q_proj", "mlp.up_proj")]
     catalog = catalog_of(names)

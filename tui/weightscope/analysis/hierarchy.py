@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from itertools import repeat
 
 import numpy as np
 
@@ -120,63 +121,70 @@ class NameTree:
         return int(self.hi[node] - self.lo[node])
 
 
+MAX_DEPTH = 64  # parts of a name the tree shows as levels; the rest of a deeper name is its last part
+
+
 def build(catalog: Catalog, pattern: str = "") -> NameTree:
-    """The name tree of the pairs whose names match `pattern` (all for "")."""
+    """The name tree of the pairs whose names match `pattern` (all for "").
+
+    Built with array operations, not a round of Python per name: each name becomes a row of
+    its parts' ranks (the natural order of the distinct parts), rows sort lexicographically,
+    and a node starts wherever a row's part differs from the row before.
+    """
     names = catalog.names
     keep = matcher(pattern) if pattern else None
-    part_keys: dict[str, tuple] = {}
+    kept = [i for i, name in enumerate(names) if keep(name)] if keep else range(len(names))
+    named = [names[i] for i in kept] if keep else names
+    n = len(named)
+    depth = np.fromiter(map(str.count, named, repeat(".")), np.int64, n) + 1
+    if n and depth.max() > MAX_DEPTH:
+        depth = np.minimum(depth, MAX_DEPTH)
+        flat = [part for name in named for part in name.split(".", MAX_DEPTH - 1)]
+    else:
+        flat = ".".join(named).split(".")  # every part of every name, in one call
+    distinct = sorted(set(flat), key=lambda part: (natural_key(part), part))
+    rank = {part: r for r, part in enumerate(distinct)}  # equal ranks: equal parts
+    width = int(depth.max(initial=0))
+    rows = np.full((n, width), -1, np.int64)  # -1 after a name's end sorts it before its children
+    flat = np.fromiter(map(rank.__getitem__, flat), np.int64, len(flat))
+    starts = np.repeat(np.cumsum(depth) - depth, depth)
+    rows[np.repeat(np.arange(n), depth), np.arange(len(flat)) - starts] = flat
+    sort = np.lexsort(rows.T[::-1]) if width else np.arange(n)  # (lexsort's last key is the first)
+    rows, depth = rows[sort], depth[sort]
+    order = np.asarray(kept, np.int64)[sort]
 
-    def key(name: str) -> tuple:
-        parts = name.split(".")
-        out = []
-        for part in parts:
-            found = part_keys.get(part)
-            if found is None:
-                found = part_keys[part] = natural_key(part)
-            out.append(found)
-        return tuple(out)
-
-    kept = [i for i, name in enumerate(names) if keep is None or keep(name)]
-    keys = {i: key(names[i]) for i in kept}
-    order = sorted(kept, key=keys.__getitem__)
-
-    parts, parent, pair, lo = [""], [-1], [-1], [0]
-    hi_at: dict[int, int] = {}
-    end_at: dict[int, int] = {}
-    stack = [0]  # the open path: root, then one node per part
-    previous: list[str] = []
-    for position, i in enumerate(order):
-        split = names[i].split(".")
-        common = 0
-        while common < len(previous) and common < len(split) and previous[common] == split[common]:
-            common += 1
-        if common == len(split) == len(previous):  # the same name twice (cannot happen): keep the first
-            continue
-        while len(stack) > common + 1:
-            node = stack.pop()
-            hi_at[node], end_at[node] = position, len(parts)
-        for part in split[common:]:
-            parts.append(part)
-            parent.append(stack[-1])
-            pair.append(-1)
-            lo.append(position)
-            stack.append(len(parts) - 1)
-        pair[stack[-1]] = i
-        previous = split
-    for node in stack:
-        hi_at[node], end_at[node] = len(order), len(parts)
-    count = len(parts)
-    hi = np.array([hi_at[k] for k in range(count)], np.int64)
-    end = np.array([end_at[k] for k in range(count)], np.int64)
-    order_array = np.array(order, np.int64)
+    # The parts a row shares with the row before are nodes already made; the others are new.
+    common = np.zeros(n, np.int64)
+    if n > 1:
+        differs = np.concatenate([rows[1:] != rows[:-1], np.ones((n - 1, 1), bool)], axis=1)
+        common[1:] = differs.argmax(axis=1)
+    level = np.arange(width)
+    new = (level >= common[:, None]) & (level < depth[:, None])
+    node = np.maximum.accumulate(np.where(new, np.cumsum(new.ravel()).reshape(new.shape), 0), axis=0)
+    made_at, made_level = np.nonzero(new)  # in node order: row by row, parent before child
+    count = len(made_at) + 1
+    parent = np.zeros(count, np.int64)
+    parent[0] = -1
+    deeper = made_level > 0
+    parent[1:][deeper] = node[made_at[deeper], made_level[deeper] - 1]
+    pair = np.full(count, -1, np.int64)
+    pair[node[np.arange(n), depth - 1]] = order
+    lo = np.concatenate([[0], made_at])
+    # A node is closed by the first later row that shares fewer parts than its level.
+    hi = np.full(count, n, np.int64)
+    for at in range(width):
+        made = np.flatnonzero(made_level == at) + 1
+        closing = np.flatnonzero(common <= at)
+        after = np.searchsorted(closing, lo[made], side="right")
+        hi[made] = np.append(closing, n)[after]
+    end = np.concatenate([[1], 1 + np.cumsum(new.sum(axis=1))])[hi]
     position = np.full(len(names), -1, np.int64)
-    position[order_array] = np.arange(len(order_array))
-    pair_array = np.array(pair, np.int64)
+    position[order] = np.arange(n)
     node_of = np.full(len(names), -1, np.int64)
-    tensors = np.flatnonzero(pair_array >= 0)
-    node_of[pair_array[tensors]] = tensors
-    return NameTree(parts, np.array(parent, np.int64), pair_array, end, np.array(lo, np.int64), hi, order_array,
-                    position, node_of, pattern)
+    leaves = np.flatnonzero(pair >= 0)
+    node_of[pair[leaves]] = leaves
+    parts = [""] + [distinct[r] for r in rows[new].tolist()]
+    return NameTree(parts, parent, pair, end, lo, hi, order, position, node_of, pattern)
 
 
 class Rollup:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo
 
@@ -17,9 +18,10 @@ LEADING_WRAPPERS = ("module",)
 ANYWHERE_WRAPPERS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 
 
-@dataclass(frozen=True)
-class Pair:
+class Pair(NamedTuple):
     """A tensor of A and its counterpart in B; one side is None when it has no counterpart.
+
+    A named tuple: a 100,000-tensor pair makes 100,000 of them as it opens.
 
     Attributes:
         name: the name shown for the pair (A's name where A has one).
@@ -110,10 +112,9 @@ def note_ties(pairs: list[Pair]) -> list[Pair]:
     embeddings) while .bin keeps every name.
     """
     groups: dict[tuple[str, str], list[str]] = {}  # (side, first name) -> every name of a tie
-    for p in pairs:
-        for side, info in (("A", p.a), ("B", p.b)):
-            if info is not None and info.tied_to is not None:
-                groups.setdefault((side, info.tied_to), [info.tied_to]).append(info.name)
+    for side, infos in (("A", [p.a for p in pairs]), ("B", [p.b for p in pairs])):
+        for info in [info for info in infos if info is not None and info.tied_to is not None]:
+            groups.setdefault((side, info.tied_to), [info.tied_to]).append(info.name)
     if not groups:
         return pairs
     both = {(side, info.name) for p in pairs if p.a is not None and p.b is not None

@@ -9,12 +9,14 @@ one message, and gives back a `Pair` for the one pair a view needs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from weightscope.compare.align import Alignment, Pair
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo
+from weightscope.sources.dtypes import ITEMSIZE
 
 # What the headers alone say about a pair (`known`): a final status, or PENDING until its data is read.
 KNOWN = ("pending", "error", "only_a", "only_b", "shape_mismatch", "dtype")
@@ -36,10 +38,13 @@ class SideSummary:
     metadata: dict[str, str]
 
     @staticmethod
-    def of(checkpoint: Checkpoint) -> SideSummary:
+    def of(checkpoint: Checkpoint, side: Side) -> SideSummary:
+        """`side`: the checkpoint's column of the catalog, which holds each of its tensors once."""
+        stored = side.readable  # (tied names counted once: where the data is stored)
+        stored[list(side.tied_to)] = False
         return SideSummary(checkpoint.path, checkpoint.format, list(checkpoint.files), len(checkpoint.tensors),
-                           checkpoint.parameters, checkpoint.nbytes, list(checkpoint.notes), list(checkpoint.extras),
-                           dict(checkpoint.metadata))
+                           int(side.numel[stored].sum()), int(side.nbytes[stored].sum()), list(checkpoint.notes),
+                           list(checkpoint.extras), dict(checkpoint.metadata))
 
 
 @dataclass
@@ -150,65 +155,79 @@ class Catalog:
         return a if self.single else a + np.where(self.b.readable, self.b.nbytes, 0)
 
 
-def side_column(infos: list[TensorInfo | None], files: dict[str, int], plain: list[bool]) -> Side:
+def side_column(infos: list[TensorInfo | None], files: dict[str, int], checkpoint: Checkpoint) -> Side:
+    """One side's columns, filled a column at a time: a comprehension per field, not a round of
+    Python per tensor and field (100,000 tensors are the normal case)."""
     n = len(infos)
-    side = Side([None] * n, [None] * n, [None] * n, np.full(n, -1, np.int32), np.full(n, -1, np.int64),
-                np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.array(plain, bool))
-    for i, info in enumerate(infos):
-        if info is None:
-            continue
-        side.name[i], side.dtype[i], side.shape[i] = info.name, info.dtype, info.shape
-        side.file[i] = files.setdefault(info.file, len(files))
-        if info.span is not None:
-            side.start[i], side.end[i] = info.span
-        side.numel[i], side.nbytes[i] = info.numel, info.nbytes
-        if info.quant is not None:
-            side.quant[i] = info.quant
-        if info.error is not None:
-            side.error[i] = info.error
-        if info.tied_to is not None:
-            side.tied_to[i] = info.tied_to
-        if info.origin is not None:
-            side.origin[i] = info.origin
-        if info.stored_name is not None:
-            side.stored_name[i] = info.stored_name
+    at = [i for i, info in enumerate(infos) if info is not None]
+    got = [infos[i] for i in at] if len(at) < n else infos
+
+    def column(values: list, missing=None) -> list:
+        if len(at) == n:
+            return values
+        out = [missing] * n
+        for i, value in zip(at, values):
+            out[i] = value
+        return out
+
+    def sparse(values: list) -> dict[int, str]:
+        if values.count(None) == len(values):  # (nearly always: a pass in C)
+            return {}
+        return {i: value for i, value in zip(at, values) if value is not None}
+
+    shapes = [info.shape for info in got]
+    dtypes = [info.dtype for info in got]
+    spans = [info.span or (-1, -1) for info in got]
+    numel = [math.prod(shape) if shape is not None else 0 for shape in shapes]
+    quant = sparse([info.quant for info in got])
+    nbytes = [count * ITEMSIZE.get(dtype or "", 0) for count, dtype in zip(numel, dtypes)]
+    side = Side(column([info.name for info in got]), column(dtypes), column(shapes),
+                np.array(column([files.setdefault(info.file, len(files)) for info in got], -1), np.int32),
+                np.array(column([s for s, _ in spans], -1), np.int64), np.array(column([e for _, e in spans], -1), np.int64),
+                np.array(column(numel, 0), np.int64), np.array(column(nbytes, 0), np.int64),
+                np.array(column(plain(checkpoint, got), False), bool), quant, sparse([info.error for info in got]),
+                sparse([info.tied_to for info in got]), sparse([info.origin for info in got]),
+                sparse([info.stored_name for info in got]))
+    for i in quant:  # a quantized tensor's stored bytes are its span (its decoded size would overstate them)
+        if side.start[i] >= 0:
+            side.nbytes[i] = side.end[i] - side.start[i]
     return side
 
 
-def known_status(pair: Pair) -> int:
-    """What the headers alone say about a pair: a final status, or PENDING until its data is read."""
-    a, b = pair.a, pair.b
-    if (a and a.error) or (b and b.error):
-        return ERROR
-    if b is None:
-        return ONLY_A
-    if a is None:
-        return ONLY_B
-    if a.shape != b.shape:
-        return SHAPE_MISMATCH
-    # A computed tensor (W + ΔW) is float32 because it is computed in float32, not because
-    # anything stored changed type: only stored types count as a dtype change.
-    stored_change = a.stored_dtype != b.stored_dtype and a.origin is None and b.origin is None
-    return DTYPE if stored_change else PENDING
-
-
-def plain(checkpoint: Checkpoint, info: TensorInfo | None) -> bool:
-    """Whether the scan may read a tensor's bytes straight from its file (see `Side.plain`)."""
-    if info is None or info.span is None or info.error is not None or info.quant is not None \
-            or info.origin is not None:
-        return False
-    source = checkpoint.sources.get(info.file)
-    return source is not None and source.plain(info)
+def plain(checkpoint: Checkpoint, infos: list[TensorInfo]) -> list[bool]:
+    """Whether the scan may read each tensor's bytes straight from its file (see `Side.plain`)."""
+    sources = checkpoint.sources
+    return [info.span is not None and info.error is None and info.quant is None and info.origin is None
+            and (source := sources.get(info.file)) is not None and source.plain(info) for info in infos]
 
 
 def build(a: Checkpoint, b: Checkpoint | None, alignment: Alignment) -> Catalog:
     """The catalog of an alignment of A and B (B None: A browsed alone, each tensor paired with itself)."""
     pairs = alignment.pairs
     files: dict[str, int] = {}
-    side_a = side_column([p.a for p in pairs], files, [plain(a, p.a) for p in pairs])
-    other = b if b is not None else a
-    side_b = side_column([p.b for p in pairs], files, [plain(other, p.b) for p in pairs])
-    known = np.array([known_status(p) for p in pairs], np.int8)
+    side_a = side_column([p.a for p in pairs], files, a)
+    side_b = side_column([p.b for p in pairs], files, b if b is not None else a)
     pair_notes = {i: p.notes for i, p in enumerate(pairs) if p.notes}
-    return Catalog([p.name for p in pairs], side_a, side_b, list(files), known, SideSummary.of(a),
-                   SideSummary.of(b) if b is not None else None, list(alignment.notes), pair_notes, b is None)
+    return Catalog([p.name for p in pairs], side_a, side_b, list(files), known_column(side_a, side_b),
+                   SideSummary.of(a, side_a), SideSummary.of(b, side_b) if b is not None else None, list(alignment.notes),
+                   pair_notes, b is None)
+
+
+def known_column(a: Side, b: Side) -> np.ndarray:
+    """What the headers alone say of each pair (`KNOWN`): a final status, or PENDING until its data is read.
+
+    A computed tensor (W + ΔW) is float32 because it is computed in float32, not because
+    anything stored changed type: only stored types count as a dtype change."""
+    known = np.full(len(a.name), PENDING, np.int8)
+    computed = set(a.origin) | set(b.origin)
+    stored_change = [da != db for da, db in zip(a.dtype, b.dtype)]
+    for side in (a, b):
+        for i in side.quant:
+            stored_change[i] = a.stored_dtype(i) != b.stored_dtype(i)
+    known[[i for i, changed in enumerate(stored_change) if changed and i not in computed]] = DTYPE
+    known[[i for i, (sa, sb) in enumerate(zip(a.shape, b.shape)) if sa != sb]] = SHAPE_MISMATCH
+    present_a, present_b = a.present, b.present
+    known[~present_a] = ONLY_B
+    known[~present_b] = ONLY_A
+    known[list(a.error) + list(b.error)] = ERROR
+    return known

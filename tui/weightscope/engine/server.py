@@ -13,11 +13,13 @@ that fails is said to the client in one line, and the rest goes on.
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import threading
 import traceback
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Pipe, wait
@@ -35,6 +37,22 @@ from weightscope.sources.errors import CheckpointError, one_line
 
 CACHED_SLICE = 5000  # cached results per message: the client takes each before the next few come
 SCAN = 0  # the scan's ticket (the client's tickets start at 1)
+
+
+@contextmanager
+def collector_paused():
+    """Opening a 100,000-tensor pair makes millions of small objects and keeps most of them:
+    the cyclic collector would walk them again and again, for a third of the time. Paused
+    while opening, then what opening made is frozen (left out of later collections: it lives
+    as long as the engine) and the collector runs as before."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def unexpected(exc: BaseException) -> str:
@@ -83,10 +101,16 @@ class LocalPipe:
 
 
 class Server:
-    def __init__(self, conn, job: msg.Job, worker_conns: list):
+    def __init__(self, conn, job: msg.Job, helpers: int, quiet: bool = True):
+        """
+        Args:
+            helpers: worker processes to start beside the local worker thread.
+            quiet: the helpers' stderr goes nowhere.
+        """
         self.conn, self.job = conn, job
+        self.helper_count, self.quiet = helpers, quiet
         self.cancelled: set[int] = set()
-        self.helpers = [Worker(worker_conn) for worker_conn in worker_conns]
+        self.helpers: list[Worker] = []
         self.urgent: deque[Task] = deque()  # for the local worker, before anything else
         self.units: deque[Task] = deque()  # the scan's
         self.background: deque[Task] = deque()  # spectra of every changed pair (`diff --spectrum`)
@@ -106,7 +130,13 @@ class Server:
         try:
             fault("open")
             self.options = replace(self.job.options, device=resolve(self.job.options.device))
-            a, b, _, self.catalog = open_job(self.job)
+            with collector_paused():
+                a, b, _, self.catalog = open_job(self.job)
+                tree = None
+                if self.job.tree:
+                    from weightscope.analysis import hierarchy
+
+                    tree = hierarchy.build(self.catalog)
         except (CheckpointError, ValueError) as exc:  # ValueError: options that cannot be honoured
             self.send(msg.Failed(None, "open", str(exc), fatal=True))
             return
@@ -115,14 +145,20 @@ class Server:
             return
         self.a, self.b = a, b or a
         self.table = ResultTable(len(self.catalog))
-        tree = None
-        if self.job.tree:
-            from weightscope.analysis import hierarchy
-
-            tree = hierarchy.build(self.catalog)
         self.send(msg.Opened(self.catalog, tree))
-        self.start_local_worker()
+        self.start_workers()
         self.loop()
+
+    def start_workers(self) -> None:
+        """The local worker thread, and the helper processes: started once the catalog is out,
+        so that they take no core from opening and showing it."""
+        from weightscope.engine.client import start
+
+        for _ in range(self.helper_count):
+            _, conn = start("weightscope.engine.worker", self.quiet)
+            conn.send(self.job)
+            self.helpers.append(Worker(conn))
+        self.start_local_worker()
 
     def start_local_worker(self) -> None:
         tasks: queue.SimpleQueue = queue.SimpleQueue()
@@ -408,19 +444,12 @@ def main(fd: int) -> None:
     """The engine process's life: the job and its worker processes, then the client's requests."""
     from multiprocessing.connection import Connection
 
-    from weightscope.engine.client import start
-
     conn = Connection(fd)
     try:
         job, helpers, quiet = conn.recv()
     except (EOFError, OSError):
         return
-    worker_conns = []
-    for _ in range(helpers):
-        _, worker_conn = start("weightscope.engine.worker", quiet)
-        worker_conn.send(job)
-        worker_conns.append(worker_conn)
-    Server(conn, job, worker_conns).run()
+    Server(conn, job, helpers, quiet).run()
 
 
 if __name__ == "__main__":

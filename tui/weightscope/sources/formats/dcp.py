@@ -20,7 +20,6 @@ import os
 import pickle
 import warnings
 from collections import defaultdict
-from dataclasses import replace
 
 import numpy as np
 
@@ -142,7 +141,7 @@ class DcpDirectory:
                 name = ".".join(keys[1:] if under is not None and len(keys) > 1 else keys)
                 self._fqns[name] = fqn
                 info = self._info(name, fqn)
-                tensors.append(info if fqn == name else replace(info, stored_name=fqn))
+                tensors.append(info if fqn == name else info._replace(stored_name=fqn))
             else:
                 others[keys[0]][0 if is_tensor else 1] += 1
         self.tensors = tensors

@@ -193,13 +193,11 @@ def storage_key(tensor) -> tuple:
 
 
 def mark_ties(infos: list[TensorInfo], keys: list[tuple]) -> list[TensorInfo]:
-    from dataclasses import replace
-
     first: dict[tuple, str] = {}
     out = []
     for info, key in zip(infos, keys):
         if key in first and info.error is None:
-            info = replace(info, tied_to=first[key])
+            info = info._replace(tied_to=first[key])
         first.setdefault(key, info.name)
         out.append(info)
     return out

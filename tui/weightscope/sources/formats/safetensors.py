@@ -10,7 +10,6 @@ a note that says so: another tool will fail on the file.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 
@@ -70,33 +69,39 @@ class SafetensorsFile(MappedFile):
         elif meta is not None:
             problems.append("__metadata__ is not an object (ignored)")
         data_start, data_size = 8 + length, size - 8 - length
-        self.tensors = mark_overlaps(self._entries(header, data_start, data_size))
-        problems += unowned_bytes(header, data_size)
+        names, entries = list(header), list(header.values())
+        offsets = [e.get("data_offsets") if type(e) is dict else None for e in entries]
+        usable = [type(o) is list and len(o) == 2 and type(o[0]) is int and type(o[1]) is int
+                  and 0 <= o[0] <= o[1] <= data_size for o in offsets]
+        self.tensors = mark_overlaps(self._entries(names, entries, offsets, usable, data_start, data_size))
+        problems += unowned_bytes([n for n, ok in zip(names, usable) if ok], [o for o, ok in zip(offsets, usable) if ok],
+                                  data_size)
         if problems:
             self.notes.append(f"{self.path}: the safetensors library would refuse this file: {'; '.join(problems)}; "
                               "read anyway")
 
-    def _entries(self, header: dict, data_start: int, data_size: int) -> list[TensorInfo]:
+    def _entries(self, names: list[str], entries: list, offsets: list, usable: list[bool], data_start: int,
+                 data_size: int) -> list[TensorInfo]:
         """Every entry checked, the whole header at once: a model of 100,000 tensors is a few
         passes over lists, not 100,000 rounds of checks. An entry that fails a check goes
-        through `_entry`, which says what is wrong with it."""
-        names, entries = list(header), list(header.values())
-        codes = [e.get("dtype") if type(e) is dict else None for e in entries]
+        through `_entry`, which says what is wrong with it.
+
+        Args:
+            usable: whether each entry's data_offsets are two integers within the data.
+        """
         shapes = [e.get("shape") if type(e) is dict else None for e in entries]
-        offsets = [e.get("data_offsets") if type(e) is dict else None for e in entries]
-        dtypes = [SAFETENSORS.get(code) if type(code) is str else None for code in codes]
-        well_formed = [dtype is not None and type(shape) is list and len(shape) <= MAX_DIMS and type(o) is list
-                       and len(o) == 2 and type(o[0]) is int and type(o[1]) is int
-                       for dtype, shape, o in zip(dtypes, shapes, offsets)]
+        dtypes = [SAFETENSORS.get(e.get("dtype")) if type(e) is dict and type(e.get("dtype")) is str else None
+                  for e in entries]
+        well_formed = [ok and dtype is not None and type(shape) is list and len(shape) <= MAX_DIMS
+                       for ok, dtype, shape in zip(usable, dtypes, shapes)]
         dims = [d for ok, shape in zip(well_formed, shapes) if ok for d in shape]
         if dims and not (set(map(type, dims)) == {int} and min(dims) >= 0):
             well_formed = [ok and all(type(d) is int and d >= 0 for d in shape) for ok, shape in zip(well_formed, shapes)]
-        good = [ok and 0 <= o[0] <= o[1] <= data_size and o[1] - o[0] == math.prod(shape) * ITEMSIZE[dtype]
-                for ok, o, shape, dtype in zip(well_formed, offsets, shapes, dtypes)]
         path = self.path
-        return [TensorInfo.of(name, dtype, tuple(shape), path, (data_start + o[0], data_start + o[1])) if ok
+        return [TensorInfo(name, dtype, tuple(shape), path, (data_start + o[0], data_start + o[1]))
+                if ok and o[1] - o[0] == math.prod(shape) * ITEMSIZE[dtype]
                 else self._entry(name, entry, data_start, data_size)
-                for ok, name, entry, dtype, shape, o in zip(good, names, entries, dtypes, shapes, offsets)]
+                for ok, name, entry, dtype, shape, o in zip(well_formed, names, entries, dtypes, shapes, offsets)]
 
     def _entry(self, name: str, entry, data_start: int, data_size: int) -> TensorInfo:
         def bad(problem: str) -> TensorInfo:
@@ -124,24 +129,25 @@ class SafetensorsFile(MappedFile):
         return TensorInfo(name, dtype, shape, self.path, span=(data_start + begin, data_start + end))
 
 
-def unowned_bytes(header: dict, data_size: int) -> list[str]:
+def unowned_bytes(names: list[str], offsets: list[list[int]], data_size: int) -> list[str]:
     """Where the data holds bytes that no tensor owns. The safetensors library requires the
     tensors, in offset order, to tile the data exactly, and refuses a file with a hole between
-    two tensors or bytes after the last one. Entries whose offsets are unusable are left out:
-    their own errors say why."""
-    usable = [(name, entry["data_offsets"]) for name, entry in header.items()
-              if type(entry) is dict and usable_offsets(entry.get("data_offsets"), data_size)]
-    begins = np.array([o[0] for _, o in usable], np.int64)
-    ends = np.array([o[1] for _, o in usable], np.int64)
+    two tensors or bytes after the last one.
+
+    Args:
+        names, offsets: the entries whose data_offsets are usable (two integers within the
+            data); the others' own errors say what is wrong with them.
+    """
+    begins = np.array([o[0] for o in offsets], np.int64)
+    ends = np.array([o[1] for o in offsets], np.int64)
     order = np.lexsort((ends, begins))
     reach = np.maximum.accumulate(ends[order]) if len(order) else np.zeros(0, np.int64)
     tiled = len(order) and begins[order[0]] == 0 and not (begins[order[1:]] > reach[:-1]).any() \
         and reach[-1] == data_size
     if tiled or (not len(order) and data_size == 0):
         return []  # tiled exactly, as nearly every file is
-    spans = sorted((o[0], o[1], name) for name, o in usable)
     problems, reached, last = [], 0, None
-    for begin, end, name in spans:
+    for begin, end, name in sorted((o[0], o[1], name) for name, o in zip(names, offsets)):
         if begin > reached:
             where = f"between {last} and {name}" if last else f"before the first tensor, {name},"
             problems.append(f"{begin - reached} bytes {where} belong to no tensor")
@@ -150,11 +156,6 @@ def unowned_bytes(header: dict, data_size: int) -> list[str]:
     if data_size > reached:
         problems.append(f"{data_size - reached} bytes after the last tensor belong to no tensor")
     return problems
-
-
-def usable_offsets(offsets, data_size: int) -> bool:
-    return (type(offsets) is list and len(offsets) == 2 and type(offsets[0]) is int and type(offsets[1]) is int
-            and 0 <= offsets[0] <= offsets[1] <= data_size)
 
 
 def mark_overlaps(entries: list[TensorInfo]) -> list[TensorInfo]:
@@ -176,7 +177,7 @@ def mark_overlaps(entries: list[TensorInfo]) -> list[TensorInfo]:
         if reach is None or t.span[1] > reach.span[1]:
             reach = t
     marked = [
-        replace(t, span=None, error=bad_names[t.name]) if t.name in bad_names else t
+        t._replace(span=None, error=bad_names[t.name]) if t.name in bad_names else t
         for t in good
     ]
     return marked + [t for t in entries if t.error is not None]

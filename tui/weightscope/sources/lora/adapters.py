@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -204,7 +204,7 @@ class Built:
     def ties(self) -> dict[str, TensorInfo]:
         """The tensors, with `tied_to` naming the tied tensor as shown rather than as stored."""
         shown = {info.name: name for name, info in self.originals.items()}
-        return {name: replace(info, tied_to=shown.get(info.tied_to, info.tied_to)) if info.tied_to else info
+        return {name: info._replace(tied_to=shown.get(info.tied_to, info.tied_to)) if info.tied_to else info
                 for name, info in self.tensors.items()}
 
 
