@@ -246,3 +246,17 @@ class TestRoundTrip:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         with open_checkpoint(path) as a:
             assert cache.key(a, a, ScanOptions()) != base
+
+
+def test_the_cache_command_says_where_and_how_much_and_empties_it(files, cache_home, capsys, monkeypatch):
+    monkeypatch.setenv("WEIGHTSCOPE_CACHE_MAX", "5G")
+    assert main(["cache"]) == 0
+    assert capsys.readouterr().out.startswith(f"{cache_home}: 0 entries, 0.0 MB; cap 5 GB")
+    assert main(["diff", *files]) == 1
+    capsys.readouterr()
+    assert main(["cache"]) == 0
+    assert f"{cache_home}: 1 entry, " in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == 0
+    assert capsys.readouterr().out == f"removed 1 entry from {cache_home}\n"
+    assert list(cache_home.iterdir()) == []
+    assert scanned(*files)[1] is False  # a miss: computed again

@@ -18,7 +18,8 @@ USAGE = """\
 weightscope A [B]                 open the terminal app: A and B side by side (or A alone)
 weightscope diff A B [--json]     compare headless: a table, or one JSON document
 weightscope inspect A [--json]    statistics and a NaN/Inf scan of one checkpoint
-weightscope demo                  write a small base/fine-tune pair once and open it"""
+weightscope demo                  write a small base/fine-tune pair once and open it
+weightscope cache [--clear]       where results are cached, how much, the cap; or empty it"""
 
 EXAMPLES = """\
 examples:
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "directory (once) and open them in the app.",
                                epilog="example: weightscope demo --print-paths")
     demo.add_argument("--print-paths", action="store_true", help="print the two directories instead of opening them")
+
+    cache = commands.add_parser("cache", help="where scan results are cached, how much, the cap; or empty it",
+                                description="Scan results are kept so that a second run answers at once. "
+                                            "The least recently used go once the folder passes "
+                                            "WEIGHTSCOPE_CACHE_MAX (bytes, or with K/M/G/T; default 2G).")
+    cache.add_argument("--clear", action="store_true", help="remove every entry")
     return parser
 
 
@@ -247,7 +254,7 @@ def write(text: str | bytes) -> None:
 
 def run_diff(args) -> int:
     from weightscope.compare.checks import Expectations, failures
-    from weightscope.report.diff import document, dumps, exit_status, to_text
+    from weightscope.report.diff import exit_status, to_text, write_document
 
     if args.spectrum and not args.json:
         raise Failure("--spectrum adds to the JSON document: use it with --json")
@@ -257,9 +264,7 @@ def run_diff(args) -> int:
     try:
         if args.json:
             spectra = run.ask("spectra") if args.spectrum else None
-            doc = document(run.catalog, run.table, args.histograms, spectra, run.side_notes)
-            doc["notes"] = doc["notes"] + run.plan_notes
-            write(dumps(doc))
+            write_document(write, run.catalog, run.table, args.histograms, spectra, run.side_notes, run.plan_notes)
         else:
             write(to_text(run.catalog, run.table, run.side_notes, run.plan_notes))
     finally:
@@ -278,11 +283,14 @@ def run_inspect(args) -> int:
     import numpy as np
 
     from weightscope.compare import columns as c
-    from weightscope.report.diff import dumps, inspect_json, inspect_text, nonfinite_text
+    from weightscope.report.diff import inspect_text, nonfinite_text, write_inspect
 
     run = Run(job_of(args, None), "reading")
     try:
-        write(dumps(inspect_json(run.catalog, run.table)) if args.json else inspect_text(run.catalog, run.table))
+        if args.json:
+            write_inspect(write, run.catalog, run.table)
+        else:
+            write(inspect_text(run.catalog, run.table))
     finally:
         run.close()
     if run.problems:
@@ -296,7 +304,24 @@ def run_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"diff": run_diff, "inspect": run_inspect, "demo": run_demo}
+def entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
+
+
+def run_cache(args) -> int:
+    from weightscope.compare import cache
+
+    if args.clear:
+        print(f"removed {entries(cache.evict(0))} from {cache.folder()}")
+        return 0
+    found = cache.entries()
+    size = sum(size for _, size, _ in found)
+    print(f"{cache.folder()}: {entries(len(found))}, {size / 1e6:,.1f} MB; cap {cache.limit() / 1e9:g} GB "
+          "(WEIGHTSCOPE_CACHE_MAX), least recently used removed first")
+    return 0
+
+
+COMMANDS = {"diff": run_diff, "inspect": run_inspect, "demo": run_demo, "cache": run_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

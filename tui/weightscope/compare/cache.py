@@ -122,21 +122,34 @@ def limit() -> int:
     return int(float(found[1]) * UNITS[found[2]])
 
 
-def evict(cap: int) -> None:
-    """Remove the least recently used entries until the folder holds at most `cap` bytes."""
-    entries = []
-    for entry in os.scandir(folder()):
-        try:
-            st = entry.stat()
-        except OSError:
-            continue
-        entries.append((st.st_mtime, st.st_size, entry.path))
-    total = sum(size for _, size, _ in entries)
-    for _, size, path in sorted(entries):
+def entries() -> list[tuple[float, int, str]]:
+    """(last used, bytes, path) of every entry; none when the folder does not exist yet."""
+    found = []
+    try:
+        with os.scandir(folder()) as listing:
+            for entry in listing:
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                found.append((st.st_mtime, st.st_size, entry.path))
+    except OSError:
+        pass
+    return found
+
+
+def evict(cap: int) -> int:
+    """Remove the least recently used entries until the folder holds at most `cap` bytes
+    (all of them for 0); returns how many were removed."""
+    found = entries()
+    total, removed = sum(size for _, size, _ in found), 0
+    for _, size, path in sorted(found):
         if total <= cap:
             break
         try:
             os.remove(path)
             total -= size
+            removed += 1
         except OSError:
             pass
+    return removed

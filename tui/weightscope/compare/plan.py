@@ -109,14 +109,11 @@ def codes(dtypes: list[str | None]) -> np.ndarray:
 
 def tolerances(catalog: Catalog, atol: float | None, rtol: float | None) -> np.ndarray:
     """(atol, rtol) per pair, worked out once per pair of dtypes."""
-    by_dtypes: dict[tuple, tuple[float, float]] = {}
-    out = np.empty((len(catalog), 2))
-    for i, dtypes in enumerate(zip(catalog.a.dtype, catalog.b.dtype)):
-        found = by_dtypes.get(dtypes)
-        if found is None:
-            found = by_dtypes[dtypes] = stats.tolerance(*dtypes, atol, rtol)
-        out[i] = found
-    return out
+    pairs = list(zip(catalog.a.dtype, catalog.b.dtype))
+    kinds = list(dict.fromkeys(pairs))  # a model has a few pairs of dtypes
+    kind = {dtypes: k for k, dtypes in enumerate(kinds)}
+    table = np.array([stats.tolerance(*dtypes, atol, rtol) for dtypes in kinds], np.float64).reshape(-1, 2)
+    return table[np.fromiter(map(kind.__getitem__, pairs), np.int64, len(pairs))]
 
 
 def build(catalog: Catalog, atol: float | None = None, rtol: float | None = None, device: str = "cpu",

@@ -127,6 +127,7 @@ class Server:
         from weightscope.compare.device import resolve
         from weightscope.engine.opening import open_job
 
+        self.start_helpers()  # at a lower priority: they load their compiled loops while this opens
         try:
             fault("open")
             self.options = replace(self.job.options, device=resolve(self.job.options.device))
@@ -146,19 +147,16 @@ class Server:
         self.a, self.b = a, b or a
         self.table = ResultTable(len(self.catalog))
         self.send(msg.Opened(self.catalog, tree))
-        self.start_workers()
+        self.start_local_worker()
         self.loop()
 
-    def start_workers(self) -> None:
-        """The local worker thread, and the helper processes: started once the catalog is out,
-        so that they take no core from opening and showing it."""
+    def start_helpers(self) -> None:
         from weightscope.engine.client import start
 
         for _ in range(self.helper_count):
             _, conn = start("weightscope.engine.worker", self.quiet)
             conn.send(self.job)
             self.helpers.append(Worker(conn))
-        self.start_local_worker()
 
     def start_local_worker(self) -> None:
         tasks: queue.SimpleQueue = queue.SimpleQueue()

@@ -168,12 +168,12 @@ def main(fd: int) -> None:
     """A worker process's life: the job from the engine, then its tasks."""
     from multiprocessing.connection import Connection
 
+    os.nice(NICE)
     conn = Connection(fd)
     try:
         job = conn.recv()
     except (EOFError, OSError):
         return
-    os.nice(NICE)
     from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
 
     serve(ProcessPipe(conn), Opened(job))

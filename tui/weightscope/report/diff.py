@@ -1,8 +1,8 @@
 """Headless output of a comparison: the JSON document, the text table, the exit status.
 
 Everything here reads the catalog and the result table column by column: the document of a
-100,000-tensor comparison is built from lists, not from an object per tensor, and encoded
-with orjson (which writes an undefined figure, NaN here, as null).
+100,000-tensor comparison is built from lists a slice of tensors at a time, and encoded with
+orjson as it goes.
 """
 
 from __future__ import annotations
@@ -63,10 +63,6 @@ def stored_dtypes(side: Side) -> list[str | None]:
     return [side.quant.get(i, dtype) for i, dtype in enumerate(side.dtype)] if side.quant else side.dtype
 
 
-def shapes(side: Side) -> list[list[int] | None]:
-    return [list(s) if s is not None else None for s in side.shape]
-
-
 def stats_columns(values: np.ndarray, base: int) -> list[dict | None]:
     """One side's statistics dict per pair (None where the pair lacks that side)."""
     figures = [values[:, base + k].tolist() for k in range(6)]
@@ -75,32 +71,41 @@ def stats_columns(values: np.ndarray, base: int) -> list[dict | None]:
     return [dict(zip(SIDE_FIELDS, row[1:])) if row[0] else None for row in zip(present, *figures, *counts)]
 
 
-def max_abs_indices(catalog: Catalog, values: np.ndarray) -> list[list[int] | None]:
-    """Where the largest |Δ| is, in each tensor's shape (unravelled a shape at a time)."""
+def max_abs_indices(catalog: Catalog, values: np.ndarray, rows: list[int]) -> list[list[int] | None]:
+    """Where the largest |Δ| is, in each tensor's shape (unravelled a shape at a time).
+
+    Args:
+        values: the result table's rows `rows`.
+    """
     flat = values[:, c.FD + c.MAX_ABS_AT]
     out: list[list[int] | None] = [None] * len(values)
     defined = np.flatnonzero(~np.isnan(flat))
     by_shape: dict[tuple, list[int]] = {}
-    for i in defined.tolist():
-        by_shape.setdefault(catalog.a.shape[i] or catalog.b.shape[i] or (), []).append(i)
+    for j in defined.tolist():
+        i = rows[j]
+        by_shape.setdefault(catalog.a.shape[i] or catalog.b.shape[i] or (), []).append(j)
     for shape, members in by_shape.items():
         if not shape:
-            for i in members:
-                out[i] = []
+            for j in members:
+                out[j] = []
             continue
         where = np.stack(np.unravel_index(flat[members].astype(np.int64), shape), axis=1).tolist()
-        for i, index in zip(members, where):
-            out[i] = index
+        for j, index in zip(members, where):
+            out[j] = index
     return out
 
 
-def undefined_reasons(catalog: Catalog, values: np.ndarray) -> list[dict]:
-    """Why each undefined figure of the difference is undefined (shared dicts, one per case)."""
+def undefined_reasons(numel: np.ndarray, values: np.ndarray) -> list[dict]:
+    """Why each undefined figure of the difference is undefined (shared dicts, one per case).
+
+    Args:
+        numel, values: of the same pairs.
+    """
     d = values[:, c.FD:]
     code = (np.isnan(d[:, c.MAX_ABS_AT]).astype(np.int64) | np.isnan(d[:, c.REL_L2]) << 1
             | (np.isnan(d[:, c.SNR_DB]) & ~np.isnan(d[:, c.REL_L2])) << 2 | np.isnan(d[:, c.COSINE]) << 3)
     code = np.where(np.isnan(d[:, c.MAX_ABS]), 16, code)
-    code = np.where(catalog.numel == 0, 17, code)
+    code = np.where(numel == 0, 17, code)
     cases: dict[int, dict] = {}
     for k in set(code.tolist()):
         if k == 17:
@@ -121,13 +126,15 @@ def undefined_reasons(catalog: Catalog, values: np.ndarray) -> list[dict]:
     return [cases[k] for k in code.tolist()]
 
 
-def diff_columns(catalog: Catalog, values: np.ndarray) -> list[dict | None]:
+def diff_columns(catalog: Catalog, values: np.ndarray, rows: list[int]) -> list[dict | None]:
+    """The difference's dict per pair of `rows` (None where there is none); `values`: their rows."""
     d = values[:, c.FD:]
     floats = [d[:, k].tolist() for k in (c.MAX_ABS, c.MEAN_ABS, c.RMS, c.REL_L2, c.SNR_DB, c.COSINE,
                                          c.CHANGED_FRACTION, c.ATOL, c.RTOL)]
     counts = [np.nan_to_num(d[:, k]).astype(np.int64).tolist() for k in (c.FCHANGED, c.FMISMATCHED)]
     present = (~np.isnan(d[:, c.FCHANGED])).tolist()
-    indices, undefined = max_abs_indices(catalog, values), undefined_reasons(catalog, values)
+    indices = max_abs_indices(catalog, values, rows)
+    undefined = undefined_reasons(catalog.numel[rows], values)
     keys = (*DIFF_FLOATS, *DIFF_COUNTS, "max_abs_index", "undefined")
     return [dict(zip(keys, row[1:])) if row[0] else None
             for row in zip(present, *floats, *counts, indices, undefined)]
@@ -137,23 +144,62 @@ def pair_notes(catalog: Catalog, table: ResultTable, i: int) -> list[str]:
     return list(catalog.pair_notes.get(i, ())) + list(table.notes.get(i, ()))
 
 
-def document(catalog: Catalog, table: ResultTable, histograms: bool = False, spectra: dict | None = None,
-             side_notes: tuple[list[str], list[str] | None] | None = None) -> dict:
-    """The `diff --json` document of the pairs read (all of them, after a whole scan)."""
+TENSORS_AT_ONCE = 4096  # tensors encoded per call: a document is never whole in memory
+
+
+def write_json(write, head: dict, listed: str, pieces, tail) -> None:
+    """One JSON object on one line, handed to `write` a piece at a time: `head`'s keys, then
+    `listed`, a list made of the lists `pieces` yields, then the keys of the dict `tail()`
+    returns once they are written. orjson encodes it, and writes an undefined figure (NaN
+    here) as null."""
+    write(orjson.dumps(head)[:-1] + b',"' + listed.encode() + b'":[')
+    first = True
+    for piece in pieces:
+        if piece:
+            write((b"" if first else b",") + orjson.dumps(piece, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
+            first = False
+    write(b"]," + orjson.dumps(tail())[1:] + b"\n")
+
+
+def slices(table: ResultTable):
+    """The pairs read, `TENSORS_AT_ONCE` at a time."""
     read = np.flatnonzero(table.status != results.UNREAD)
-    values = table.values
-    columns = {
-        "name": catalog.names, "name_a": catalog.a.file_names(), "name_b": catalog.b.file_names(),
-        "status": [STATUSES[s] if s >= 0 else None for s in table.status.tolist()],
-        "dtype_a": stored_dtypes(catalog.a), "dtype_b": stored_dtypes(catalog.b),
-        "shape_a": shapes(catalog.a), "shape_b": shapes(catalog.b),
-        "a": stats_columns(values, c.FA), "b": stats_columns(values, c.FB), "diff": diff_columns(catalog, values),
-    }
-    keys = list(columns)
-    tensors = []
+    return (read[start:start + TENSORS_AT_ONCE] for start in range(0, len(read), TENSORS_AT_ONCE))
+
+
+def write_document(write, catalog: Catalog, table: ResultTable, histograms: bool = False,
+                   spectra: dict | None = None, side_notes: tuple[list[str], list[str] | None] | None = None,
+                   notes: list[str] = (), after: dict | None = None) -> None:
+    """The `diff --json` document of the pairs read (all of them, after a whole scan).
+
+    Args:
+        write: takes each piece of the document (bytes), which ends with a newline.
+        notes: added to the catalog's notes (the scan's plan notes).
+        after: keys that follow `summary` (an export's completeness).
+    """
+    notes_a, notes_b = side_notes or (None, None)
+    b = catalog.summary_b or catalog.summary_a
+    head = {"version": __version__, "a": side_json(catalog.summary_a, notes_a), "b": side_json(b, notes_b),
+            "notes": list(catalog.notes) + list(notes)}
+    columns = {"name": catalog.names, "name_a": catalog.a.file_names(), "name_b": catalog.b.file_names(),
+               "status": table.status.tolist(), "dtype_a": stored_dtypes(catalog.a),
+               "dtype_b": stored_dtypes(catalog.b), "shape_a": catalog.a.shape, "shape_b": catalog.b.shape}
+    pieces = (tensor_entries(catalog, table, columns, rows, histograms, spectra) for rows in slices(table))
+    write_json(write, head, "tensors", pieces, lambda: {"summary": summary(table)} | (after or {}))
+
+
+def tensor_entries(catalog: Catalog, table: ResultTable, columns: dict[str, list], rows: np.ndarray,
+                   histograms: bool, spectra: dict | None) -> list[dict]:
+    """The `tensors` entries of the pairs `rows`."""
+    index = rows.tolist()
+    values = table.values[rows]
+    stats_a, stats_b, diff = stats_columns(values, c.FA), stats_columns(values, c.FB), diff_columns(catalog, values, index)
     errors, notes = table.errors, table.notes
-    for i in read.tolist():
-        tensor = {key: columns[key][i] for key in keys}
+    out = []
+    for j, i in enumerate(index):
+        tensor = {key: column[i] for key, column in columns.items()}
+        tensor["status"] = STATUSES[tensor["status"]]
+        tensor["a"], tensor["b"], tensor["diff"] = stats_a[j], stats_b[j], diff[j]
         tensor["error"] = errors.get(i)
         tensor["notes"] = pair_notes(catalog, table, i) if i in notes or i in catalog.pair_notes else []
         if histograms:
@@ -161,16 +207,8 @@ def document(catalog: Catalog, table: ResultTable, histograms: bool = False, spe
         if spectra is not None:  # `diff --spectrum`: a `spectrum.Spectrum` for changed pairs of 2+ dimensions
             found = spectra.get(i)
             tensor["spectrum"] = asdict(found) if found is not None else None
-        tensors.append(tensor)
-    notes_a, notes_b = side_notes or (None, None)
-    b = catalog.summary_b or catalog.summary_a
-    return {"version": __version__, "a": side_json(catalog.summary_a, notes_a), "b": side_json(b, notes_b),
-            "notes": catalog.notes, "tensors": tensors, "summary": summary(table)}
-
-
-def dumps(doc: dict) -> bytes:
-    """One JSON document, compact (pipe it through `jq` to read it), NaN written as null."""
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        out.append(tensor)
+    return out
 
 
 # Text
@@ -232,35 +270,28 @@ def nonfinite_cells(values: np.ndarray) -> list[str]:
 
 def to_text(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str], list[str] | None] | None = None,
             notes: list[str] = ()) -> str:
+    """The text table of the pairs read, built a column at a time (100,000 rows in well under a second)."""
     lines = header_lines(catalog.summary_a, catalog.summary_b, catalog.notes + list(notes), side_notes)
     read = np.flatnonzero(table.status != results.UNREAD)
-    values = table.values
-    dtype_a, dtype_b = stored_dtypes(catalog.a), stored_dtypes(catalog.b)
+    index = read.tolist()
+    values = table.values[read]
     d = values[:, c.FD:]
-    rel, big, snr, cos = (d[:, k].tolist() for k in (c.REL_L2, c.MAX_ABS, c.SNR_DB, c.COSINE))
     has_diff = (~np.isnan(d[:, c.FCHANGED])).tolist()
-    nonfinite = nonfinite_cells(values)
-    undefined = undefined_reasons(catalog, values)
-    rows = []
-    for i in read.tolist():
-        status = STATUSES[table.status[i]]
-        dtype = arrow(dtype_a[i] or "-", dtype_b[i] or "-")
-        sa, sb = catalog.a.shape[i], catalog.b.shape[i]
-        dims = arrow(list(sa) if sa is not None else "-", list(sb) if sb is not None else "-")
-        if has_diff[i]:
-            figures = (figure(rel[i]), figure(big[i]), figure(snr[i], ".1f"), figure(cos[i], ".6f"))
-            why = [f"{k}: {v}" for k, v in undefined[i].items() if k in ("rel_l2", "max_abs", "cosine")]
-        else:
-            figures, why = ("",) * 4, []
-        if status in EQUAL:
-            why = []
-        error = table.errors.get(i)
-        detail = "; ".join(([error] if error else []) + pair_notes(catalog, table, i) + why)
-        rows.append((status, catalog.names[i], dtype, dims, *figures, nonfinite[i], detail))
-    if rows:
+
+    def figures(k: int, fmt: str = ".3g") -> list[str]:
+        return [figure(v, fmt) if shown else "" for v, shown in zip(d[:, k].tolist(), has_diff)]
+
+    dtype_a, dtype_b = stored_dtypes(catalog.a), stored_dtypes(catalog.b)
+    status = [STATUSES[s] for s in table.status[read].tolist()]
+    columns = [status, [catalog.names[i] for i in index],
+               [arrow(dtype_a[i] or "-", dtype_b[i] or "-") for i in index],
+               [arrow(shape_text(catalog.a.shape[i]), shape_text(catalog.b.shape[i])) for i in index],
+               figures(c.REL_L2), figures(c.MAX_ABS), figures(c.SNR_DB, ".1f"), figures(c.COSINE, ".6f"),
+               nonfinite_cells(values), details(catalog, table, index, values, has_diff, status)]
+    if index:
         lines.append("")
         lines += text_table(("status", "name", "dtype", "shape", "rel_l2", "max|Δ|", "SNR dB", "cosine", "NaN/Inf",
-                             ""), rows)
+                             ""), columns)
     lines.append("")
     counts = summary(table)
     if len(read):
@@ -272,34 +303,74 @@ def to_text(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str], l
     return "\n".join(lines)
 
 
-def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """Left-aligned columns; the name column (second) gives way first when the terminal is narrow."""
-    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+SHAPES: dict[tuple[int, ...] | None, str] = {None: "-"}  # a model has few distinct shapes
+
+
+def shape_text(shape: tuple[int, ...] | None) -> str:
+    text = SHAPES.get(shape)
+    if text is None:
+        text = SHAPES[shape] = str(list(shape))
+    return text
+
+
+def details(catalog: Catalog, table: ResultTable, index: list[int], values: np.ndarray, has_diff: list[bool],
+            status: list[str]) -> list[str]:
+    """The last column of each row: its error, notes and why a figure is undefined ('' for most)."""
+    why_of: dict[int, list[str]] = {}  # the reasons are shared dicts, one per case
+    undefined = undefined_reasons(catalog.numel[index], values)
+    out = []
+    for j, i in enumerate(index):
+        why = []
+        if has_diff[j] and status[j] not in EQUAL:
+            case = undefined[j]
+            if id(case) not in why_of:
+                why_of[id(case)] = [f"{k}: {v}" for k, v in case.items() if k in ("rel_l2", "max_abs", "cosine")]
+            why = why_of[id(case)]
+        error = table.errors.get(i)
+        noted = i in table.notes or i in catalog.pair_notes
+        out.append("; ".join(([error] if error else []) + (pair_notes(catalog, table, i) if noted else []) + why)
+                   if error or noted or why else "")
+    return out
+
+
+def text_table(header: tuple[str, ...], columns: list[list[str]]) -> list[str]:
+    """Left-aligned columns; the name column (second) gives way first when the terminal is narrow.
+
+    Args:
+        columns: one list of cells per header, all as long.
+    """
+    widths = [max(len(title), max(map(len, column), default=0)) for title, column in zip(header, columns)]
     room = shutil.get_terminal_size((200, 24)).columns
     others = sum(widths) - widths[1] - widths[-1] + 2 * (len(header) - 1)
     widths[1] = max(24, min(widths[1], room - others))
-    out = []
-    for row in (header, *rows):
-        cells = [str(x) for x in row]
-        if len(cells[1]) > widths[1]:
-            cells[1] = "…" + cells[1][-(widths[1] - 1):]
-        out.append("  ".join(x.ljust(w) for x, w in zip(cells[:-1], widths)).rstrip() +
-                   (f"  {cells[-1]}" if cells[-1] else ""))
-    return out
+    names = [name if len(name) <= widths[1] else "…" + name[-(widths[1] - 1):] for name in columns[1]]
+    padded = [[cell.ljust(width) for cell in column]
+              for column, width in zip([columns[0], names, *columns[2:-1]], widths[:-1])]
+    rows = [(*(title.ljust(width) for title, width in zip(header[:-1], widths)), header[-1]),
+            *zip(*padded, columns[-1])]
+    return ["  ".join(cells[:-1]).rstrip() + (f"  {cells[-1]}" if cells[-1] else "") for cells in rows]
 
 
 # One checkpoint (`inspect`)
 
 
-def inspect_json(catalog: Catalog, table: ResultTable) -> dict:
-    read = np.flatnonzero(table.status != results.UNREAD)
-    stats = stats_columns(table.values, c.FA)
-    dtypes, dims = stored_dtypes(catalog.a), shapes(catalog.a)
-    tensors = [{"name": catalog.names[i], "dtype": dtypes[i], "shape": dims[i], "tied_to": catalog.a.tied_to.get(i),
-                "error": error_of(table, i), "stats": stats[i]} for i in read.tolist()]
-    errors = sum(1 for t in tensors if t["error"])
-    return {"version": __version__, "checkpoint": side_json(catalog.summary_a), "tensors": tensors,
-            "summary": {"tensors": len(tensors), "error": errors, "nonfinite": nonfinite_count(table)}}
+def write_inspect(write, catalog: Catalog, table: ResultTable) -> None:
+    """The `inspect --json` document, handed to `write` a piece at a time (see `write_json`)."""
+    dtypes, shapes, tied_to = stored_dtypes(catalog.a), catalog.a.shape, catalog.a.tied_to
+    errors = 0
+
+    def entries(rows: np.ndarray) -> list[dict]:
+        nonlocal errors
+        stats = stats_columns(table.values[rows], c.FA)
+        out = [{"name": catalog.names[i], "dtype": dtypes[i], "shape": shapes[i], "tied_to": tied_to.get(i),
+                "error": error_of(table, i), "stats": stats[j]} for j, i in enumerate(rows.tolist())]
+        errors += sum(1 for t in out if t["error"])
+        return out
+
+    head = {"version": __version__, "checkpoint": side_json(catalog.summary_a)}
+    pieces = (entries(rows) for rows in slices(table))
+    write_json(write, head, "tensors", pieces,
+               lambda: {"summary": {"tensors": table.read, "error": errors, "nonfinite": nonfinite_count(table)}})
 
 
 def error_of(table: ResultTable, i: int) -> str | None:
@@ -312,21 +383,20 @@ def error_of(table: ResultTable, i: int) -> str | None:
 def inspect_text(catalog: Catalog, table: ResultTable) -> str:
     lines = header_lines(catalog.summary_a, None, [])
     read = np.flatnonzero(table.status != results.UNREAD)
-    values = table.values
+    index = read.tolist()
+    values = table.values[read]
+    counted = (~np.isnan(values[:, c.FA + c.FINITE])).tolist()
     dtypes = stored_dtypes(catalog.a)
-    nonfinite = nonfinite_cells(values)
-    rows = []
-    for i in read.tolist():
-        cells = [figure(values[i, c.FA + k]) if not np.isnan(values[i, c.FA + c.FINITE]) else ""
-                 for k in (c.MIN, c.MAX, c.MEAN, c.STD)]
-        tied = catalog.a.tied_to.get(i)
-        detail = error_of(table, i) or (f"tied to {tied}" if tied else "")
-        shape = catalog.a.shape[i]
-        rows.append((dtypes[i] or "-", catalog.names[i], str(list(shape)) if shape is not None else "-", *cells,
-                     nonfinite[i], detail))
-    if rows:
+    figures = [[figure(v) if shown else "" for v, shown in zip(values[:, c.FA + k].tolist(), counted)]
+               for k in (c.MIN, c.MAX, c.MEAN, c.STD)]
+    tied = catalog.a.tied_to
+    errors = [error_of(table, i) for i in index]
+    detail = [error or (f"tied to {tied[i]}" if i in tied else "") for error, i in zip(errors, index)]
+    columns = [[dtypes[i] or "-" for i in index], [catalog.names[i] for i in index],
+               [shape_text(catalog.a.shape[i]) for i in index], *figures, nonfinite_cells(values), detail]
+    if index:
         lines.append("")
-        lines += text_table(("dtype", "name", "shape", "min", "max", "mean", "std", "NaN/Inf", ""), rows)
-    errors = sum(1 for i in read.tolist() if error_of(table, i))
-    lines += ["", f"summary: {len(read):,} tensors, {nonfinite_count(table):,} with NaN/Inf, {errors:,} unreadable"]
+        lines += text_table(("dtype", "name", "shape", "min", "max", "mean", "std", "NaN/Inf", ""), columns)
+    unreadable = sum(1 for error in errors if error)
+    lines += ["", f"summary: {len(read):,} tensors, {nonfinite_count(table):,} with NaN/Inf, {unreadable:,} unreadable"]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from weightscope.compare import columns as c
 from weightscope.compare import results
 from weightscope.compare.catalog import Catalog
 from weightscope.compare.results import STATUSES, ResultTable
-from weightscope.report.diff import document, dumps, human, stored_dtypes, summary
+from weightscope.report.diff import human, stored_dtypes, summary, write_document
 
 
 def partial_line(catalog: Catalog, table: ResultTable) -> str | None:
@@ -73,8 +73,7 @@ def export(catalog: Catalog, table: ResultTable, directory: str | Path = ".") ->
     stem = Path(directory) / time.strftime("weightscope-%Y%m%d-%H%M%S")
     md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
     md.write_text(markdown(catalog, table), encoding="utf-8")
-    doc = document(catalog, table)
-    doc["complete"] = table.read == len(catalog)
-    doc["not_read"] = len(catalog) - table.read
-    js.write_bytes(dumps(doc))
+    with open(js, "wb") as out:
+        write_document(out.write, catalog, table,
+                       after={"complete": table.read == len(catalog), "not_read": len(catalog) - table.read})
     return md, js

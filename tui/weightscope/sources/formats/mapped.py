@@ -1,6 +1,15 @@
-"""Reading tensors that lie in a file as contiguous byte spans, through one private map."""
+"""Reading tensors that lie in a file as contiguous byte spans, through one private map.
+
+The scan reads plain tensors itself, with `pread` (`compare/reading.py`); a map serves the
+tensors a source must decode (GGUF blocks, FP8 with its scales) and the detail pane. Mapped
+pages count in the resident set until they are dropped, so a map drops its pages after every
+`RESIDENT` bytes it hands out: the data stays in the page cache, and an array still in use
+faults its pages back in from the file (the map is never written, so nothing is lost).
+"""
 
 from __future__ import annotations
+
+import mmap
 
 import numpy as np
 
@@ -10,12 +19,16 @@ from weightscope.sources.errors import CheckpointError
 from weightscope.sources.files import map_file
 
 
+RESIDENT = 256 << 20
+
+
 class MappedFile:
     """A `TensorSource` for tensors whose `span` is set: bytes come straight from the map."""
 
     def __init__(self, path: str):
         self.path = path
         self._map = None
+        self._handed = 0  # bytes handed out since the map's pages were last dropped
 
     def raw(self, info: TensorInfo) -> np.ndarray:
         start, end = info.span
@@ -28,6 +41,10 @@ class MappedFile:
                 raise TensorUnreadable(exc.problem) from None
         if self._map is None or end > len(self._map):  # the file shrank since its header was read
             raise TensorUnreadable(f"data ends at byte {end} but {self.path} is shorter now")
+        self._handed += end - start
+        if self._handed > RESIDENT:
+            self._map.madvise(mmap.MADV_DONTNEED)
+            self._handed = end - start
         return np.frombuffer(self._map, np.uint8, count=end - start, offset=start)
 
     def plain(self, info: TensorInfo) -> bool:
