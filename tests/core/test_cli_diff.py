@@ -227,7 +227,7 @@ class TestFailuresSpeak:
         def broken(*args, **kwargs):
             raise KeyError("a bug")
 
-        monkeypatch.setattr(report, "to_text", broken)
+        monkeypatch.setattr(report, "text_lines", broken)
         _, base, _, tuned = pair
         code, out, err = run(capsys, base, tuned)
         assert code == 2 and out == ""

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from itertools import islice
 
 from weightscope import __version__
 
@@ -252,9 +253,15 @@ def write(text: str | bytes) -> None:
     sys.stdout.flush()
 
 
+def write_lines(lines) -> None:
+    """Lines to stdout, a few thousand at a time (a 100,000-row table is never whole in memory)."""
+    for chunk in iter(lambda: list(islice(lines, 4096)), []):
+        write("\n".join(chunk))
+
+
 def run_diff(args) -> int:
     from weightscope.compare.checks import Expectations, failures
-    from weightscope.report.diff import exit_status, to_text, write_document
+    from weightscope.report.diff import exit_status, text_lines, write_document
 
     if args.spectrum and not args.json:
         raise Failure("--spectrum adds to the JSON document: use it with --json")
@@ -266,7 +273,7 @@ def run_diff(args) -> int:
             spectra = run.ask("spectra") if args.spectrum else None
             write_document(write, run.catalog, run.table, args.histograms, spectra, run.side_notes, run.plan_notes)
         else:
-            write(to_text(run.catalog, run.table, run.side_notes, run.plan_notes))
+            write_lines(text_lines(run.catalog, run.table, run.side_notes, run.plan_notes))
     finally:
         run.close()
     if run.problems:
@@ -283,14 +290,14 @@ def run_inspect(args) -> int:
     import numpy as np
 
     from weightscope.compare import columns as c
-    from weightscope.report.diff import inspect_text, nonfinite_text, write_inspect
+    from weightscope.report.diff import inspect_lines, nonfinite_text, write_inspect
 
     run = Run(job_of(args, None), "reading")
     try:
         if args.json:
             write_inspect(write, run.catalog, run.table)
         else:
-            write(inspect_text(run.catalog, run.table))
+            write_lines(inspect_lines(run.catalog, run.table))
     finally:
         run.close()
     if run.problems:

@@ -268,10 +268,10 @@ def nonfinite_cells(values: np.ndarray) -> list[str]:
     return out
 
 
-def to_text(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str], list[str] | None] | None = None,
-            notes: list[str] = ()) -> str:
-    """The text table of the pairs read, built a column at a time (100,000 rows in well under a second)."""
-    lines = header_lines(catalog.summary_a, catalog.summary_b, catalog.notes + list(notes), side_notes)
+def text_lines(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str], list[str] | None] | None = None,
+               notes: list[str] = ()):
+    """The text table of the pairs read, a line at a time, its cells made a column at a time."""
+    yield from header_lines(catalog.summary_a, catalog.summary_b, catalog.notes + list(notes), side_notes)
     read = np.flatnonzero(table.status != results.UNREAD)
     index = read.tolist()
     values = table.values[read]
@@ -289,18 +289,16 @@ def to_text(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str], l
                figures(c.REL_L2), figures(c.MAX_ABS), figures(c.SNR_DB, ".1f"), figures(c.COSINE, ".6f"),
                nonfinite_cells(values), details(catalog, table, index, values, has_diff, status)]
     if index:
-        lines.append("")
-        lines += text_table(("status", "name", "dtype", "shape", "rel_l2", "max|Δ|", "SNR dB", "cosine", "NaN/Inf",
-                             ""), columns)
-    lines.append("")
-    counts = summary(table)
+        yield ""
+        yield from text_table(("status", "name", "dtype", "shape", "rel_l2", "max|Δ|", "SNR dB", "cosine", "NaN/Inf",
+                               ""), columns)
+    yield ""
     if len(read):
-        line = "summary: " + ", ".join(f"{n:,} {s}" for s, n in counts.items() if n)
+        line = "summary: " + ", ".join(f"{n:,} {s}" for s, n in summary(table).items() if n)
         bad = nonfinite_count(table)
-        lines.append(line + (f"; {bad:,} with NaN/Inf" if bad else ""))
+        yield line + (f"; {bad:,} with NaN/Inf" if bad else "")
     else:
-        lines.append("summary: no tensors")
-    return "\n".join(lines)
+        yield "summary: no tensors"
 
 
 SHAPES: dict[tuple[int, ...] | None, str] = {None: "-"}  # a model has few distinct shapes
@@ -333,8 +331,9 @@ def details(catalog: Catalog, table: ResultTable, index: list[int], values: np.n
     return out
 
 
-def text_table(header: tuple[str, ...], columns: list[list[str]]) -> list[str]:
-    """Left-aligned columns; the name column (second) gives way first when the terminal is narrow.
+def text_table(header: tuple[str, ...], columns: list[list[str]]):
+    """Left-aligned columns, a line at a time; the name column (second) gives way first when
+    the terminal is narrow.
 
     Args:
         columns: one list of cells per header, all as long.
@@ -342,13 +341,11 @@ def text_table(header: tuple[str, ...], columns: list[list[str]]) -> list[str]:
     widths = [max(len(title), max(map(len, column), default=0)) for title, column in zip(header, columns)]
     room = shutil.get_terminal_size((200, 24)).columns
     others = sum(widths) - widths[1] - widths[-1] + 2 * (len(header) - 1)
-    widths[1] = max(24, min(widths[1], room - others))
-    names = [name if len(name) <= widths[1] else "…" + name[-(widths[1] - 1):] for name in columns[1]]
-    padded = [[cell.ljust(width) for cell in column]
-              for column, width in zip([columns[0], names, *columns[2:-1]], widths[:-1])]
-    rows = [(*(title.ljust(width) for title, width in zip(header[:-1], widths)), header[-1]),
-            *zip(*padded, columns[-1])]
-    return ["  ".join(cells[:-1]).rstrip() + (f"  {cells[-1]}" if cells[-1] else "") for cells in rows]
+    widths[1] = width = max(24, min(widths[1], room - others))
+    names = (name if len(name) <= width else "…" + name[-(width - 1):] for name in columns[1])
+    for cells in [header, *zip(columns[0], names, *columns[2:])]:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(cells[:-1], widths)).rstrip()
+        yield line + f"  {cells[-1]}" if cells[-1] else line
 
 
 # One checkpoint (`inspect`)
@@ -380,8 +377,9 @@ def error_of(table: ResultTable, i: int) -> str | None:
     return table.errors.get(i) or next(iter(table.notes.get(i, ())), None)
 
 
-def inspect_text(catalog: Catalog, table: ResultTable) -> str:
-    lines = header_lines(catalog.summary_a, None, [])
+def inspect_lines(catalog: Catalog, table: ResultTable):
+    """`inspect`'s text table, a line at a time."""
+    yield from header_lines(catalog.summary_a, None, [])
     read = np.flatnonzero(table.status != results.UNREAD)
     index = read.tolist()
     values = table.values[read]
@@ -395,8 +393,8 @@ def inspect_text(catalog: Catalog, table: ResultTable) -> str:
     columns = [[dtypes[i] or "-" for i in index], [catalog.names[i] for i in index],
                [shape_text(catalog.a.shape[i]) for i in index], *figures, nonfinite_cells(values), detail]
     if index:
-        lines.append("")
-        lines += text_table(("dtype", "name", "shape", "min", "max", "mean", "std", "NaN/Inf", ""), columns)
+        yield ""
+        yield from text_table(("dtype", "name", "shape", "min", "max", "mean", "std", "NaN/Inf", ""), columns)
     unreadable = sum(1 for error in errors if error)
-    lines += ["", f"summary: {len(read):,} tensors, {nonfinite_count(table):,} with NaN/Inf, {unreadable:,} unreadable"]
-    return "\n".join(lines)
+    yield ""
+    yield f"summary: {len(read):,} tensors, {nonfinite_count(table):,} with NaN/Inf, {unreadable:,} unreadable"
