@@ -46,6 +46,7 @@ DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the 
 FILTER_DELAY = 0.15
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
 GROUP_REDRAW = 0.5  # seconds between redraws of a group's figures while the scan runs
+REDRAW = 0.1  # seconds between redraws of the badges and the progress bar while results come in
 NARROW = 110  # columns under which the detail pane stacks its plots below the figures
 VIEWS = ("histograms", "spectrum", "map")
 
@@ -126,6 +127,9 @@ class WeightscopeApp(App[None]):
         self.looking: int = 0  # n or N pressed with nothing found yet: the step to take once something is
         self.pending_reveal: str | None = None
         self.filter_submitted_early = False  # Enter in the filter box before the headers were read
+        self.diff_tree: DiffTree | None = None  # mounted once the checkpoints are open
+        self.progress = (0, 1)  # bytes scanned, of
+        self._redraw_timer: Timer | None = None
 
     @property
     def single(self) -> bool:
@@ -134,7 +138,7 @@ class WeightscopeApp(App[None]):
     @property
     def ready(self) -> bool:
         """The checkpoints are open and their tree is shown."""
-        return self.names is not None and bool(self.query(DiffTree))
+        return self.diff_tree is not None and self.diff_tree.is_attached
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="title-bar"):
@@ -232,7 +236,7 @@ class WeightscopeApp(App[None]):
         self.names = message.tree
         self.natural = self.names.order
         self.rollup = self.rollup_of(self.names)
-        tree = DiffTree(self.catalog, self.names, self.rollup, single=self.single, id="tree")
+        tree = self.diff_tree = DiffTree(self.catalog, self.names, self.rollup, single=self.single, id="tree")
         self.query_one(DetailPane).single = self.single
         area = self.query_one("#tree-area")
         area.query_one("#placeholder").remove()
@@ -272,14 +276,23 @@ class WeightscopeApp(App[None]):
         self.take(message.batch)
         self.engine.send(msg.Ack(message.number))  # taken: the next may come
         self.read_so_far = self.table.read
-        progress = self.query_one("#progress", ProgressBar)
-        progress.display = not self.scan_done
-        progress.update(total=max(message.total, 1), progress=message.done)
-        self.query_one(DiffTree).refresh_lines()
+        self.progress = (message.done, max(message.total, 1))
         if self.looking:
             self.step_diff(self.looking, quiet=True)
-        # A group in the pane: its counts and ranking moved on. Redrawn a few times a second, not
-        # with every batch: each redraw lays the pane out again, time the keys should have.
+        if self._redraw_timer is None:  # what the results change is drawn a few times a second, not per message
+            self._redraw_timer = self.set_timer(REDRAW, self.redraw_scan)
+
+    def redraw_scan(self) -> None:
+        """The progress bar, the tree's badges and roll-ups, and a group's figures, as the scan has them now."""
+        self._redraw_timer = None
+        if not self.ready:
+            return
+        progress = self.query_one("#progress", ProgressBar)
+        progress.display = not self.scan_done
+        progress.update(progress=self.progress[0], total=self.progress[1])
+        self.diff_tree.refresh_lines()
+        # A group in the pane: its counts and ranking moved on. Redrawn less often: each redraw
+        # lays the pane out again, time the keys should have.
         now = time.monotonic()
         if self.shown is not None and self.names.pair[self.shown] < 0 and now - self.group_drawn > GROUP_REDRAW:
             self.show_group(self.shown)
