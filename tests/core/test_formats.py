@@ -93,6 +93,60 @@ class TestSafetensors:
         assert torch.equal(c.load("b"), torch.tensor([1.5, -2.0], dtype=torch.float64))
 
 
+class TestWellFormedHeaders:
+    """Nearly every header is parsed and type-checked in one compiled pass; anything unusual goes the
+    careful way, entry by entry. Both ways must read a file alike."""
+
+    @staticmethod
+    def both_ways(path, monkeypatch):
+        from weightscope.sources.formats import safetensors as st
+
+        quick = st.SafetensorsFile(str(path))
+        with monkeypatch.context() as m:
+            m.setattr(st, "read_well_formed", lambda *args: None)
+            careful = st.SafetensorsFile(str(path))
+        return quick, careful
+
+    def test_real_files_read_alike(self, ck, tmp_path, monkeypatch):
+        """Files from the safetensors library itself (metadata, every edge dtype and shape) go the
+        quick way and read exactly as the careful way reads them."""
+        from weightscope.sources.formats import safetensors as st
+
+        sd = {**EDGE, **ck.llama_like(0, layers=1), "h": torch.ones(2, dtype=torch.float16)}
+        path = ck.write_safetensors(tmp_path / "m.safetensors", sd, metadata={"format": "pt", "k": "v"})
+        blob = path.read_bytes()
+        length = int.from_bytes(blob[:8], "little")
+        assert st.read_well_formed(blob[8:8 + length], str(path), 8 + length, len(blob) - 8 - length) is not None
+        quick, careful = self.both_ways(path, monkeypatch)
+        assert quick.tensors == careful.tensors and len(quick.tensors) == len(sd)
+        assert quick.metadata == careful.metadata == {"format": "pt", "k": "v"}
+        assert quick.notes == careful.notes == []
+
+    @pytest.mark.parametrize("edit", [
+        pytest.param(lambda h: h["b"].update(extra="x"), id="an extra field"),
+        pytest.param(lambda h: h.update({'q"uote': h.pop("b")}), id="an escaped name"),
+        pytest.param(lambda h: h.update(__metadata__={"n": 1}), id="metadata not strings"),
+    ])
+    def test_unusual_headers_go_the_careful_way(self, ck, tmp_path, monkeypatch, edit):
+        """What the quick way does not vouch for is read the careful way, with the same result."""
+        from weightscope.sources.formats import safetensors as st
+
+        header, data = ck.packed({"a": torch.arange(4.0), "b": torch.ones(2, 2)})
+        edit(header)
+        text = json.dumps(header).encode()
+        assert st.read_well_formed(text, "m", 8 + len(text), len(data)) is None
+        (tmp_path / "m.safetensors").write_bytes(ck.safetensors_bytes(text.decode(), data))
+        quick, careful = self.both_ways(tmp_path / "m.safetensors", monkeypatch)
+        assert quick.tensors == careful.tensors and quick.notes == careful.notes
+
+    def test_a_field_given_twice_is_refused(self, ck, tmp_path, opened):
+        """A key repeated inside an entry would keep only its last value: the careful way names it."""
+        entry = '{"dtype": "F32", "shape": [1], "shape": [1], "data_offsets": [0, 4]}'
+        (tmp_path / "m.safetensors").write_bytes(ck.safetensors_bytes(f'{{"w": {entry}}}', b"\0" * 4))
+        with pytest.raises(CheckpointError, match="duplicate key 'shape'"):
+            opened(tmp_path / "m.safetensors")
+
+
 class TestTorchZip:
     def test_lists_and_loads(self, ck, tmp_path, opened):
         """A zip-format torch.save file lists every tensor and reads each through the file's map."""
