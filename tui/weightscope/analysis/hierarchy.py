@@ -83,7 +83,7 @@ class NameTree:
         pattern: the filter that kept these pairs ("" for all).
     """
 
-    parts: list[str]
+    parts: tuple[str, ...]
     parent: np.ndarray
     pair: np.ndarray
     end: np.ndarray
@@ -183,7 +183,7 @@ def build(catalog: Catalog, pattern: str = "") -> NameTree:
     node_of = np.full(len(names), -1, np.int64)
     leaves = np.flatnonzero(pair >= 0)
     node_of[pair[leaves]] = leaves
-    parts = [""] + [distinct[r] for r in rows[new].tolist()]
+    parts = ("", *map(distinct.__getitem__, rows[new].tolist()))  # a tuple: see `catalog`
     return NameTree(parts, parent, pair, end, lo, hi, order, position, node_of, pattern)
 
 

@@ -3,8 +3,12 @@
 `Pair` and `TensorInfo` objects are what the sources and the alignment produce, one per
 tensor: right for reading files, wrong for 100,000 tensors in the app's process, where
 building, moving and garbage-collecting them costs seconds. A `Catalog` holds the same facts
-as lists and arrays (one entry per pair, in alignment order), crosses a process boundary in
+as tuples and arrays (one entry per pair, in alignment order), crosses a process boundary in
 one message, and gives back a `Pair` for the one pair a view needs.
+
+Columns of names, dtypes and shapes are tuples, not lists: the cyclic collector stops
+looking into a tuple of strings once it has seen it, but walks a list's every item at every
+full collection (tens of milliseconds for 100,000 names, time a key would wait for).
 """
 
 from __future__ import annotations
@@ -58,9 +62,9 @@ class Side:
         sparse fields: only the pairs that have one.
     """
 
-    name: list[str | None]
-    dtype: list[str | None]
-    shape: list[tuple[int, ...] | None]
+    name: tuple[str | None, ...]
+    dtype: tuple[str | None, ...]
+    shape: tuple[tuple[int, ...] | None, ...]
     file: np.ndarray  # int32 index into `Catalog.files`
     start: np.ndarray  # int64 byte offset of the data (-1 without a span)
     end: np.ndarray
@@ -94,11 +98,11 @@ class Side:
         return TensorInfo(self.name[i], self.dtype[i], self.shape[i], files[self.file[i]], span, self.tied_to.get(i),
                           self.error.get(i), self.origin.get(i), self.quant.get(i), self.stored_name.get(i))
 
-    def file_names(self) -> list[str | None]:
+    def file_names(self) -> tuple[str | None, ...]:
         """Each tensor's name as its file stores it (a script can look it up there)."""
         if not self.stored_name:
             return self.name
-        return [self.stored_name.get(i, name) for i, name in enumerate(self.name)]
+        return tuple(self.stored_name.get(i, name) for i, name in enumerate(self.name))
 
 
 @dataclass
@@ -114,7 +118,7 @@ class Catalog:
         single: one checkpoint browsed alone.
     """
 
-    names: list[str]
+    names: tuple[str, ...]
     a: Side
     b: Side
     files: list[str]
@@ -181,7 +185,7 @@ def side_column(infos: list[TensorInfo | None], files: dict[str, int], checkpoin
     numel = [math.prod(shape) if shape is not None else 0 for shape in shapes]
     quant = sparse([info.quant for info in got])
     nbytes = [count * ITEMSIZE.get(dtype or "", 0) for count, dtype in zip(numel, dtypes)]
-    side = Side(column([info.name for info in got]), column(dtypes), column(shapes),
+    side = Side(tuple(column([info.name for info in got])), tuple(column(dtypes)), tuple(column(shapes)),
                 np.array(column([files.setdefault(info.file, len(files)) for info in got], -1), np.int32),
                 np.array(column([s for s, _ in spans], -1), np.int64), np.array(column([e for _, e in spans], -1), np.int64),
                 np.array(column(numel, 0), np.int64), np.array(column(nbytes, 0), np.int64),
@@ -208,7 +212,7 @@ def build(a: Checkpoint, b: Checkpoint | None, alignment: Alignment) -> Catalog:
     side_a = side_column([p.a for p in pairs], files, a)
     side_b = side_column([p.b for p in pairs], files, b if b is not None else a)
     pair_notes = {i: p.notes for i, p in enumerate(pairs) if p.notes}
-    return Catalog([p.name for p in pairs], side_a, side_b, list(files), known_column(side_a, side_b),
+    return Catalog(tuple(p.name for p in pairs), side_a, side_b, list(files), known_column(side_a, side_b),
                    SideSummary.of(a, side_a), SideSummary.of(b, side_b) if b is not None else None, list(alignment.notes),
                    pair_notes, b is None)
 

@@ -32,7 +32,7 @@ from weightscope.compare import results
 from weightscope.compare.results import Batch, ResultTable
 from weightscope.compare.scan import Assembler, PairJob, UnitOutput
 from weightscope.engine import protocol as msg
-from weightscope.engine.worker import Done, Opened, Task, fault, serve
+from weightscope.engine.worker import NICE, Done, Opened, Task, fault, serve
 from weightscope.sources.errors import CheckpointError, one_line
 
 CACHED_SLICE = 5000  # cached results per message: the client takes each before the next few come
@@ -147,6 +147,7 @@ class Server:
         self.a, self.b = a, b or a
         self.table = ResultTable(len(self.catalog))
         self.send(msg.Opened(self.catalog, tree))
+        os.nice(NICE)  # opened at full speed, the tree awaited; from now on the app's drawing goes first
         self.start_local_worker()
         self.loop()
 
