@@ -20,6 +20,7 @@ import weightscope.ui.app as app_module
 from weightscope.engine import protocol as msg
 from weightscope.ui.app import WeightscopeApp
 from weightscope.ui.screens.help import HelpScreen
+from weightscope.ui.screens.notes import NotesScreen
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.detail import DetailPane
 from weightscope.ui.widgets.diff_tree import DiffTree
@@ -543,6 +544,55 @@ async def test_question_mark_opens_help_and_escape_closes_it(demo):
         await pilot.press("question_mark", "q")  # q closes the help, it does not quit
         assert not isinstance(app.screen, HelpScreen) and app.return_code is None
         assert app.query_one(DiffTree).has_focus
+
+
+def write_gguf_q8(path, sd: dict[str, torch.Tensor]) -> None:
+    """`sd` as llama.cpp's converter writes a Llama model, its matrices as Q8_0 (Q and K permuted)."""
+    import gguf
+
+    layers = 1 + max(int(n.split(".")[2]) for n in sd if n.startswith("model.layers."))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    for name, tensor in sd.items():
+        data = tensor.numpy()
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            data = data.reshape(2, 2, data.shape[0] // 4, -1).swapaxes(1, 2).reshape(data.shape)
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if data.ndim == 2:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(gguf_name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+async def test_i_lists_every_note_under_the_side_it_concerns(ck, tmp_path):
+    """The title counts the notes and names the key; `i` lists them: a GGUF side's dequantizing
+    and its rows put back, under B; Escape closes the list."""
+    sd = ck.llama_like(0, hidden=32)
+    a = ck.write_safetensors(tmp_path / "model.safetensors", sd)
+    write_gguf_q8(tmp_path / "model.gguf", sd)
+    app = open_app(a, tmp_path / "model.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        title = static_text(app, "#title")
+        count = sum(len(notes) for _, notes in app.notes())
+        assert count >= 2 and f"{count} notes (i)" in title, title
+        await pilot.press("i")
+        assert isinstance(app.screen, NotesScreen)
+        shown = screen_text(app)
+        b = shown.index("B  ")
+        assert shown.index("A  ") < b < shown.index("A and B paired")
+        assert "dequantized" in shown[b:] and "Q8_0" in shown[b:], shown
+        assert "put back" in shown[b:], shown
+        await pilot.press("escape")
+        assert not isinstance(app.screen, NotesScreen) and app.query_one(DiffTree).has_focus
 
 
 async def test_q_quits(demo):

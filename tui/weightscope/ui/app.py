@@ -37,6 +37,7 @@ from weightscope.engine.client import Engine
 from weightscope.report.diff import human
 from weightscope.ui.messages import FromEngine
 from weightscope.ui.screens.help import HelpScreen
+from weightscope.ui.screens.notes import NotesScreen
 from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen
 from weightscope.ui.widgets.detail import DetailPane, Group
@@ -79,6 +80,7 @@ class WeightscopeApp(App[None]):
         Binding("t", "table", "Table", tooltip="Every pair in a sortable table"),
         Binding("a", "next_anomaly", "Anomaly", tooltip="Cycle through what deserves a look"),
         Binding("e", "export", "Export", tooltip="Write the comparison as Markdown and JSON", show=False),
+        Binding("i", "notes", "Notes", tooltip="How the checkpoints were read: every note", show=False),
         Binding("v", "cycle_view", "View", tooltip="Histograms, spectrum, or where in the matrix the change sits"),
         Binding("L", "toggle_log", "Log scale", tooltip="Histogram counts and singular values on a log scale",
                 show=False),
@@ -252,13 +254,18 @@ class WeightscopeApp(App[None]):
     def show_counts(self) -> None:
         catalog = self.catalog
         counts = f"{catalog.summary_a.tensors:,}" + ("" if self.single else f" | {catalog.summary_b.tensors:,}")
-        notes = len(self.notes())
-        self.query_one("#title", Static).update(self.title_text(f"{counts} tensors" + (f", {notes} notes" if notes else "")))
+        notes = sum(len(section) for _, section in self.notes())
+        told = f", {notes:,} note{'' if notes == 1 else 's'} (i)" if notes else ""
+        self.query_one("#title", Static).update(self.title_text(f"{counts} tensors{told}"))
 
-    def notes(self) -> list[str]:
-        sides = self.side_notes or (self.catalog.summary_a.notes,
-                                    self.catalog.summary_b.notes if self.catalog.summary_b else [])
-        return list(sides[0]) + list(sides[1] or []) + list(self.catalog.notes)
+    def notes(self) -> list[tuple[str, list[str]]]:
+        """(heading, notes) of each side, and of how their names were paired."""
+        a, b = self.side_notes or (self.catalog.summary_a.notes,
+                                   self.catalog.summary_b.notes if self.catalog.summary_b else None)
+        sections = [(f"A  {self.paths[0]}", list(a))]
+        if not self.single:
+            sections += [(f"B  {self.paths[1]}", list(b or [])), ("A and B paired", list(self.catalog.notes))]
+        return sections
 
     def rollup_of(self, names: NameTree) -> Rollup:
         return Rollup(names, self.badge, self.table.values[:, c.FD + c.REL_L2], self.catalog.numel)
@@ -456,6 +463,10 @@ class WeightscopeApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_notes(self) -> None:
+        if self.catalog is not None:
+            self.push_screen(NotesScreen(self.notes()))
 
     def so_far(self) -> str:
         """How much of the scan is read, while it runs ('' once it is done)."""

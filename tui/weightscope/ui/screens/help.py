@@ -22,6 +22,7 @@ KEYS = [
     ("t", "table of every pair; digits sort by a column"),
     ("a", "next anomaly: NaN/Inf, shape or dtype change, one side only, outlier change"),
     ("e", "export the comparison as Markdown and JSON"),
+    ("i", "notes: how each checkpoint was read, how the names were paired"),
     ("v", "detail view: histograms → spectrum (singular values of Δ) → change map (where in the matrix)"),
     ("L", "log scale: histogram counts, singular values"),
     ("c", "copy the tensor name (OSC 52, works over SSH)"),
