@@ -115,6 +115,22 @@ class TestNames:
         assert "LoRA factor A" in b.roles[f"{Q0}.lora_A.weight"]
         assert {n for n, s in found.items() if s == "identical"} == set(sd) - set(b.modules)
 
+    def test_factors_are_not_differences(self, ck, tmp_path, base, capsys):
+        """`diff` shows the factors with status "factor" and counts them apart: an untrained
+        adapter (lora_B zero) over its base differs in nothing, exit 0, though B has 4 tensors more."""
+        _, path = base
+        tensors = factors(Q0, 8, HIDDEN, HIDDEN, 1) | factors(V0, 8, HIDDEN, HIDDEN, 2)
+        untrained = write_adapter(ck, tmp_path / "untrained", {n: torch.zeros_like(t) if ".lora_B." in n else t
+                                                               for n, t in tensors.items()})
+        assert main(["diff", str(path), str(untrained), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        found = {t["name"]: t["status"] for t in doc["tensors"]}
+        assert found[f"{Q0}.lora_A.weight"] == found[f"{V0}.lora_B.weight"] == "factor"
+        assert doc["lora_factors"] == 4 and "only_b" not in found.values()
+        assert doc["summary"]["identical"] == len(doc["tensors"]) - 4
+        assert main(["diff", str(path), str(write_adapter(ck, tmp_path / "trained", tensors))]) == 1
+        assert "summary: 19 identical, 2 changed; 4 LoRA factors beside them, not counted" in capsys.readouterr().out
+
     def test_base_without_model_prefix(self, ck, tmp_path, opened_pair):
         """A base saved without the `model.` prefix (the bare transformer) still takes the adapter."""
         sd = {n.removeprefix("model."): t for n, t in ck.llama_like(0, hidden=HIDDEN, vocab=VOCAB).items()}
@@ -363,7 +379,7 @@ class TestWrappedStateDict:
         wrapped = ck.write_safetensors(tmp_path / "wrapped.safetensors", self.wrapped(sd, tensors))
         runs = (([], "identical"), (["--lora-alpha", "16"], "changed"), (["--lora-scaling", "0"], "identical"))
         for argv, status in runs:
-            assert main(["diff", str(path), str(wrapped), "--json", *argv]) == 1  # the factors are B's alone
+            assert main(["diff", str(path), str(wrapped), "--json", *argv]) == 1  # lm_head, saved whole, changed
             doc = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
             assert doc[f"{Q0}.weight"]["status"] == status, argv  # never a result cached for another scaling
         assert main(["diff", str(path), str(wrapped), "--lora-alpha", "16", "--lora-scaling", "2"]) == 2

@@ -13,7 +13,7 @@ import torch
 from weightscope.cli import main
 
 # The shape issue 2 fixes ("later issues add fields, never rename these").
-TOP = {"version", "a", "b", "tensors", "summary"}
+TOP = {"version", "a", "b", "tensors", "summary", "lora_factors"}
 SIDE = {"path", "format", "files", "tensors", "parameters", "bytes", "notes"}
 TENSOR = {"name", "name_a", "name_b", "status", "dtype_a", "dtype_b", "shape_a", "shape_b", "error", "notes"}
 SUMMARY = {"identical", "value_equal", "changed", "shape_mismatch", "only_a", "only_b", "error"}
@@ -56,10 +56,11 @@ def check_document(doc: dict) -> None:
         assert all(isinstance(f, str) for f in s["files"]) and all(isinstance(n, str) for n in s["notes"])
         assert all(isinstance(s[k], int) and not isinstance(s[k], bool) for k in ("tensors", "parameters", "bytes"))
     check_keys("summary", doc["summary"], SUMMARY, SUMMARY_EXTRA)
-    assert sum(doc["summary"].values()) == len(doc["tensors"])
+    factors = [t for t in doc["tensors"] if t["status"] == "factor"]
+    assert sum(doc["summary"].values()) + len(factors) == len(doc["tensors"]) and doc["lora_factors"] == len(factors)
     for t in doc["tensors"]:
         check_keys(f"tensor {t.get('name')}", t, TENSOR, TENSOR_EXTRA)
-        assert t["status"] in doc["summary"]
+        assert t["status"] in doc["summary"] or t["status"] == "factor"
         for side in ("a", "b"):
             assert t[f"name_{side}"] is None or isinstance(t[f"name_{side}"], str)
             assert t[f"dtype_{side}"] is None or t[f"dtype_{side}"] in ("float32", "bfloat16", "float16", "int64")

@@ -242,6 +242,42 @@ async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck
         assert "model.layers.0.self_attn.q_proj.weight" in noted
 
 
+async def test_a_lora_adapters_factors_are_browsable_but_no_difference(ck, tmp_path):
+    """Base against its adapter: the factors sit beside the weight they change, badged ƒ; the
+    groups count the weights alone (1 of 20 differs, not 3 of 22); `n` goes to the changed
+    weight, never to a factor; `a` finds no "only in B"."""
+    base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=16, vocab=64))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    ck.write_safetensors(adapter / "adapter_model.safetensors",
+                         {f"{module}.lora_A.weight": torch.randn(8, 16, generator=gen),
+                          f"{module}.lora_B.weight": torch.randn(16, 8, generator=gen)})
+    (adapter / "adapter_config.json").write_text(
+        '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
+    notes = record_notifications(app := open_app(base, adapter))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        q = "model.layers.0.self_attn.q_proj"
+        assert status_of(app, f"{q}.lora_A.weight") == status_of(app, f"{q}.lora_B.weight") == "factor"
+        assert status_of(app, f"{q}.weight") == "changed"
+        root = next(line for line in tree_lines(app) if line.lstrip("▶▼ ").startswith("model"))
+        assert root.split()[-2] == "1/20", root
+        await pilot.press("n")
+        await settle(pilot)
+        assert shown_name(app) == f"{q}.weight"
+        await pilot.press("n")
+        await settle(pilot)
+        assert shown_name(app) == f"{q}.weight"  # the only difference: n comes back to it
+        await pilot.press("a")
+        await settle(pilot)
+        assert not any("only in B" in note for note in notes), notes
+        await pilot.press("slash", *"lora_A", "enter")
+        await settle(pilot)
+        assert any(line.split()[:2] == ["▶", "ƒ"] or " ƒ " in line for line in tree_lines(app)), tree_lines(app)
+
+
 async def test_a_reopened_pair_takes_its_cached_results_and_keys_pressed_meanwhile(pair):
     """Reopened, the results come from the cache, each message acknowledged once taken. A
     tensor selected and `n` pressed before they are in: the tensor's figures come all the

@@ -36,7 +36,7 @@ async def test_a_failed_job_speaks_and_the_rest_goes_on(demo_root, monkeypatch, 
         await wait_for(pilot, lambda: any(n.startswith(said) for n in notes))
         status = app.query_one("#status-line", Static)
         assert status.display and static_text(app, "#status-line").startswith(said)
-        assert said in screen_text(app)
+        await wait_for(pilot, lambda: said in screen_text(app))  # drawn at the next refresh
         if kind == "detail":
             assert said in static_text(app, "#detail-stats")  # in place of a spinner that never ends
         await pilot.press("escape")  # out of the filter box, if it is open

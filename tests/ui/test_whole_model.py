@@ -106,12 +106,13 @@ def expert_catalog(count: int):
     names = [f"model.layers.{i // 1000}.mlp.experts.{i % 1000}.down_proj.weight" for i in range(count)]
 
     def side():
-        return Side(list(names), ["bfloat16"] * count, [(512, 128)] * count, np.zeros(count, np.int32),
+        return Side(tuple(names), ("bfloat16",) * count, ((512, 128),) * count, np.zeros(count, np.int32),
                     np.zeros(count, np.int64), np.zeros(count, np.int64), np.full(count, 512 * 128),
                     np.full(count, 2 * 512 * 128), np.ones(count, bool))
 
     summary = SideSummary("a", "safetensors", ["f"], count, 0, 0, [], [], {})
-    catalog = Catalog(names, side(), side(), ["f"], np.zeros(count, np.int8), summary, summary, [], {})
+    catalog = Catalog(tuple(names), side(), side(), ["f"], np.zeros(count, np.int8), np.zeros(count, bool), summary,
+                      summary, [], {})
     table = ResultTable(count)
     table.status[:] = CHANGED
     table.values[:, c.FD + c.REL_L2] = (np.arange(count) + 1) / count

@@ -25,7 +25,7 @@ from weightscope.compare.results import ResultTable
 
 # What a line shows, most notable first: a group shows its members' first in this order.
 SEVERITY = ("error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close",
-            "pending", "value_equal", "identical")
+            "pending", "value_equal", "identical", "factor")
 CODE = {status: code for code, status in enumerate(SEVERITY)}
 DIFFERS = np.array([s in {"error", "nonfinite", "shape_mismatch", "dtype", "only_a", "only_b", "changed", "close"}
                     for s in SEVERITY])
@@ -47,7 +47,8 @@ def natural_key(text: str) -> tuple:
 
 def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None) -> np.ndarray:
     """What each pair's line shows (`SEVERITY` codes): the headers' verdict until it is read,
-    then its scan status, outranked by NaN/Inf and by a change of stored dtype."""
+    then its scan status, outranked by NaN/Inf and by a change of stored dtype. A LoRA
+    adapter's own parameter is a factor, whatever its side (NaN/Inf in it still shows)."""
     index = np.arange(len(catalog)) if index is None else index
     known, status = catalog.known[index], table.status[index]
     values = table.values[index]
@@ -57,6 +58,7 @@ def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None
     out = np.where(status == results.UNREAD, from_headers[known], scanned[np.maximum(status, 0)])
     equalish = np.isin(status, (results.IDENTICAL, results.VALUE_EQUAL, results.CLOSE, results.CHANGED))
     out = np.where(equalish & (known == cat.DTYPE), CODE["dtype"], out)
+    out = np.where(catalog.factor[index] & (status != results.ERROR), CODE["factor"], out)
     nonfinite = np.zeros(len(index), bool)
     for base in (c.FA, c.FB):
         counts = values[:, base + c.FNAN] + values[:, base + c.FPOSINF] + values[:, base + c.FNEGINF]
@@ -191,15 +193,19 @@ class Rollup:
     """What each group of a tree shows, as results arrive: counts by status, the largest rel L2,
     the most changed members, parameters. Reductions over a group's run of tensors."""
 
-    def __init__(self, tree: NameTree, badge: np.ndarray, rel_l2: np.ndarray, numel: np.ndarray):
+    def __init__(self, tree: NameTree, badge: np.ndarray, rel_l2: np.ndarray, numel: np.ndarray,
+                 present: tuple[np.ndarray, np.ndarray] | None = None):
         """
         Args:
             badge, rel_l2, numel: per pair (the whole catalog); kept in tree order here.
+            present: per pair, whether A has it and whether B has it (default: both).
         """
         self.tree = tree
         self.badge = badge[tree.order].astype(np.int8)
         self.rel = rel_l2[tree.order].astype(np.float64)
         self.parameters_before = np.concatenate([[0], np.cumsum(numel[tree.order])])
+        self.on_side_before = {side: np.concatenate([[0], np.cumsum(has[tree.order])]) if has is not None else None
+                               for side, has in zip("ab", present or (None, None))}
         self._counts: dict[int, np.ndarray] = {}
 
     def update(self, index: np.ndarray, badge: np.ndarray, rel_l2: np.ndarray) -> None:
@@ -232,6 +238,17 @@ class Rollup:
 
     def differing(self, node: int) -> int:
         return int(self.counts(node)[DIFFERS].sum())
+
+    def weights(self, node: int) -> int:
+        """The subtree's tensors that are model weights (its LoRA factors left out)."""
+        return self.tree.tensors(node) - self.count(node, "factor")
+
+    def on_side(self, node: int, side: str) -> bool:
+        """Whether any tensor of the subtree exists on side "a" or "b"."""
+        before = self.on_side_before[side]
+        if before is None:
+            return self.tree.tensors(node) > 0
+        return bool(before[self.tree.hi[node]] > before[self.tree.lo[node]])
 
     def count(self, node: int, status: str) -> int:
         return int(self.counts(node)[CODE[status]])

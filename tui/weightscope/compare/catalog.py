@@ -21,6 +21,7 @@ import numpy as np
 from weightscope.compare.align import Alignment, Pair
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo
 from weightscope.sources.dtypes import ITEMSIZE
+from weightscope.sources.lora.checkpoint import adapter_parameters
 
 # What the headers alone say about a pair (`known`): a final status, or PENDING until its data is read.
 KNOWN = ("pending", "error", "only_a", "only_b", "shape_mismatch", "dtype")
@@ -113,6 +114,9 @@ class Catalog:
         names: each pair's name, in alignment order (the index of a pair everywhere).
         files: every file either side reads (`Side.file` indexes it).
         known: what the headers alone say of each pair (`KNOWN` codes).
+        factor: each pair that is a LoRA adapter's own parameter (a factor, a DoRA magnitude)
+            shown beside the weights: browsable, but no difference between the models, so left
+            out of counts, `n`/`N`, anomalies and exit statuses.
         pair_notes: notes on a pair (ties), by index.
         notes: how names were paired (mappings applied).
         single: one checkpoint browsed alone.
@@ -123,6 +127,7 @@ class Catalog:
     b: Side
     files: list[str]
     known: np.ndarray
+    factor: np.ndarray  # bool
     summary_a: SideSummary
     summary_b: SideSummary | None
     notes: list[str]
@@ -212,7 +217,9 @@ def build(a: Checkpoint, b: Checkpoint | None, alignment: Alignment) -> Catalog:
     side_a = side_column([p.a for p in pairs], files, a)
     side_b = side_column([p.b for p in pairs], files, b if b is not None else a)
     pair_notes = {i: p.notes for i, p in enumerate(pairs) if p.notes}
-    return Catalog(tuple(p.name for p in pairs), side_a, side_b, list(files), known_column(side_a, side_b),
+    factors = adapter_parameters(a) | (adapter_parameters(b) if b is not None else set())
+    factor = np.array([p.name in factors for p in pairs], bool) if factors else np.zeros(len(pairs), bool)
+    return Catalog(tuple(p.name for p in pairs), side_a, side_b, list(files), known_column(side_a, side_b), factor,
                    SideSummary.of(a, side_a), SideSummary.of(b, side_b) if b is not None else None, list(alignment.notes),
                    pair_notes, b is None)
 

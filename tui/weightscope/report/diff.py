@@ -20,6 +20,7 @@ from weightscope.compare.catalog import Catalog, Side, SideSummary
 from weightscope.compare.results import STATUSES, ResultTable
 
 EQUAL = {"identical", "value_equal"}
+FACTOR = "factor"  # a LoRA adapter's own parameter, shown beside the weights
 SIDE_FIELDS = ("min", "max", "mean", "std", "absmax", "l2", "nan", "posinf", "neginf", "zeros", "finite")
 SIDE_COUNTS = ("nan", "posinf", "neginf", "zeros", "finite")
 DIFF_FLOATS = ("max_abs", "mean_abs", "rms", "rel_l2", "snr_db", "cosine", "changed_fraction", "atol", "rtol")
@@ -34,14 +35,25 @@ def exit_status(catalog: Catalog, table: ResultTable, close_is_equal: bool = Fal
     `close_is_equal` (a merge check), differences within tolerance are rounding, not change.
     """
     equal = [results.CODE[s] for s in (EQUAL | {"close"} if close_is_equal else EQUAL)]
-    differing = np.flatnonzero(~np.isin(table.status, equal))
+    differing = np.flatnonzero(~np.isin(table.status, equal) & ~catalog.factor)  # a LoRA factor is no difference
     one_sided = (results.ONLY_A, results.ONLY_B)
     return int(any(not (table.status[i] in one_sided and catalog.tied_elsewhere(i)) for i in differing.tolist()))
 
 
-def summary(table: ResultTable) -> dict[str, int]:
-    counts = np.bincount(table.status[table.status != results.UNREAD], minlength=len(STATUSES))
+def summary(catalog: Catalog, table: ResultTable) -> dict[str, int]:
+    """The model weights read, by status (a LoRA adapter's factors are not weights: see `factors_read`)."""
+    counts = np.bincount(table.status[(table.status != results.UNREAD) & ~catalog.factor], minlength=len(STATUSES))
     return {status: int(n) for status, n in zip(STATUSES, counts)}
+
+
+def factors_read(catalog: Catalog, table: ResultTable) -> int:
+    return int((catalog.factor & (table.status != results.UNREAD)).sum())
+
+
+def status_words(catalog: Catalog, table: ResultTable, index: np.ndarray) -> list[str]:
+    """Each pair's status as `diff` prints it: the scan's, or "factor" for a LoRA adapter's own parameter."""
+    return [FACTOR if factor else STATUSES[s] for s, factor in zip(table.status[index].tolist(),
+                                                                   catalog.factor[index].tolist())]
 
 
 def nonfinite_count(table: ResultTable) -> int:
@@ -182,10 +194,11 @@ def write_document(write, catalog: Catalog, table: ResultTable, histograms: bool
     head = {"version": __version__, "a": side_json(catalog.summary_a, notes_a), "b": side_json(b, notes_b),
             "notes": list(catalog.notes) + list(notes)}
     columns = {"name": catalog.names, "name_a": catalog.a.file_names(), "name_b": catalog.b.file_names(),
-               "status": table.status.tolist(), "dtype_a": stored_dtypes(catalog.a),
+               "dtype_a": stored_dtypes(catalog.a),
                "dtype_b": stored_dtypes(catalog.b), "shape_a": catalog.a.shape, "shape_b": catalog.b.shape}
     pieces = (tensor_entries(catalog, table, columns, rows, histograms, spectra) for rows in slices(table))
-    write_json(write, head, "tensors", pieces, lambda: {"summary": summary(table)} | (after or {}))
+    write_json(write, head, "tensors", pieces,
+               lambda: {"summary": summary(catalog, table), "lora_factors": factors_read(catalog, table)} | (after or {}))
 
 
 def tensor_entries(catalog: Catalog, table: ResultTable, columns: dict[str, list], rows: np.ndarray,
@@ -196,9 +209,10 @@ def tensor_entries(catalog: Catalog, table: ResultTable, columns: dict[str, list
     stats_a, stats_b, diff = stats_columns(values, c.FA), stats_columns(values, c.FB), diff_columns(catalog, values, index)
     errors, notes = table.errors, table.notes
     out = []
+    words = status_words(catalog, table, rows)
     for j, i in enumerate(index):
         tensor = {key: column[i] for key, column in columns.items()}
-        tensor["status"] = STATUSES[tensor["status"]]
+        tensor["status"] = words[j]
         tensor["a"], tensor["b"], tensor["diff"] = stats_a[j], stats_b[j], diff[j]
         tensor["error"] = errors.get(i)
         tensor["notes"] = pair_notes(catalog, table, i) if i in notes or i in catalog.pair_notes else []
@@ -223,6 +237,11 @@ def human(n: float, unit: str = "") -> str:
             return f"{text}{sep}{suffix}{unit}" if unit or suffix else text
         n /= 1000
     return str(n)
+
+
+def many(n: int, noun: str) -> str:
+    """A count with its noun: '1 tensor', '96,200 tensors'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def figure(value: float | None, fmt: str = ".3g") -> str:
@@ -282,7 +301,7 @@ def text_lines(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str]
         return [figure(v, fmt) if shown else "" for v, shown in zip(d[:, k].tolist(), has_diff)]
 
     dtype_a, dtype_b = stored_dtypes(catalog.a), stored_dtypes(catalog.b)
-    status = [STATUSES[s] for s in table.status[read].tolist()]
+    status = status_words(catalog, table, read)
     columns = [status, [catalog.names[i] for i in index],
                [arrow(dtype_a[i] or "-", dtype_b[i] or "-") for i in index],
                [arrow(shape_text(catalog.a.shape[i]), shape_text(catalog.b.shape[i])) for i in index],
@@ -294,9 +313,10 @@ def text_lines(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str]
                                ""), columns)
     yield ""
     if len(read):
-        line = "summary: " + ", ".join(f"{n:,} {s}" for s, n in summary(table).items() if n)
-        bad = nonfinite_count(table)
-        yield line + (f"; {bad:,} with NaN/Inf" if bad else "")
+        line = "summary: " + ", ".join(f"{n:,} {s}" for s, n in summary(catalog, table).items() if n)
+        bad, factors = nonfinite_count(table), factors_read(catalog, table)
+        yield (line + (f"; {bad:,} with NaN/Inf" if bad else "")
+               + (f"; {many(factors, 'LoRA factor')} beside them, not counted" if factors else ""))
     else:
         yield "summary: no tensors"
 

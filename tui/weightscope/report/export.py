@@ -15,8 +15,8 @@ from weightscope.analysis.anatomy import anomalies
 from weightscope.compare import columns as c
 from weightscope.compare import results
 from weightscope.compare.catalog import Catalog
-from weightscope.compare.results import STATUSES, ResultTable
-from weightscope.report.diff import human, stored_dtypes, summary, write_document
+from weightscope.compare.results import ResultTable
+from weightscope.report.diff import factors_read, human, many, status_words, stored_dtypes, summary, write_document
 
 
 def partial_line(catalog: Catalog, table: ResultTable) -> str | None:
@@ -32,12 +32,15 @@ def markdown(catalog: Catalog, table: ResultTable) -> str:
         lines += [f"**{partial}** (the scan was still running; what follows covers those only)", ""]
     for label, side in (("A", catalog.summary_a), ("B", catalog.summary_b)):
         if side is not None:
-            lines.append(f"- **{label}** `{side.path}` — {side.format}, {len(side.files)} files, {side.tensors:,} "
-                         f"tensors, {human(side.parameters)} parameters")
+            lines.append(f"- **{label}** `{side.path}` — {side.format}, {many(len(side.files), 'file')}, "
+                         f"{many(side.tensors, 'tensor')}, {human(side.parameters)} parameters")
     lines += [f"- note: {n}" for n in catalog.notes]
-    counts = summary(table)
+    counts = summary(catalog, table)
     lines += ["", "| status | tensors |", "|---|---:|"]
     lines += [f"| {status} | {n:,} |" for status, n in counts.items() if n]
+    factors = factors_read(catalog, table)
+    if factors:
+        lines.append(f"| LoRA factors (not weights, not counted) | {factors:,} |")
     if partial:
         lines.append(f"| not read yet | {len(catalog) - table.read:,} |")
     found = anomalies(catalog, table)
@@ -45,7 +48,7 @@ def markdown(catalog: Catalog, table: ResultTable) -> str:
         lines += ["", "## Anomalies", ""]
         lines += [f"- `{x.name}`: {x.reason}" for x in found]
     equal = [results.IDENTICAL, results.VALUE_EQUAL, results.UNREAD]
-    differing = np.flatnonzero(~np.isin(table.status, equal))
+    differing = np.flatnonzero(~np.isin(table.status, equal) & ~catalog.factor)
     if len(differing):
         dtype_a, dtype_b = stored_dtypes(catalog.a), stored_dtypes(catalog.b)
         lines += ["", "## Tensors that differ", "",
@@ -54,12 +57,12 @@ def markdown(catalog: Catalog, table: ResultTable) -> str:
         def fmt(value: float, spec: str = ".3g") -> str:
             return "" if np.isnan(value) else format(value, spec)
 
-        for i in differing.tolist():
+        for i, status in zip(differing.tolist(), status_words(catalog, table, differing)):
             dtype = " → ".join(dict.fromkeys(d or "?" for d in (dtype_a[i], dtype_b[i]) if d is not None))
             dims = " → ".join(dict.fromkeys(str(list(s)) for s in (catalog.a.shape[i], catalog.b.shape[i])
                                             if s is not None))
             d = table.values[i, c.FD:]
-            lines.append(f"| `{catalog.names[i]}` | {STATUSES[table.status[i]]} | {dtype} | {dims} | "
+            lines.append(f"| `{catalog.names[i]}` | {status} | {dtype} | {dims} | "
                          f"{fmt(d[c.REL_L2])} | {fmt(d[c.MAX_ABS])} | {fmt(d[c.COSINE], '.6f')} |")
     return "\n".join(lines) + "\n"
 

@@ -111,6 +111,7 @@ class WeightscopeApp(App[None]):
         self.rollup: Rollup | None = None
         self.table: ResultTable | None = None
         self.badge: np.ndarray | None = None  # each pair's status code (`hierarchy.SEVERITY`)
+        self.presence: tuple[np.ndarray, np.ndarray] | None = None  # whether A has each pair, whether B has it
         self.side_notes: tuple[list[str], list[str] | None] | None = None
         self.details: LRUCache[int, Batch] = LRUCache(64)  # pair -> its figures with histograms
         self.figures: LRUCache[tuple, object] = LRUCache(64)  # (pair, view, size) -> spectrum or map
@@ -235,6 +236,7 @@ class WeightscopeApp(App[None]):
         self.catalog = message.catalog
         self.table = ResultTable(len(self.catalog))
         self.badge = hierarchy.badges(self.catalog, self.table)
+        self.presence = (self.catalog.a.present, self.catalog.b.present)
         self.names = message.tree
         self.natural = self.names.order
         self.rollup = self.rollup_of(self.names)
@@ -268,7 +270,7 @@ class WeightscopeApp(App[None]):
         return sections
 
     def rollup_of(self, names: NameTree) -> Rollup:
-        return Rollup(names, self.badge, self.table.values[:, c.FD + c.REL_L2], self.catalog.numel)
+        return Rollup(names, self.badge, self.table.values[:, c.FD + c.REL_L2], self.catalog.numel, self.presence)
 
     def take(self, batch: Batch) -> None:
         """Results of some pairs (the scan's, or a tensor's detail): into the table, the badges and the tree."""
@@ -403,7 +405,7 @@ class WeightscopeApp(App[None]):
         ranked = [(self.catalog.names[pair][len(path):].lstrip("."), rel) for pair, rel in rollup.most_changed(node)]
         group = Group(path, self.query_one(DiffTree).status_of(node),
                       {status: int(n) for status, n in zip(hierarchy.SEVERITY, counts) if n},
-                      names.tensors(node), rollup.parameters(node), rollup.max_rel(node), ranked,
+                      rollup.weights(node), rollup.parameters(node), rollup.max_rel(node), ranked,
                       rollup.differing(node))
         self.query_one(DetailPane).show_group(group)
         self.group_drawn = time.monotonic()

@@ -181,6 +181,7 @@ class Built:
     tensors: dict[str, TensorInfo]
     originals: dict[str, TensorInfo] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
+    adapter_parameters: set[str] = field(default_factory=set)
 
     def put(self, name: str, info: TensorInfo, why: str | None = None) -> None:
         """Show a stored tensor under `name`, in place of any tensor of that name."""
@@ -189,9 +190,17 @@ class Built:
         if why:
             self.roles[name] = why
 
-    def add(self, name: str, info: TensorInfo, why: str) -> None:
-        """Show a tensor that is not a model weight under `name`, or under its stored name where `name` is taken."""
-        self.put(info.name if name in self.tensors else name, info, why)
+    def add(self, name: str, info: TensorInfo, why: str, factor: bool = False) -> None:
+        """Show a tensor that is not a model weight under `name`, or under its stored name where `name` is taken.
+
+        Args:
+            factor: a factor of the adapter (or a DoRA magnitude): its own parameter, not a
+                model weight, so no difference between the models.
+        """
+        shown = info.name if name in self.tensors else name
+        self.put(shown, info, why)
+        if factor:
+            self.adapter_parameters.add(shown)
 
     def computed(self, name: str, recipe: LoraModule | str, weight: TensorInfo) -> None:
         if isinstance(recipe, LoraModule):
@@ -252,7 +261,7 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
             if extras:
                 for slot, info in slots.items():
                     built.add(info.name.removeprefix(PREFIX), info,
-                              f"LoRA factor {slot} of {module}, which matches no tensor of A")
+                              f"LoRA factor {slot} of {module}, which matches no tensor of A", factor=True)
             continue
         mapped += target != f"{module}.weight"
         weight = built.originals.get(target, built.tensors[target])
@@ -280,11 +289,11 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
             stem = target.removesuffix(".weight")
             for slot, info in slots.items():
                 built.add(stem + info.name.removeprefix(PREFIX).removeprefix(module), info,
-                          f"LoRA factor {slot} of {target} (not a model weight)")
+                          f"LoRA factor {slot} of {target} (not a model weight)", factor=True)
             if module in parsed.magnitude:
                 info = parsed.magnitude[module]
                 built.add(stem + info.name.removeprefix(PREFIX).removeprefix(module), info,
-                          f"DoRA magnitude vector of {target}: DoRA is not supported, shown as stored")
+                          f"DoRA magnitude vector of {target}: DoRA is not supported, shown as stored", factor=True)
     if extras:
         for key, (info, why) in parsed.extras.items():
             built.add(key, info, why)
@@ -303,7 +312,7 @@ def apply(base: Checkpoint | None, stored: Checkpoint, config: LoraConfig | None
                         list(stored.sources.values()))
     sources = {**(base.sources if on_base else {}), **dict.fromkeys(stored.files, source)}
     return LoraCheckpoint(path, "peft-lora", files, built.ties(), stored.notes + notes, stored.extras, stored.metadata,
-                          sources, modules, built.roles, config)
+                          sources, modules, built.roles, config, built.adapter_parameters)
 
 
 def module_tensor(name: str, module: str, weight: TensorInfo, slots: dict[str, TensorInfo], embedding: bool,

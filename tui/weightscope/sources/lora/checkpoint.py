@@ -52,11 +52,14 @@ class LoraCheckpoint(Checkpoint):
         roles: one line for every tensor the adapter computes, replaces or adds (factors,
             magnitude vectors, modules it could not place), and alarms about it.
         config: the adapter's settings; None when no adapter_config.json was found.
+        adapter_parameters: the tensors shown that are the adapter's own parameters (its factors, DoRA
+            magnitudes), not model weights: browsable, but no difference between the models.
     """
 
     modules: dict[str, LoraModule] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     config: LoraConfig | None = None
+    adapter_parameters: set[str] = field(default_factory=set)
 
     @property
     def alarms(self) -> list[str]:
@@ -124,6 +127,11 @@ class LoraSource:
         self.computed.cache_clear()
         for source in self.own:
             source.close()
+
+
+def adapter_parameters(checkpoint: Checkpoint) -> set[str]:
+    """The adapter parameters a checkpoint shows beside its weights (none for a plain checkpoint)."""
+    return checkpoint.adapter_parameters if isinstance(checkpoint, LoraCheckpoint) else set()
 
 
 def role(checkpoint: Checkpoint, name: str) -> str | None:

@@ -25,6 +25,7 @@ BADGES: dict[str, tuple[str, str, str]] = {
     "only_b": ("▶", "blue bold", "only in B"),
     "nonfinite": ("!", "red bold", "NaN or Inf"),
     "error": ("✗", "red bold", "unreadable"),
+    "factor": ("ƒ", "cyan dim", "LoRA factor: not a weight, not counted"),
 }
 
 

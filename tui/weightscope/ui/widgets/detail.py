@@ -16,7 +16,7 @@ from weightscope.compare.align import Pair
 from weightscope.compare.checks import nonfinite_text
 from weightscope.compare.results import PairResult
 from weightscope.compare.stats import DiffStats
-from weightscope.report.diff import human
+from weightscope.report.diff import human, many
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
 from weightscope.ui.widgets.histogram import HistogramPlot
@@ -217,9 +217,11 @@ class DetailPane(VerticalScroll):
         self.query_one("#detail-sides", Static).update(aligned(counts))
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
-        summary = Text(f"{group.tensors:,} tensors, {human(group.parameters)} parameters")
+        summary = Text(f"{many(group.tensors, 'tensor')}, {human(group.parameters)} parameters")
         if group.max_rel is not None and not self.single:
             summary.append(f", largest rel L2 {badges.percent(group.max_rel)}")
+        if group.count("factor"):
+            summary.append(f"; and {many(group.count('factor'), 'LoRA factor')} beside them", "dim")
         stats.update(summary)
         self.query_one("#detail-plots").display = False
         self.show_ranking(group)
@@ -271,15 +273,15 @@ class DetailPane(VerticalScroll):
         pending = group.count("pending")
         if self.single:
             bad = group.count("nonfinite")
-            message = Text(f"{bad:,} of {group.tensors:,} tensors hold NaN or Inf" if bad else
-                           f"{pending:,} of {group.tensors:,} tensors not read yet" if pending else
+            message = Text(f"{bad:,} of {many(group.tensors, 'tensor')} {'holds' if bad == 1 else 'hold'} NaN or Inf" if bad else
+                           f"{pending:,} of {many(group.tensors, 'tensor')} not read yet" if pending else
                            "every value is finite", "bold red" if bad else "dim")
         elif group.ranked:
             message = top
         elif group.differing:
-            message = Text(f"{group.differing:,} of {group.tensors:,} tensors differ", "dim")
+            message = Text(f"{group.differing:,} of {many(group.tensors, 'tensor')} {'differs' if group.differing == 1 else 'differ'}", "dim")
         elif pending:
-            message = Text(f"{pending:,} of {group.tensors:,} tensors not read yet", "dim")
+            message = Text(f"{pending:,} of {many(group.tensors, 'tensor')} not read yet", "dim")
         else:
             message = Text("nothing differs here", "dim")
         self.query_one("#detail-verdict", Static).update(message)

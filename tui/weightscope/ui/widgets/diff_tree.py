@@ -170,8 +170,7 @@ class DiffTree(Tree[int]):
 
     def present(self, node: int, side: str) -> bool:
         """Whether any tensor under this node exists on `side`."""
-        tensors = self.names.tensors(node)
-        return not tensors or self.rollup.count(node, "only_b" if side == "a" else "only_a") < tensors
+        return self.rollup.on_side(node, side)
 
     def side_text(self, line: TreeNode[int], side: str, width: int) -> Text:
         """One side's label: expand icon, name part and, for a tensor, dtype and shape."""
@@ -204,7 +203,7 @@ class DiffTree(Tree[int]):
             differing = self.rollup.differing(node)
             largest = self.rollup.max_rel(node)
             shown = f" {badges.percent(largest)}" if largest and not self.single else ""
-            value = f"{differing}/{self.names.tensors(node)}{shown}" if differing else ""
+            value = f"{differing}/{self.rollup.weights(node)}{shown}" if differing else ""
         return Text(value.rjust(FIGURE_WIDTH)[:FIGURE_WIDTH], style="dim")
 
     def status_of(self, node: int) -> str:
