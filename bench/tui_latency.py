@@ -173,12 +173,15 @@ def titled(path: str):
     return lambda screen: detail_title(screen).endswith(f"  {path}")
 
 
+GROUP_COUNT = re.compile(r"\d tensors?, ")  # a group's figures: "1 tensor, 45.1M parameters"
+
+
 def filled(path: str):
     """The detail pane shows `path` with its figures: the verdict for a tensor, the counts for a group."""
     def check(screen: str) -> bool:
         if not titled(path)(screen):
             return False
-        return VERDICT.search(screen) is not None or "tensors, " in screen
+        return VERDICT.search(screen) is not None or GROUP_COUNT.search(screen) is not None
     return check
 
 
