@@ -213,9 +213,8 @@ async def test_statuses_after_the_scan(pair):
         assert "2/3" in split_line(badge["blocks"], "shape_mismatch")[1]  # moved and shape differ, same does not
 
 
-async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck, tmp_path, monkeypatch):
-    """While scanning, every pair's result comes once; at the end, the LoRA notes come with the
-    end of the scan, not as results sent again (sending 100,000 results twice stalled the UI)."""
+def lora_over_base(ck, tmp_path):
+    """A small Llama base and a PEFT adapter of layer 0's q_proj (r 8, alpha 16), as PEFT saves it."""
     base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=16, vocab=64))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -226,6 +225,13 @@ async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck
                           f"{module}.lora_B.weight": torch.randn(16, 8, generator=gen)})
     (adapter / "adapter_config.json").write_text(
         '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
+    return base, adapter
+
+
+async def test_each_result_reaches_the_app_once_and_the_lora_notes_at_the_end(ck, tmp_path, monkeypatch):
+    """While scanning, every pair's result comes once; at the end, the LoRA notes come with the
+    end of the scan, not as results sent again (sending 100,000 results twice stalled the UI)."""
+    base, adapter = lora_over_base(ck, tmp_path)
     received: list[int] = []
     take = WeightscopeApp.take_results
 
@@ -246,16 +252,7 @@ async def test_a_lora_adapters_factors_are_browsable_but_no_difference(ck, tmp_p
     """Base against its adapter: the factors sit beside the weight they change, badged ƒ; the
     groups count the weights alone (1 of 20 differs, not 3 of 22); `n` goes to the changed
     weight, never to a factor; `a` finds no "only in B"."""
-    base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=16, vocab=64))
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    module = "base_model.model.model.layers.0.self_attn.q_proj"
-    ck.write_safetensors(adapter / "adapter_model.safetensors",
-                         {f"{module}.lora_A.weight": torch.randn(8, 16, generator=gen),
-                          f"{module}.lora_B.weight": torch.randn(16, 8, generator=gen)})
-    (adapter / "adapter_config.json").write_text(
-        '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
+    base, adapter = lora_over_base(ck, tmp_path)
     notes = record_notifications(app := open_app(base, adapter))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -982,16 +979,7 @@ async def test_app_and_diff_agree_whoever_wrote_the_cache(ck, tmp_path, capsys, 
 
     from weightscope.cli import main
 
-    base = ck.write_safetensors(tmp_path / "base.safetensors", ck.llama_like(0, hidden=16, vocab=64))
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    module = "base_model.model.model.layers.0.self_attn.q_proj"
-    ck.write_safetensors(adapter / "adapter_model.safetensors",
-                         {f"{module}.lora_A.weight": torch.randn(8, 16, generator=gen),
-                          f"{module}.lora_B.weight": torch.randn(16, 8, generator=gen)})
-    (adapter / "adapter_config.json").write_text(
-        '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}')
+    base, adapter = lora_over_base(ck, tmp_path)
 
     def document(*extra) -> dict:
         main(["diff", str(base), str(adapter), "--json", *extra])
