@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from weightscope.analysis.anatomy import OUTSIDE, anomalies, grid, place
+from weightscope.analysis.anatomy import OUTSIDE, Anomaly, anomalies, grid, place
+from weightscope.demo import write_demo
 from weightscope.report.export import export, markdown
 
 
@@ -83,6 +84,67 @@ def test_anomalies_name_nan_and_outlier_change(tuned_pair):
     assert "larger than typical for v" in found["model.layers.4.self_attn.v_proj.weight"]
     assert "model.layers.3.self_attn.v_proj.weight" not in found
     assert list(found)[0] == "model.layers.1.mlp.up_proj.weight"  # most serious first
+
+
+def moved_pair(tmp_path, ck, diff, scales: dict[int, float], layers: int = 6):
+    """A pair where only q moved, layer i by about `scales[i]` rel L2 (layers not named stay put)."""
+    base = ck.llama_like(0, layers=layers, hidden=32)
+    tuned = dict(base)
+    gen = torch.Generator().manual_seed(2)
+    for i, scale in scales.items():
+        name = f"model.layers.{i}.self_attn.q_proj.weight"
+        tuned[name] = base[name] + scale * torch.randn(base[name].shape, generator=gen)
+    ck.write_safetensors(tmp_path / "a.safetensors", base)
+    ck.write_safetensors(tmp_path / "b.safetensors", tuned)
+    return diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+
+
+def outliers(d) -> dict[str, str]:
+    return {a.name: a.reason for a in anomalies(d.catalog, d.table) if "typical" in a.reason}
+
+
+def test_demo_layer_3_mlp_is_an_outlier_with_three_layers_moved(tmp_path, diff):
+    """The demo's MLP moved in layers 1–3 only (layer 0 frozen), layer 3's 8× the others':
+    three members a module type, under a decade from the median, and still caught."""
+    base, tuned = write_demo(root=tmp_path / "demo")
+    found = outliers(diff(base, tuned))
+    assert set(found) == {f"model.layers.3.mlp.{proj}_proj.weight" for proj in ("gate", "up", "down")}
+    assert found["model.layers.3.mlp.up_proj.weight"] == "change 8× larger than typical for up across layers"
+
+
+def test_one_layer_many_times_its_module_median_is_an_outlier(tmp_path, ck, diff):
+    found = outliers(moved_pair(tmp_path, ck, diff, {0: 1e-3, 1: 1e-3, 2: 5e-3}))
+    assert list(found) == ["model.layers.2.self_attn.q_proj.weight"]
+    assert "5× larger than typical for q" in found["model.layers.2.self_attn.q_proj.weight"]
+
+
+@pytest.mark.parametrize("scales", [
+    {0: 1e-3, 1: 1e-3, 2: 3e-3},  # 3× the others: under the factor
+    {i: 10 ** (-3 + 0.25 * i) for i in range(8)},  # falling steadily with depth: ends 7× off the median, ordinary
+    {0: 2e-3, 1: 1e-3, 2: 4e-3, 3: 1.5e-3, 4: 3e-3, 5: 6e-4},  # noisy, but no layer stands out
+], ids=["under-the-factor", "trend-with-depth", "noisy"])
+def test_ordinary_spread_is_no_outlier(tmp_path, ck, diff, scales):
+    assert outliers(moved_pair(tmp_path, ck, diff, scales, layers=8)) == {}
+
+
+def test_dtype_changes_come_one_entry_per_kind(tmp_path, ck, diff):
+    """A cast pair changes every dtype: one entry per kind; NaN and shape changes stay per tensor."""
+    base = ck.llama_like(0, layers=3, hidden=16)
+    cast = {name: t.to(torch.bfloat16) for name, t in base.items()}
+    cast["model.norm.weight"] = base["model.norm.weight"].to(torch.float16)
+    cast["lm_head.weight"] = torch.cat([cast["lm_head.weight"], cast["lm_head.weight"][:2]])  # resized too
+    cast["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    ck.write_safetensors(tmp_path / "a.safetensors", base)
+    ck.write_safetensors(tmp_path / "b.safetensors", cast)
+    d = diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    to_bf16 = [n for n in d.catalog.names if n not in
+               {"model.norm.weight", "lm_head.weight", "model.layers.1.mlp.up_proj.weight"}]
+    assert anomalies(d.catalog, d.table) == [
+        Anomaly("model.layers.1.mlp.up_proj.weight", "holds NaN or Inf"),
+        Anomaly("lm_head.weight", "shape changed"),
+        Anomaly(to_bf16[0], f"{len(to_bf16)} tensors changed dtype float32 → bfloat16"),
+        Anomaly("model.norm.weight", "dtype changed float32 → float16"),
+    ]
 
 
 def test_export_writes_markdown_and_the_diff_json(tuned_pair, tmp_path):

@@ -263,3 +263,57 @@ def test_one_file_on_both_sides_is_identical_without_reading_it(capsys, ck, tmp_
         assert code == 0 and {t["status"] for t in doc["tensors"]} == {"identical"}
         assert all(t["a"] is None and t["diff"] is None for t in doc["tensors"])
         assert any("same file on both sides" in n for n in doc["notes"])
+
+
+# Issue 17: every listing of pairs is in the app tree's natural order.
+NATURAL = [f"h.{i}.{part}" for i in (0, 1, 2, 10) for part in ("attn.weight", "ln_1.bias")]
+
+
+@pytest.fixture
+def numbered(ck, tmp_path):
+    """GPT-2-like names h.0 … h.10, the biases half precision: safetensors stores them by dtype,
+    then by name as text (h.10 before h.2), so the file's own order is far from natural."""
+    gen = torch.Generator().manual_seed(0)
+    a = {name: torch.randn(4, generator=gen).to(torch.float16 if "bias" in name else torch.float32)
+         for name in NATURAL}
+    b = {name: t + 1 for name, t in a.items()}
+    return (ck.write_safetensors(tmp_path / "a.safetensors", a), ck.write_safetensors(tmp_path / "b.safetensors", b))
+
+
+def test_text_and_json_list_pairs_in_natural_order(capsys, numbered):
+    code, out, _ = run(capsys, *numbered)
+    assert code == 1
+    listed = [line.split()[1] for line in out.splitlines() if line.startswith("changed")]
+    assert listed == NATURAL
+    code, out, _ = run(capsys, *numbered, "--json")
+    assert [t["name"] for t in json.loads(out)["tensors"]] == NATURAL
+
+
+def test_json_in_natural_order_across_slices(capsys, ck, tmp_path, monkeypatch):
+    """The document is encoded a slice at a time; the order runs on across slices."""
+    import weightscope.report.diff as report
+
+    monkeypatch.setattr(report, "TENSORS_AT_ONCE", 3)
+    names = [f"layers.{i}.w" for i in range(12)]
+    path = ck.write_safetensors(tmp_path / "m.safetensors", {n: torch.ones(2) for n in names})
+    code, out, _ = run(capsys, path, path, "--json")
+    assert code == 0 and [t["name"] for t in json.loads(out)["tensors"]] == names
+
+
+def test_inspect_lists_tensors_in_natural_order(capsys, numbered):
+    assert main(["inspect", str(numbered[0])]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[1] for line in out.splitlines() if line.startswith(("float32", "float16"))]
+    assert listed == NATURAL
+    assert out.rstrip().endswith(f"summary: {len(NATURAL)} tensors, 0 with NaN/Inf, 0 unreadable")
+    assert main(["inspect", str(numbered[0]), "--json"]) == 0
+    assert [t["name"] for t in json.loads(capsys.readouterr().out)["tensors"]] == NATURAL
+
+
+def test_counts_agree_with_their_nouns(capsys, ck, tmp_path):
+    """One file, one tensor, one parameter: singular; the header and inspect's summary alike."""
+    path = ck.write_safetensors(tmp_path / "one.safetensors", {"w": torch.ones(1)})
+    _, out, _ = run(capsys, path, path)
+    assert "safetensors, 1 file, 1 tensor, 1 parameter, 4 B" in out
+    main(["inspect", str(path)])
+    assert "summary: 1 tensor, 0 with NaN/Inf" in capsys.readouterr().out

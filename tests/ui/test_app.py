@@ -628,6 +628,31 @@ async def test_i_lists_every_note_under_the_side_it_concerns(ck, tmp_path):
         assert not isinstance(app.screen, NotesScreen) and app.query_one(DiffTree).has_focus
 
 
+def test_the_title_keeps_its_counts_and_cuts_the_paths():
+    """At 80 columns two long paths give way, cut near the start, and the counts stay whole."""
+    a = "/data/checkpoints/llama-3-8b-instruct/base"
+    b = "/data/checkpoints/llama-3-8b-instruct/runs/2026-11-29/checkpoint-9000"
+    title = app_module.fitted_title((a, b), "291 | 291 tensors, 2 notes (i)", 80)
+    assert len(title) <= 80 and title.endswith("291 | 291 tensors, 2 notes (i)")
+    assert title.startswith("A …") and "   B …" in title and title.count("…") == 2
+    assert "checkpoint-9000" in title  # the end of a path says which
+    assert app_module.fitted_title(("a", "b"), "3 | 3 tensors", 80) == "A a   B b   3 | 3 tensors"
+
+
+async def test_the_selected_line_stays_in_view_across_a_resize(demo):
+    app = open_app(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("n")  # to a tensor deep in the tree, expanded on the way
+        await pilot.press(*["down"] * 8)
+        await settle(pilot)
+        tree = app.query_one(DiffTree)
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.2)
+        top = round(tree.scroll_offset.y)
+        assert top <= tree.cursor_line < top + tree.scrollable_content_region.height
+
+
 async def test_q_quits(demo):
     app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:

@@ -9,6 +9,7 @@ failure message then holds the last screen). Nothing is skipped: CI installs tmu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -320,4 +321,37 @@ def test_no_color_keeps_the_badges(terminal, demo):
                           ("◀", "only in A"), ("!", "NaN or Inf")):
         assert re.search(rf"^ {re.escape(symbol)}\s+{words}\s+\d", counts, re.M), f"{symbol} {words}:\n{counts}"
     assert not hues(terminal.capture_styled()), "colours on screen despite NO_COLOR"
+    assert terminal.quit() == 0, f"weightscope did not exit cleanly after `q`:\n{terminal.screen}"
+
+
+def sparse_safetensors(path: Path, tensors: int, rows: int, columns: int) -> Path:
+    """A safetensors file of `tensors` bf16 matrices, all zeros, as a sparse file: gigabytes to
+    scan that take no room on disk."""
+    header, at = {}, 0
+    for i in range(tensors):
+        size = 2 * rows * columns
+        header[f"model.layers.{i}.mlp.up_proj.weight"] = {"dtype": "BF16", "shape": [rows, columns],
+                                                         "data_offsets": [at, at + size]}
+        at += size
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + at)
+    return path
+
+
+def test_export_during_a_scan_says_it_is_partial(terminal, tmp_path):
+    """`e` while the scan runs writes files that say they are partial, and the app says so too."""
+    a = sparse_safetensors(tmp_path / "a.safetensors", 16, 32768, 16384)  # 16 GiB of zeros a side
+    b = sparse_safetensors(tmp_path / "b.safetensors", 16, 32768, 16384)
+    out = tmp_path / "out"
+    out.mkdir()
+    terminal.start("sh", "-c", f'cd "{out}" && exec "$0" "$1" "$2"', console_script(), str(a), str(b))
+    terminal.wait("the tree", lambda s: "▶ model" in s or "▼ model" in s, STARTUP)
+    terminal.keys("e")
+    terminal.wait("the export's notice", lambda s: "partial:" in s and "the files say so" in s)
+    md = next(out.glob("weightscope-*.md")).read_text()
+    assert re.search(r"\*\*partial: \d+ of 16 tensors read\*\*", md), md
+    document = json.loads(next(out.glob("weightscope-*.json")).read_text())
+    assert document["complete"] is False and 0 < document["not_read"] <= 16
     assert terminal.quit() == 0, f"weightscope did not exit cleanly after `q`:\n{terminal.screen}"

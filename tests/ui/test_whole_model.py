@@ -22,7 +22,9 @@ from weightscope.ui.screens.table import TableScreen
 from weightscope.ui.widgets.change_map_view import ChangeMapView
 from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
 
-from .helpers import SIZE, cursor_path, open_app, screen_text, settle, static_text, wait_for
+from weightscope.engine import protocol as msg
+
+from .helpers import SIZE, Gate, cursor_path, open_app, screen_text, settle, static_text, wait_for
 
 
 def figures(app: WeightscopeApp, view: str) -> list:
@@ -50,13 +52,32 @@ async def test_overview_shows_frozen_embeddings_nans_and_changes_where_they_are(
         assert cell(table, "3", "down").strip() == "20%"  # layer 3's MLP moved most
         assert cell(table, "1", "q").strip().endswith("%")
         outside = [str(c) for c in table.get_row("outside layers")]
-        assert "embed_t =" in outside and "lm_head ⇔" in outside  # frozen, resized (names cut to 7)
+        assert "embed_tokens =" in outside and "lm_head ⇔" in outside  # frozen, resized (names whole)
         # Enter jumps to the cell's tensor in the tree
         table.move_cursor(row=2, column=[str(c.label) for c in table.columns.values()].index("up"))
         await pilot.press("enter")
         await settle(pilot)
         assert not isinstance(app.screen, OverviewScreen)
         assert cursor_path(app) == "model.layers.2.mlp.up_proj.weight"
+
+
+async def test_an_overview_opened_mid_scan_follows_the_scan(demo):
+    """Opened before any result is in, the overview says how far the scan is; once the scan is
+    done it shows the final figures, without being opened again."""
+    app = open_app(*demo, use_cache=False)
+    gate = Gate(app, msg.Results, msg.ScanDone)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.ready)
+        await pilot.press("o")
+        await wait_for(pilot, lambda: isinstance(app.screen, OverviewScreen))
+        screen = app.screen
+        assert "0 of 40 tensors scanned so far" in screen.heading
+        assert all(cell.rel_l2 is None for cell in screen.grid.cells.values())
+        gate.open()
+        await wait_for(pilot, lambda: app.scan_done and "so far" not in screen.heading)
+        assert app.screen is screen  # the same screen, refilled
+        assert any(cell.rel_l2 for cell in screen.grid.cells.values())
+        assert "so far" not in screen_text(app)
 
 
 async def test_table_sorts_filters_and_jumps(demo):
@@ -128,20 +149,44 @@ async def test_a_table_of_100000_rows_draws_what_is_on_screen_and_walks_to_the_e
         await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
         await pilot.pause()
         lines = screen_text(app).splitlines()
-        header = next(i for i, line in enumerate(lines) if line.startswith("1 name"))
+        header = next(i for i, line in enumerate(lines) if line.startswith("1▲name"))  # natural order, marked
         assert "5 rel L2" in lines[header] and "8 NaN/Inf" in lines[header]
         first = lines[header + 1]  # a name too long for its column keeps its end
         assert first.startswith("…") and "s.0.mlp.experts.0.down_proj.weight ≠ changed" in first
-        assert "512×128" in first and "1e-05" in first
+        assert "512×128" in first and "0.001%" in first  # rel L2 in percent, as in the tree
         await pilot.press("5")  # largest rel L2 first: the last row comes to the top
         await pilot.pause()
-        assert ".99.mlp.experts.999.down_proj.weight" in screen_text(app).splitlines()[header + 1]
+        lines = screen_text(app).splitlines()
+        assert "5▼rel L2" in lines[header] and lines[header].startswith("1 name")
+        assert ".99.mlp.experts.999.down_proj.weight" in lines[header + 1]
         await pilot.press("end")
         await pilot.pause()
-        assert "s.0.mlp.experts.0.down_proj.weight" in screen_text(app).splitlines()[-2]  # above the footer
+        assert "experts.0.down_proj.weight" in screen_text(app).splitlines()[-2]  # above the footer
         await pilot.press("home", "pagedown", "enter")
     page = len(lines) - header - 2  # rows between the header and the footer
     assert app.return_value == catalog.names[-1 - page]
+
+
+async def test_the_table_fits_80_columns_and_says_n_a(demo):
+    """At 80×24 the table drops dtype, shape and cosine before a column goes off screen; a pair
+    compared whose figure is undefined reads n/a (an all-zero A has no rel L2), one never
+    compared stays blank; NaN/Inf is its own column beside the scan's status."""
+    app = open_app(*demo)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        header = next(line for line in lines if line.startswith("1▲name"))
+        assert "5 rel L2" in header and "6 max |Δ|" in header and "8 NaN/Inf" in header
+        assert "3 shape" not in header and "7 cosine" not in header
+        rows = {r.name: r for r in (app.screen.rows[k] for k in range(len(app.screen.rows)))}
+        assert "nonfinite" not in {r.status for r in rows.values()}
+        nan = rows["model.layers.2.mlp.up_proj.weight"]
+        assert nan.nonfinite_text and nan.status == "changed"
+        only_a = rows["model.layers.0.self_attn.rotary_emb.inv_freq"]
+        assert only_a.rel_l2 is None and not only_a.compared
 
 
 async def test_anomalies_cycle_from_the_most_serious(demo):

@@ -47,9 +47,36 @@ DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the 
 FILTER_DELAY = 0.15
 AUTO_EXPAND = 300  # a filter with at most this many matches opens every match
 GROUP_REDRAW = 0.5  # seconds between redraws of a group's figures while the scan runs
+OVERVIEW_REDRAW = 1.0  # seconds at least between refreshes of an open overview while the scan runs
 REDRAW = 0.1  # seconds between redraws of the badges and the progress bar while results come in
 NARROW = 110  # columns under which the detail pane stacks its plots below the figures
 VIEWS = ("histograms", "spectrum", "map")
+
+
+def shortened(text: str, room: int) -> str:
+    """`text` in at most `room` characters, cut near the start: a path's end says which
+    checkpoint it is; with room to spare, its start stays too."""
+    if len(text) <= room:
+        return text
+    if room < 2:
+        return "…"[:room]
+    head = (room - 1) // 4 if room >= 24 else 0
+    return text[:head] + "…" + text[len(text) - (room - 1 - head):]
+
+
+def fitted_title(paths: tuple[str, str | None], extra: str, width: int) -> str:
+    """`A path   B path   counts` in `width` columns: the counts stay whole, the paths give way,
+    the longer one first."""
+    a, b = paths
+    tail = f"   {extra}" if extra else ""
+    labels = "A " + ("   B " if b is not None else "")
+    room = max(0, width - len(tail) - len(labels))
+    if b is None:
+        return f"A {shortened(a, room)}{tail}"
+    if len(a) + len(b) > room:
+        a_room = min(len(a), max(room // 2, room - len(b)))
+        a, b = shortened(a, a_room), shortened(b, room - a_room)
+    return f"A {a}   B {b}{tail}"
 
 
 class Actions(Provider):
@@ -132,6 +159,8 @@ class WeightscopeApp(App[None]):
         self.filter_submitted_early = False  # Enter in the filter box before the headers were read
         self.diff_tree: DiffTree | None = None  # mounted once the checkpoints are open
         self.progress = (0, 1)  # bytes scanned, of
+        self.title_extra = ""  # the counts after the paths in the title bar
+        self.overview_asked = 0.0  # time.monotonic() of the last refresh of an open overview
         self._redraw_timer: Timer | None = None
 
     @property
@@ -145,7 +174,7 @@ class WeightscopeApp(App[None]):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="title-bar"):
-            yield Static(self.title_text(), id="title")
+            yield Static(fitted_title(self.paths, "", self.size.width), id="title")
             yield ProgressBar(id="progress", show_eta=False)
         with Vertical(id="tree-area"):
             yield Static("reading headers…", id="placeholder")
@@ -154,10 +183,12 @@ class WeightscopeApp(App[None]):
         yield Input(placeholder="filter: substring, or glob with * ? [ ]  (Enter keeps, Esc clears)", id="filter")
         yield Footer(show_command_palette=False)  # Ctrl+P still opens it (in the help); the keys need the room
 
-    def title_text(self, extra: str = "") -> str:
-        a, b = self.paths
-        sides = f"A {a}" if b is None else f"A {a}   B {b}"
-        return f"{sides}{'   ' + extra if extra else ''}"
+    def show_title(self, extra: str | None = None) -> None:
+        """The title bar, fitted to its width now (and again on every resize)."""
+        if extra is not None:
+            self.title_extra = extra
+        title = self.query_one("#title", Static)
+        title.update(fitted_title(self.paths, self.title_extra, title.size.width or self.size.width))
 
     def on_mount(self) -> None:
         for part in ("#progress", "#filter", "#status-line"):
@@ -181,6 +212,13 @@ class WeightscopeApp(App[None]):
 
     def on_resize(self, event) -> None:
         self.query_one(DetailPane).set_class(event.size.width < NARROW, "narrow")
+        self.call_after_refresh(self.after_resize)
+
+    def after_resize(self) -> None:
+        """Laid out at the new size: the title fitted again, the selected line kept in view."""
+        self.show_title()
+        if self.ready and self.diff_tree.cursor_node is not None:
+            self.diff_tree.scroll_to_node(self.diff_tree.cursor_node, animate=False)
 
     def ask(self, kind: str, *args, key: str | None = None) -> int:
         """Ask the engine; with `key`, the answer to an earlier question of that key is no longer wanted."""
@@ -258,7 +296,7 @@ class WeightscopeApp(App[None]):
         counts = f"{catalog.summary_a.tensors:,}" + ("" if self.single else f" | {catalog.summary_b.tensors:,}")
         notes = sum(len(section) for _, section in self.notes())
         told = f", {notes:,} note{'' if notes == 1 else 's'} (i)" if notes else ""
-        self.query_one("#title", Static).update(self.title_text(f"{counts} tensors{told}"))
+        self.show_title(f"{counts} tensors{told}")
 
     def notes(self) -> list[tuple[str, list[str]]]:
         """(heading, notes) of each side, and of how their names were paired."""
@@ -305,6 +343,7 @@ class WeightscopeApp(App[None]):
         now = time.monotonic()
         if self.shown is not None and self.names.pair[self.shown] < 0 and now - self.group_drawn > GROUP_REDRAW:
             self.show_group(self.shown)
+        self.refresh_overview()
 
     def scan_finished(self, message: msg.ScanDone) -> None:
         self.scan_done = True
@@ -320,6 +359,8 @@ class WeightscopeApp(App[None]):
                 self.show_group(self.shown)
         if self.looking:
             self.step_diff(self.looking)
+        if isinstance(self.screen, OverviewScreen):  # its final figures, whatever question is still out
+            self.ask("overview", key="overview again")
         total = self.catalog.data_bytes.sum()
         if message.complete:
             self.notify(f"scan complete: {human(total, 'B')}", timeout=3)
@@ -342,6 +383,8 @@ class WeightscopeApp(App[None]):
         elif kind in ("overview", "anomalies", "export"):
             if self.wanted(reply.ticket, "whole"):
                 self.whole_ready(kind, reply.content)
+            elif self.wanted(reply.ticket, "overview again") and isinstance(self.screen, OverviewScreen):
+                self.screen.update(reply.content, self.overview_title())
 
     # The detail pane
 
@@ -510,6 +553,23 @@ class WeightscopeApp(App[None]):
         if self.ready:
             self.ask("overview", key="whole")
 
+    def overview_title(self) -> str:
+        read = "" if self.scan_done else f" ({self.table.read:,} of {len(self.catalog):,} tensors scanned so far)"
+        return f"where did B change from A? rel L2 by layer and module{read}"
+
+    def refresh_overview(self) -> None:
+        """An overview open while results come in is worked out again, to follow the scan (the
+        last time once it is done); one question at a time."""
+        now = time.monotonic()
+        if (isinstance(self.screen, OverviewScreen) and "overview again" not in self.latest_open()
+                and now - self.overview_asked > OVERVIEW_REDRAW):
+            self.overview_asked = now
+            self.ask("overview", key="overview again")
+
+    def latest_open(self) -> set[str]:
+        """The keys whose latest question is still unanswered."""
+        return {key for key, ticket in self.latest.items() if ticket in self.asked}
+
     def action_table(self) -> None:
         if self.ready:
             self.push_screen(TableScreen(self.catalog, self.table, self.badge, self.natural), self.show_in_tree)
@@ -529,15 +589,14 @@ class WeightscopeApp(App[None]):
     def whole_ready(self, view: str, content) -> None:
         read = f"{self.table.read:,} of {len(self.catalog):,} tensors scanned"
         if view == "overview":
-            title = f"where did B change from A? rel L2 by layer and module ({read})"
-            self.push_screen(OverviewScreen(content, title), self.show_in_tree)
+            self.push_screen(OverviewScreen(content, self.overview_title()), self.show_in_tree)
         elif view == "anomalies":
             self.anomalies = (self.table.read, content)
             self.step_anomaly(content)
         else:
             md, js = content
             partial = "" if self.scan_done else f" (partial: {read} so far; the files say so)"
-            self.notify(f"wrote {md} and {js}{partial}", timeout=6)
+            self.notify(f"wrote {os.path.basename(md)} and .json{partial}", timeout=6)  # in the working directory
 
     def step_anomaly(self, found: list) -> None:
         if not found:

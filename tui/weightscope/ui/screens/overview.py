@@ -2,8 +2,8 @@
 
 A heatmap of layers (rows) × module types (columns), coloured by rel L2 on a log scale,
 with the tensors outside the layers in a row of their own; the figures of the cell under
-the cursor; and per module type a sparkline of rel L2 across depth. Enter jumps to the
-cell's tensor in the tree.
+the cursor; and per module type a sparkline of rel L2 across depth, all on one scale. Enter
+jumps to the cell's tensor in the tree. `update` refills it in place as the scan goes on.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid as GridContainer
 from textual.containers import Horizontal, Vertical
+from textual.coordinate import Coordinate
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Label, Sparkline, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Label, Static
 
 from weightscope.analysis.anatomy import OUTSIDE, Cell, Grid
 from weightscope.ui.widgets import badges
@@ -24,8 +26,10 @@ from weightscope.ui.widgets import badges
 # One colour per decade of rel L2, from below 1e-6 to 1e-1 and above.
 RAMP = ["#1d3557", "#1f6f8b", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#d62828"]
 LOWEST_DECADE = -6
-OUTSIDE_LABEL = 7  # characters of a name in the row of tensors outside the layers
+LABEL_WIDTH = 14  # the sparkline labels' column, as app.tcss sets #sparklines' grid-columns
 STATUS_CELLS = ("nonfinite", "error", "shape_mismatch", "only_a", "only_b", "dtype")
+BARS = "▁▂▃▄▅▆▇█"
+UNCHANGED_BAR = "·"
 
 
 def colour(rel: float) -> str:
@@ -33,8 +37,23 @@ def colour(rel: float) -> str:
     return RAMP[min(len(RAMP) - 1, max(0, decade - LOWEST_DECADE + 1))]
 
 
+def short_label(name: str, width: int) -> str:
+    """`name` if it fits in `width`, else "…" and as many of its last dotted parts as fit.
+
+    A part is never cut: the last one is shown whole even where it alone is wider."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    label = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(part) + len(label) + 2 > width:  # the dot and the "…"
+            break
+        label = f"{part}.{label}"
+    return f"…{label}"
+
+
 def cell_text(cell: Cell | None, label: str = "") -> Text:
-    """A cell: its rel L2 on its colour, or the badge of what is more notable than a number."""
+    """A cell: its rel L2 (a percentage) on its colour, or the badge of what is more notable than a number."""
     if cell is None:
         return Text(label)
     prefix = f"{label} " if label else ""
@@ -46,7 +65,51 @@ def cell_text(cell: Cell | None, label: str = "") -> Text:
         return Text(f"{prefix}=", style="green dim")
     if rel is None:
         return Text(f"{prefix}{badges.symbol('pending')}", style="dim")
-    return Text(f"{prefix}{badges.percent(rel):>7}", style=f"black on {colour(rel)}")
+    # As narrow as the figure: a wide column pushes the next ones past the pane's edge, cut mid-figure.
+    return Text.assemble(prefix, (badges.percent(rel), f"black on {colour(rel)}"), justify="right")
+
+
+class SparkScale:
+    """One log scale for every sparkline of a view, so equal figures draw equal bars: the
+    smallest rel L2 above 0 draws ▁, the largest █, and no change (or none known) `·`."""
+
+    def __init__(self, grid: Grid):
+        changes = [rel for column in grid.columns for rel in grid.column_series(column) if rel > 0]
+        self.low, self.high = (min(changes), max(changes)) if changes else (0.0, 0.0)
+
+    def bar(self, rel: float) -> str:
+        if rel <= 0:
+            return UNCHANGED_BAR
+        if self.high <= self.low:
+            return BARS[-1]
+        height = math.log10(rel / self.low) / math.log10(self.high / self.low)
+        return BARS[round(min(1.0, max(0.0, height)) * (len(BARS) - 1))]
+
+    def legend(self) -> Text:
+        if self.high <= 0:
+            return Text("no change yet", "dim")
+        return Text(f"{BARS[0]}{badges.percent(self.low)} … {BARS[-1]}{badges.percent(self.high)}")
+
+
+class DepthSparkline(Widget):
+    """rel L2 of one module type down the layers, stretched (or pooled by max) to its width."""
+
+    DEFAULT_CSS = "DepthSparkline { height: 1; }"
+
+    def __init__(self, series: list[float], scale: SparkScale):
+        super().__init__()
+        self.series, self.scale = series, scale
+
+    def render(self) -> Text:
+        text = Text()
+        width, count = self.size.width, len(self.series)
+        if not count:
+            return text
+        for x in range(width):
+            start = x * count // width
+            rel = max(self.series[start:max(start + 1, (x + 1) * count // width)])
+            text.append(self.scale.bar(rel), colour(rel) if rel > 0 else "dim")
+        return text
 
 
 class OverviewScreen(Screen[str | None]):
@@ -65,10 +128,7 @@ class OverviewScreen(Screen[str | None]):
             with Vertical(id="overview-left"):
                 yield DataTable(id="heatmap", cursor_type="cell", zebra_stripes=False)
                 yield Static(id="overview-cell")
-            with GridContainer(id="sparklines"):
-                for column in self.grid.columns:
-                    yield Label(column, classes="spark-label")
-                    yield Sparkline(self.grid.column_series(column), summary_function=max)
+            yield GridContainer(id="sparklines")
         yield Static(self.legend(), id="overview-legend")
         yield Footer(show_command_palette=False)
 
@@ -81,33 +141,92 @@ class OverviewScreen(Screen[str | None]):
         return text
 
     def on_mount(self) -> None:
+        self.fill()
+        self.query_one("#heatmap", DataTable).focus()
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.end_heatmap_at_a_column)
+
+    def end_heatmap_at_a_column(self) -> None:
+        """Narrow the heatmap to the columns that fit whole: a figure cut at the pane's edge
+        ("5.8" of "5.8%") reads as a figure without its unit. The cursor scrolls to the rest."""
         table = self.query_one("#heatmap", DataTable)
+        scrollbar = table.scrollbar_size_vertical
+        room = self.query_one("#overview-left").content_size.width - scrollbar
+        edge = 0
+        for column in table.columns.values():
+            if edge + column.get_render_width(table) > room:
+                table.styles.max_width = edge + scrollbar
+                return
+            edge += column.get_render_width(table)
+        table.styles.max_width = None
+
+    def update(self, grid: Grid, title: str) -> None:
+        """Show a newer grid (more of the scan read) in place, the cursor on the same cell."""
+        table = self.query_one("#heatmap", DataTable)
+        coordinate = table.cursor_coordinate
+        where = self.place_at(coordinate)
+        self.grid, self.heading = grid, title
+        self.query_one("#overview-title", Static).update(Text(title, "bold"))
+        self.fill()
+        found = self.coordinate_of(*where) if where is not None else None
+        row, column = found or (min(coordinate.row, table.row_count - 1), min(coordinate.column, len(table.columns) - 1))
+        table.move_cursor(row=max(0, row), column=max(0, column))
+        self.show_cell(table.cursor_coordinate)
+
+    def fill(self) -> None:
+        """The heatmap and the sparklines of `self.grid`."""
+        table = self.query_one("#heatmap", DataTable)
+        table.clear(columns=True)
         width = max(len(self.grid.outside), len(self.grid.columns))
         columns = self.grid.columns + [""] * (width - len(self.grid.columns))
         table.add_column("layer", key="layer")
         for i, column in enumerate(columns):
-            table.add_column(column, key=f"c{i}")
+            table.add_column(short_label(column, LABEL_WIDTH - 1), key=f"c{i}")
         for row in self.grid.rows:
             table.add_row(Text(row, "bold"), *[cell_text(self.grid.cells.get((row, c))) for c in columns], key=row)
         if self.grid.outside:
-            cells = [cell_text(self.grid.cells[(OUTSIDE, m)], m.split(".")[-1][:OUTSIDE_LABEL])
-                     for m in self.grid.outside]
+            cells = [cell_text(self.grid.cells[(OUTSIDE, m)], m.split(".")[-1]) for m in self.grid.outside]
             table.add_row(Text("other", "bold"), *cells, *[""] * (width - len(cells)), key=OUTSIDE)
-        table.focus()
+        scale = SparkScale(self.grid)
+        labels = [short_label(column, LABEL_WIDTH - 1) for column in self.grid.columns]
+        sparklines = self.query_one("#sparklines", GridContainer)
+        rows = [Label("log scale", classes="spark-label"), Static(scale.legend(), classes="spark-scale")]
+        for column, label in zip(self.grid.columns, labels):
+            rows += [Label(label, classes="spark-label"), DepthSparkline(self.grid.column_series(column), scale)]
+        sparklines.remove_children()
+        sparklines.mount(*rows)
+        widest = max(map(len, labels), default=0) + 1  # and a space before the bars
+        # A last part too long for the column: widen the column rather than cut the part.
+        sparklines.styles.grid_columns = f"{widest} 1fr" if widest > LABEL_WIDTH else None
+        self.call_after_refresh(self.end_heatmap_at_a_column)
+
+    def place_at(self, coordinate: Coordinate) -> tuple[str, str] | None:
+        """The row and module of a heatmap coordinate; None off the cells."""
+        rows, column = self.grid.rows, coordinate.column - 1
+        if column < 0 or coordinate.row > len(rows):
+            return None
+        if coordinate.row == len(rows):
+            return (OUTSIDE, self.grid.outside[column]) if column < len(self.grid.outside) else None
+        return (rows[coordinate.row], self.grid.columns[column]) if column < len(self.grid.columns) else None
+
+    def coordinate_of(self, row: str, module: str) -> tuple[int, int] | None:
+        modules = self.grid.outside if row == OUTSIDE else self.grid.columns
+        rows = self.grid.rows + ([OUTSIDE] if self.grid.outside else [])
+        if row not in rows or module not in modules:
+            return None
+        return rows.index(row), modules.index(module) + 1
 
     def cell_at(self, row_index: int, column_index: int) -> Cell | None:
-        if column_index == 0 or row_index >= len(self.grid.rows) + bool(self.grid.outside):
-            return None
-        if row_index == len(self.grid.rows):
-            modules = self.grid.outside
-            return self.grid.cells.get((OUTSIDE, modules[column_index - 1])) if column_index - 1 < len(modules) else None
-        columns = self.grid.columns
-        if column_index - 1 >= len(columns):
-            return None
-        return self.grid.cells.get((self.grid.rows[row_index], columns[column_index - 1]))
+        where = self.place_at(Coordinate(row_index, column_index))
+        return self.grid.cells.get(where) if where is not None else None
 
     def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
-        cell = self.cell_at(event.coordinate.row, event.coordinate.column)
+        self.show_cell(event.coordinate)
+
+    def show_cell(self, coordinate: Coordinate) -> None:
+        """The figures of the cell at `coordinate` under the heatmap."""
+        cell = self.cell_at(coordinate.row, coordinate.column)
         info = self.query_one("#overview-cell", Static)
         if cell is None:
             info.update("")

@@ -18,7 +18,7 @@ from textual.widgets import Footer, Input
 from weightscope.analysis.hierarchy import SEVERITY, matcher
 from weightscope.compare import columns as c
 from weightscope.compare.catalog import Catalog
-from weightscope.compare.results import ResultTable
+from weightscope.compare.results import STATUSES, ResultTable
 from weightscope.report.diff import nonfinite_text
 from weightscope.ui.widgets.pair_table import COLUMNS, PairTable
 
@@ -35,6 +35,7 @@ class Row:
     max_abs: float | None
     cosine: float | None
     nonfinite_text: str
+    compared: bool  # both sides were read and compared: a missing figure is undefined ("n/a"), not absent
 
 
 def joined(values) -> str:
@@ -71,8 +72,11 @@ class Rows:
 
         texts = [nonfinite_text(*(int(np.nan_to_num(values[base + k])) for k in (c.FNAN, c.FPOSINF, c.FNEGINF)))
                  for base in (c.FA, c.FB)]
-        return Row(catalog.names[i], SEVERITY[self.badge[i]], dtype, shape, figure(c.REL_L2), figure(c.MAX_ABS),
-                   figure(c.COSINE), " | ".join(t for t in texts if t))
+        status = SEVERITY[self.badge[i]]
+        if status == "nonfinite":  # NaN/Inf is a flag of its own column, beside the status the scan gave
+            status = STATUSES[self.table.status[i]]
+        return Row(catalog.names[i], status, dtype, shape, figure(c.REL_L2), figure(c.MAX_ABS),
+                   figure(c.COSINE), " | ".join(t for t in texts if t), not np.isnan(values[c.FD + c.FCHANGED]))
 
 
 class TableScreen(Screen[str | None]):
@@ -111,7 +115,9 @@ class TableScreen(Screen[str | None]):
     def fill(self) -> None:
         order = self.kept if self.sort_column is None else self.kept[self.positions(self.kept)]
         self.rows = Rows(self.catalog, self.table, self.badge, order)
-        self.query_one(PairTable).show(self.rows)
+        table = self.query_one(PairTable)
+        table.sorted_by = (self.sort_column or 0, self.reverse)
+        table.show(self.rows)
 
     def positions(self, pairs: np.ndarray) -> np.ndarray:
         """Positions of `pairs` sorted by the chosen column; unknown figures last either way."""

@@ -6,6 +6,8 @@ import os
 
 from rich.style import Style
 
+from weightscope.report.diff import percent  # noqa: F401  (rel L2 as every view shows it)
+
 # With NO_COLOR, Textual draws in greys, where dim text all but vanishes: the symbols carry
 # the meaning, drawn plain or bold.
 NO_COLOR = bool(os.environ.get("NO_COLOR"))
@@ -43,11 +45,3 @@ def words(status: str) -> str:
     return BADGES[status][2]
 
 
-def percent(rel: float) -> str:
-    """rel_l2 as a short percentage: 0.031 -> '3.1%', 2e-6 -> '0.0002%', 1.5 -> '150%'."""
-    if rel == 0:
-        return "0%"
-    value = rel * 100
-    if value >= 10:
-        return f"{value:.0f}%"
-    return f"{value:.2g}%" if value >= 0.01 else f"{value:.1g}%"

@@ -116,6 +116,8 @@ class DetailPane(VerticalScroll):
                 sides.add_row(label, Text("—", "dim"), "")
                 continue
             where = info.origin or os.path.basename(info.file)
+            if info.quant is not None and info.origin is None:  # the figures below are of the decoded values
+                where += f", dequantized from {info.quant} to {info.dtype}"
             detail = info.error or (f"tied to {info.tied_to}" if info.tied_to else where)
             name = "" if info.name == pair.name else info.name
             sides.add_row(label, f"{info.stored_dtype or '?'} {list(info.shape) if info.shape is not None else ''}",
@@ -183,8 +185,10 @@ class DetailPane(VerticalScroll):
             self.draw_histograms(result, log_counts)
 
     def diff_rows(self, diff: DiffStats) -> list[tuple[str, str]]:
+        """Δ's figures, beside the sides' rows (at most as many): rel L2 in percent, as the tree shows it."""
         return [("max |Δ|", number(diff.max_abs)), ("mean |Δ|", number(diff.mean_abs)), ("RMS", number(diff.rms)),
-                ("rel L2", number(diff.rel_l2)), ("cosine", number(diff.cosine)),
+                ("rel L2", badges.percent(diff.rel_l2) if diff.rel_l2 is not None else "n/a"),
+                ("SNR dB", f"{diff.snr_db:.1f}" if diff.snr_db is not None else "n/a"), ("cosine", number(diff.cosine)),
                 ("changed", f"{100 * diff.changed_fraction:.4g}%" if diff.changed_fraction is not None else "n/a"),
                 ("mismatched", number(diff.mismatched))]
 
@@ -243,8 +247,10 @@ class DetailPane(VerticalScroll):
         self.query_one("#detail-plots").display = False
 
     def show_view(self, view: str) -> None:
-        """Which figure the lower right shows: "histograms", "spectrum" or "map"."""
+        """Which figure the lower right shows: "histograms", "spectrum" or "map". In a narrow
+        pane, where the plots sit below the figures, a spectrum or map takes the figures' place."""
         self.query_one(ContentSwitcher).current = view
+        self.set_class(view != "histograms", "plot-view")
 
     def show_spectrum(self, spectrum, log_scale: bool) -> None:
         plot = self.query_one(SpectrumPlot)

@@ -26,17 +26,32 @@ COLUMNS = [("name", 0, False), ("status", 16, False), ("dtype", 9, False), ("sha
            ("rel L2", 9, True), ("max |Δ|", 9, True), ("cosine", 9, True), ("NaN/Inf", 10, False)]
 NAME_MIN = 24
 GAP = 1
+DROPPED_FIRST = (2, 3, 6, 5)  # columns a narrow terminal goes without, in this order: dtype, shape, cosine, max |Δ|
 
 
-def number(value: float | None, spec: str = ".3g") -> str:
-    return "" if value is None else format(value, spec)
+def number(value: float | None, compared: bool, spec: str = ".3g") -> str:
+    """A figure; "n/a" where the pair was compared but the figure is undefined (the detail pane says why)."""
+    if value is None:
+        return "n/a" if compared else ""
+    return format(value, spec)
 
 
 def fit(text: str, width: int, right: bool = False) -> str:
-    """`text` in exactly `width` cells; cut at the start (the end of a dotted name says most)."""
+    """`text` in exactly `width` cells; cut at the start (the end of a dotted name says most:
+    `…rs.99.mlp.experts.999.down_proj.weight` keeps both numbers)."""
     if len(text) > width:
         text = "…" + text[len(text) - width + 1:] if width > 1 else text[:width]
     return text.rjust(width) if right else text.ljust(width)
+
+
+def shown_columns(width: int) -> list[int]:
+    """The columns that fit in `width`, the name at least `NAME_MIN` wide."""
+    shown = list(range(len(COLUMNS)))
+    for column in DROPPED_FIRST:
+        if NAME_MIN + sum(COLUMNS[k][1] + GAP for k in shown[1:]) <= width:
+            break
+        shown.remove(column)
+    return shown
 
 
 class PairTable(ScrollView, can_focus=True):
@@ -60,6 +75,8 @@ class PairTable(ScrollView, can_focus=True):
     """
 
     cursor = reactive(0, always_update=True)
+    sorted_by: tuple[int, bool] = (0, False)
+    """(column, descending): the header marks it."""
 
     @dataclass
     class Selected(Message):
@@ -112,17 +129,23 @@ class PairTable(ScrollView, can_focus=True):
             if event.chain == 2:  # a double click picks the row
                 self.action_select()
 
-    def widths(self) -> list[int]:
-        fixed = sum(w for _, w, _ in COLUMNS[1:]) + GAP * (len(COLUMNS) - 1)
-        return [max(NAME_MIN, self.scrollable_content_region.width - fixed)] + [w for _, w, _ in COLUMNS[1:]]
+    def widths(self) -> list[tuple[int, int]]:
+        """(column, width) of each column shown."""
+        total = self.scrollable_content_region.width
+        shown = shown_columns(total)
+        fixed = sum(COLUMNS[k][1] + GAP for k in shown[1:])
+        return [(0, max(NAME_MIN, total - fixed))] + [(k, COLUMNS[k][1]) for k in shown[1:]]
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         widths = self.widths()
         if y == 0:
             style = self.get_component_rich_style("pair-table--header")
-            text = (" " * GAP).join(fit(f"{i + 1} {title}", w, right) for i, ((title, _, right), w)
-                                    in enumerate(zip(COLUMNS, widths)))
+            column, descending = self.sorted_by
+
+            def title(k: int) -> str:  # the digit that sorts by it; an arrow after it on the one sorted by
+                return f"{k + 1}{('▼' if descending else '▲') if k == column else ' '}{COLUMNS[k][0]}"
+            text = (" " * GAP).join(fit(title(k), w, COLUMNS[k][2]) for k, w in widths)
             return Strip([Segment(text, style)]).adjust_cell_length(width, style)
         index = round(self.scroll_offset.y) + y - 1
         if index >= len(self.rows):
@@ -135,14 +158,16 @@ class PairTable(ScrollView, can_focus=True):
             base = self.rich_style
         return Strip(self.cells(self.rows[index], widths, base)).adjust_cell_length(width, base)
 
-    def cells(self, row, widths: list[int], base: Style) -> list[Segment]:
+    def cells(self, row, widths: list[tuple[int, int]], base: Style) -> list[Segment]:
         status = badges.style(row.status)
+        rel = badges.percent(row.rel_l2) if row.rel_l2 is not None else number(None, row.compared)
         texts = [(row.name, None), (f"{badges.symbol(row.status)} {row.status}", status), (row.dtype, None),
-                 (row.shape, None), (number(row.rel_l2), None), (number(row.max_abs), None),
-                 (number(row.cosine, ".6f"), None), (row.nonfinite_text, Style(color="red"))]
+                 (row.shape, None), (rel, None), (number(row.max_abs, row.compared), None),
+                 (number(row.cosine, row.compared, ".6f"), None), (row.nonfinite_text, Style(color="red"))]
         segments: list[Segment] = []
-        for (text, style), w, (_, _, right) in zip(texts, widths, COLUMNS):
+        for k, w in widths:
+            text, style = texts[k]
             if segments:
                 segments.append(Segment(" " * GAP, base))
-            segments.append(Segment(fit(text, w, right), base + style if style else base))
+            segments.append(Segment(fit(text, w, COLUMNS[k][2]), base + style if style else base))
         return segments
