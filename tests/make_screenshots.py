@@ -20,6 +20,7 @@ VIEWS = {
     "nan-tensor.svg": ["slash", *"up_proj", "enter", *["down"] * 13],
     "layer-summary.svg": ["n", "n", "n", "left", "left", "left"],
     "overview.svg": ["o", "down", "right", "right"],
+    "spectrum.svg": ["n", "n", "n", "n", "v"],
     "change-map.svg": ["n", "n", "n", "n", "v", "v"],
 }
 
@@ -40,6 +41,10 @@ async def shoot(base: str, tuned: str, name: str, keys: list[str]) -> None:
 
 
 def main() -> None:
+    from weightscope.paths import cache_dir
+
+    # A private result cache; the compiled loops keep theirs (compiling them takes half a minute).
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
     with tempfile.TemporaryDirectory() as cache:
         os.environ["XDG_CACHE_HOME"] = cache
         from weightscope.demo import write_demo

@@ -409,7 +409,7 @@ async def test_holding_down_computes_only_the_last_tensor(pair, monkeypatch):
     b = {name: t + 0.01 for name, t in a.items()}
     # The cursor must rest this long before work starts; longer than the app's 50 ms so that a
     # stall of a loaded CI machine in the middle of the burst cannot pass for a rest.
-    monkeypatch.setattr(app_module, "DETAIL_DELAY", 0.3)
+    monkeypatch.setattr(app_module, "DETAIL_DELAY", 1.0)
     app = open_app(*pair(a, b))
     answers = Gate(app, msg.Reply, is_open=True)
     async with app.run_test(size=SIZE) as pilot:

@@ -117,3 +117,53 @@ class TestSmallTerminal:
             assert pane.scroll_y > 0
 
         assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=run_before)
+
+
+async def in_view(pilot: Pilot, presses: int) -> None:
+    """The changed tensor, then `v` pressed `presses` times (1: spectrum, 2: change map), its figure drawn."""
+    await onto_changed_tensor(pilot)
+    await pilot.press(*["v"] * presses)
+    await quiet(pilot)
+    assert pilot.app.detail_view == ("spectrum", "map")[presses - 1]
+
+
+async def in_screen(pilot: Pilot, key: str) -> None:
+    """The demo after its scan, then `key` (`t` table, `o` overview), its screen settled."""
+    from weightscope.ui.screens.overview import OverviewScreen
+    from weightscope.ui.screens.table import TableScreen
+
+    await quiet(pilot)
+    await pilot.press(key)
+    await settle(pilot, until=lambda: isinstance(pilot.app.screen, (TableScreen, OverviewScreen)))
+    await quiet(pilot)
+
+
+class TestViews:
+    """Each detail view, the table and the overview, at 120×40 and at 80×24: at the small size
+    the spectrum and the map take the statistics' place, the table leaves out columns to fit and
+    the overview keeps whole labels."""
+
+    def test_spectrum(self, snap_compare, demo):
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=lambda p: in_view(p, 1))
+
+    def test_spectrum_at_80x24(self, snap_compare, demo):
+        assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=lambda p: in_view(p, 1))
+
+    def test_change_map(self, snap_compare, demo):
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=lambda p: in_view(p, 2))
+
+    def test_change_map_at_80x24(self, snap_compare, demo):
+        assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=lambda p: in_view(p, 2))
+
+    def test_table(self, snap_compare, demo):
+        assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=lambda p: in_screen(p, "t"))
+
+    def test_table_at_80x24(self, snap_compare, demo):
+        assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=lambda p: in_screen(p, "t"))
+
+    def test_overview_at_80x24(self, snap_compare, demo):
+        assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=lambda p: in_screen(p, "o"))
+
+    def test_tree_at_80x24(self, snap_compare, demo):
+        """The demo after its scan in an 80×24 terminal: the title keeps its counts."""
+        assert snap_compare(open_app(*demo), terminal_size=SMALL, run_before=quiet)

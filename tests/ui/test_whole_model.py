@@ -80,6 +80,24 @@ async def test_an_overview_opened_mid_scan_follows_the_scan(demo):
         assert "so far" not in screen_text(app)
 
 
+async def test_a_table_opened_mid_scan_follows_the_scan(demo):
+    """Opened before any result is in, every row reads "pending"; once the scan is done the
+    same screen shows the statuses, without being opened again."""
+    app = open_app(*demo, use_cache=False)
+    gate = Gate(app, msg.Results, msg.ScanDone)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.ready)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
+        await pilot.pause()
+        screen = app.screen
+        assert "changed" not in screen_text(app)
+        assert "pending" in screen_text(app)
+        gate.open()
+        await wait_for(pilot, lambda: app.scan_done and "≠ changed" in screen_text(app))
+        assert app.screen is screen
+
+
 async def test_table_sorts_filters_and_jumps(demo):
     app = open_app(*demo)
     async with app.run_test(size=SIZE) as pilot:

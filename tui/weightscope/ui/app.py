@@ -344,6 +344,8 @@ class WeightscopeApp(App[None]):
         if self.shown is not None and self.names.pair[self.shown] < 0 and now - self.group_drawn > GROUP_REDRAW:
             self.show_group(self.shown)
         self.refresh_overview()
+        if isinstance(self.screen, TableScreen):
+            self.screen.refresh_rows()
 
     def scan_finished(self, message: msg.ScanDone) -> None:
         self.scan_done = True
@@ -361,6 +363,8 @@ class WeightscopeApp(App[None]):
             self.step_diff(self.looking)
         if isinstance(self.screen, OverviewScreen):  # its final figures, whatever question is still out
             self.ask("overview", key="overview again")
+        if isinstance(self.screen, TableScreen):
+            self.screen.refresh_rows()
         total = self.catalog.data_bytes.sum()
         if message.complete:
             self.notify(f"scan complete: {human(total, 'B')}", timeout=3)

@@ -119,6 +119,11 @@ class TableScreen(Screen[str | None]):
         table.sorted_by = (self.sort_column or 0, self.reverse)
         table.show(self.rows)
 
+    def refresh_rows(self) -> None:
+        """Results came in: the rows on screen drawn again from them (the order stays as sorted)."""
+        self.rows.row.cache_clear()
+        self.query_one(PairTable).refresh()
+
     def positions(self, pairs: np.ndarray) -> np.ndarray:
         """Positions of `pairs` sorted by the chosen column; unknown figures last either way."""
         column, values = self.sort_column, self.table.values[pairs]

@@ -15,9 +15,9 @@ def summaries(spectrum: Spectrum) -> list[str]:
         return ["Δ is zero: no spectrum"]
     top = min(8, len(spectrum.singular_values))
     share = f"top {top} hold {100 * spectrum.share(top):.3g}%"
-    ranks = f"effective rank {spectrum.effective_rank:.1f} · stable rank {spectrum.stable_rank:.2g}"
+    ranks = f"effective rank {spectrum.effective_rank:.1f} · stable rank {spectrum.stable_rank:.3g}"
     return [f"{ranks} · {share} of ‖Δ‖² ({spectrum.method})", f"{ranks} · {share}", ranks,
-            f"eff. rank {spectrum.effective_rank:.1f} · stable {spectrum.stable_rank:.2g}"]
+            f"eff. rank {spectrum.effective_rank:.1f} · stable {spectrum.stable_rank:.3g}"]
 
 
 def summary(spectrum: Spectrum, width: int = 0) -> str:
