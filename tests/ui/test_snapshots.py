@@ -136,6 +136,7 @@ async def in_screen(pilot: Pilot, key: str) -> None:
     await pilot.press(key)
     await settle(pilot, until=lambda: isinstance(pilot.app.screen, (TableScreen, OverviewScreen)))
     await quiet(pilot)
+    await pilot.pause(0.2)  # laid out and drawn, on a loaded machine too
 
 
 class TestViews:

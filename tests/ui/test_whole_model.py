@@ -288,7 +288,8 @@ class TestWholeModelSnapshots:
             pilot.app.clear_notifications()
             await pilot.press("o")
             await wait_for(pilot, lambda: isinstance(pilot.app.screen, OverviewScreen))
-            await pilot.pause()
+            await wait_for(pilot, lambda: pilot.app.screen.query_one("#heatmap", DataTable).row_count > 0)
+            await pilot.pause(0.2)  # laid out and drawn, on a loaded machine too
 
         assert snap_compare(open_app(*demo), terminal_size=SIZE, run_before=run_before)
 
