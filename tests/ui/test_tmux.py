@@ -315,7 +315,7 @@ def test_no_color_keeps_the_badges(terminal, demo):
     head = next(line for line in lines if "lm_head" in line)
     model = next(line for line in lines if "model" in line)
     assert re.search(r"lm_head\s+⇔ ", head), head  # the resized vocabulary
-    assert re.search(r"model\s+! ", model), model  # a NaN somewhere inside
+    assert re.search(r"model\s+◀! ", model), model  # a tensor only in A, and NaN flagged beside it
     counts = "\n".join(detail_lines(screen))  # model: every other tensor
     for symbol, words in (("=", "identical"), ("~", "changed within tolerance"), ("≠", "changed"),
                           ("◀", "only in A"), ("!", "NaN or Inf")):

@@ -45,10 +45,12 @@ def natural_key(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
-def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None) -> np.ndarray:
+def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None,
+           flag_nonfinite: bool = True) -> np.ndarray:
     """What each pair's line shows (`SEVERITY` codes): the headers' verdict until it is read,
-    then its scan status, outranked by NaN/Inf and by a change of stored dtype. A LoRA
-    adapter's own parameter is a factor, whatever its side (NaN/Inf in it still shows)."""
+    then its scan status, outranked by NaN/Inf (unless `flag_nonfinite` is off: the status
+    beside which that flag is shown) and by a change of stored dtype. A LoRA adapter's own
+    parameter is a factor, whatever its side (NaN/Inf in it still shows)."""
     index = np.arange(len(catalog)) if index is None else index
     known, status = catalog.known[index], table.status[index]
     values = table.values[index]
@@ -63,8 +65,8 @@ def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None
     for base in (c.FA, c.FB):
         counts = values[:, base + c.FNAN] + values[:, base + c.FPOSINF] + values[:, base + c.FNEGINF]
         nonfinite |= np.nan_to_num(counts) > 0
-    return np.where(nonfinite & (status != results.UNREAD) & (status != results.ERROR), CODE["nonfinite"],
-                    out).astype(np.int8)
+    flagged = nonfinite & (status != results.UNREAD) & (status != results.ERROR) & flag_nonfinite
+    return np.where(flagged, CODE["nonfinite"], out).astype(np.int8)
 
 
 @dataclass

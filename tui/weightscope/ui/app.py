@@ -278,7 +278,8 @@ class WeightscopeApp(App[None]):
         self.names = message.tree
         self.natural = self.names.order
         self.rollup = self.rollup_of(self.names)
-        tree = self.diff_tree = DiffTree(self.catalog, self.names, self.rollup, single=self.single, id="tree")
+        tree = self.diff_tree = DiffTree(self.catalog, self.names, self.rollup, single=self.single, table=self.table,
+                                         id="tree")
         self.query_one(DetailPane).single = self.single
         area = self.query_one("#tree-area")
         area.query_one("#placeholder").remove()

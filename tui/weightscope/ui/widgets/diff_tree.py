@@ -10,14 +10,17 @@ catalog, worked out when the line is drawn.
 
 from __future__ import annotations
 
+import numpy as np
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from weightscope.analysis.hierarchy import NameTree, Rollup
+from weightscope.analysis.hierarchy import SEVERITY, NameTree, Rollup
+from weightscope.analysis.hierarchy import badges as badges_of
 from weightscope.compare.catalog import Catalog
+from weightscope.compare.results import ResultTable
 from weightscope.ui.widgets import badges
 
 SHORT_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16", "float64": "f64",
@@ -45,14 +48,16 @@ class DiffTree(Tree[int]):
         Binding("l,right", "expand_or_child", "Expand", show=False),
     ]
 
-    def __init__(self, catalog: Catalog, names: NameTree, rollup: Rollup, single: bool = False, **kwargs):
+    def __init__(self, catalog: Catalog, names: NameTree, rollup: Rollup, single: bool = False,
+                 table: ResultTable | None = None, **kwargs):
         """
         Args:
             names, rollup: the name tree to show and what its groups hold.
             single: one checkpoint only: no B column.
+            table: the results so far, for the status beside which NaN/Inf is flagged.
         """
         super().__init__("", data=0, **kwargs)
-        self.catalog, self.names, self.rollup = catalog, names, rollup
+        self.catalog, self.names, self.rollup, self.table = catalog, names, rollup, table
         self.single = single
         self.show_root = False
         self.guide_depth = 3
@@ -206,6 +211,14 @@ class DiffTree(Tree[int]):
             value = f"{differing}/{self.rollup.weights(node)}{shown}" if differing else ""
         return Text(value.rjust(FIGURE_WIDTH)[:FIGURE_WIDTH], style="dim")
 
+    def beside_flag(self, node: int) -> str:
+        """The most notable status of the node's tensors, NaN/Inf left to its flag."""
+        run = self.names.order[self.names.lo[node]:self.names.hi[node]]
+        codes = np.bincount(badges_of(self.catalog, self.table, run, flag_nonfinite=False), minlength=len(SEVERITY))
+        present = np.flatnonzero(codes)
+        status = SEVERITY[present[0]] if len(present) else "identical"
+        return "read" if self.single and status == "identical" else status
+
     def status_of(self, node: int) -> str:
         status = self.rollup.status(node)
         return "read" if self.single and status == "identical" else status
@@ -214,7 +227,11 @@ class DiffTree(Tree[int]):
         node = line.data
         total = self.label_width(line) + self.guides_width(line)
         status = self.status_of(node)
-        badge = Text(f" {badges.symbol(status)} ", style=badges.style(status))
+        if status == "nonfinite" and self.table is not None:  # the flag beside the status it outranks
+            beside = self.beside_flag(node)
+            badge = Text.assemble((badges.symbol(beside), badges.style(beside)), ("! ", badges.style("nonfinite")))
+        else:
+            badge = Text(f" {badges.symbol(status)} ", style=badges.style(status))
         if self.single:
             a_width = total - self.guides_width(line) - BADGE_WIDTH - FIGURE_WIDTH
             text = Text.assemble(self.side_text(line, "a", a_width), badge, self.figure(node))
