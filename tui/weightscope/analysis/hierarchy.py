@@ -11,6 +11,7 @@ nothing to keep current but two arrays as results arrive.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from itertools import repeat
@@ -129,13 +130,17 @@ MAX_DEPTH = 64  # parts of a name the tree shows as levels; the rest of a deeper
 
 
 def build(catalog: Catalog, pattern: str = "") -> NameTree:
-    """The name tree of the pairs whose names match `pattern` (all for "").
+    """The name tree of the pairs whose names match `pattern` (all for "")."""
+    return of_names(catalog.names, pattern)
+
+
+def of_names(names: Sequence[str], pattern: str = "") -> NameTree:
+    """The name tree of those of `names` (a pair's index is its place there) that match `pattern`.
 
     Built with array operations, not a round of Python per name: each name becomes a row of
     its parts' ranks (the natural order of the distinct parts), rows sort lexicographically,
     and a node starts wherever a row's part differs from the row before.
     """
-    names = catalog.names
     keep = matcher(pattern) if pattern else None
     kept = [i for i, name in enumerate(names) if keep(name)] if keep else range(len(names))
     named = [names[i] for i in kept] if keep else names

@@ -9,7 +9,10 @@ Only one-to-one matches pair; every mapping applied is reported.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
 from typing import NamedTuple
 
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo
@@ -39,9 +42,35 @@ class Pair(NamedTuple):
         return any(note.startswith("tied to ") for note in self.notes)
 
 
+make_pair = partial(tuple.__new__, Pair)  # a Pair from its fields, with no Python call
+
+
+class SameNames(Sequence[Pair]):
+    """The pairs of two checkpoints with the same names, in A's order: pair i is A's i-th name
+    on both sides, made when asked (the catalog reads the sides' columns instead)."""
+
+    def __init__(self, a: Mapping[str, TensorInfo], b: Mapping[str, TensorInfo]):
+        self.a, self.b = a, b
+        self.names = list(a)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        name = self.names[i]
+        return Pair(name, self.a[name], self.b[name])
+
+    def __iter__(self) -> Iterator[Pair]:
+        a = self.a.values()
+        b = self.b.values() if list(self.b) == self.names else map(self.b.__getitem__, self.names)
+        return map(make_pair, zip(self.names, a, b, repeat(())))
+
+
 @dataclass(frozen=True)
 class Alignment:
-    pairs: list[Pair]
+    pairs: Sequence[Pair]
     notes: list[str]
 
 
@@ -66,8 +95,15 @@ def match_unique(left: dict[str, str], right: dict[str, str]) -> list[tuple[str,
 
 
 def align(a: Checkpoint, b: Checkpoint) -> Alignment:
-    matched: dict[str, str] = {n: n for n in a.tensors if n in b.tensors}
-    taken_b = set(matched)  # matched.values(), as a set: a lookup per name must not scan them all
+    """Every tensor of A and B as a pair, A's order first, then B's tensors that A lacks.
+
+    The usual case, the same names on both sides, pairs with `map` alone: 100,000-tensor
+    models are the normal case."""
+    if a.tensors.keys() == b.tensors.keys():  # (no one-sided pair: no ties to note either)
+        return Alignment(SameNames(a.tensors, b.tensors), [])
+    common = a.tensors.keys() & b.tensors.keys()
+    matched: dict[str, str] = dict(zip(common, common))
+    taken_b = set(common)  # matched.values(), as a set: a lookup per name must not scan them all
     mappings: Counter = Counter()
 
     def rest_a() -> list[str]:
@@ -97,8 +133,8 @@ def align(a: Checkpoint, b: Checkpoint) -> Alignment:
                 other = "B" if side == "A" else "A"
                 mappings[f"'model.' prefix in {side}, not in {other}"] += 1
 
-    pairs = [Pair(n, a.tensors[n], b.tensors[matched[n]]) if n in matched else Pair(n, a.tensors[n], None)
-             for n in a.tensors]
+    names = list(a.tensors)
+    pairs = list(map(make_pair, zip(names, a.tensors.values(), map(b.tensors.get, map(matched.get, names)), repeat(()))))
     pairs += [Pair(n, None, b.tensors[n]) for n in b.tensors if n not in taken_b]
     pairs = note_ties(pairs)
     notes = [f"names mapped: {what} ({count} tensors)" for what, count in mappings.items()]

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import is_, is_not, itemgetter, ne
 
 import numpy as np
 
-from weightscope.compare.align import Alignment, Pair
-from weightscope.sources.checkpoint import Checkpoint, TensorInfo
+from weightscope.compare.align import Alignment, Pair, SameNames
+from weightscope.sources.checkpoint import Checkpoint, TensorInfo, TensorTable
 from weightscope.sources.dtypes import ITEMSIZE
 from weightscope.sources.lora.checkpoint import adapter_parameters
 
@@ -80,7 +82,7 @@ class Side:
 
     @property
     def present(self) -> np.ndarray:
-        return np.array([n is not None for n in self.name], bool)
+        return np.fromiter(map(is_not, self.name, repeat(None)), bool, len(self.name))
 
     @property
     def readable(self) -> np.ndarray:
@@ -165,47 +167,94 @@ class Catalog:
 
 
 def side_column(infos: list[TensorInfo | None], files: dict[str, int], checkpoint: Checkpoint) -> Side:
-    """One side's columns, filled a column at a time: a comprehension per field, not a round of
-    Python per tensor and field (100,000 tensors are the normal case)."""
+    """One side's columns from its `TensorInfo`s (None where a pair lacks this side), transposed
+    by `zip`: no round of Python per tensor and field (100,000 tensors are the normal case)."""
     n = len(infos)
-    at = [i for i, info in enumerate(infos) if info is not None]
-    got = [infos[i] for i in at] if len(at) < n else infos
+    at = [i for i, info in enumerate(infos) if info is not None] if infos.count(None) else None
+    got = [infos[i] for i in at] if at is not None else infos
+    fields = dict(zip(TensorInfo._fields, zip(*got) if got else repeat((), len(TensorInfo._fields))))
+    spans = fields.pop("span")
+    if None in spans:
+        spans = [span or (-1, -1) for span in spans]
+    bounds = np.fromiter(chain.from_iterable(spans), np.int64, 2 * len(spans)).reshape(-1, 2)
+    fields["start"], fields["end"] = bounds[:, 0], bounds[:, 1]
+    return side_of(fields, plain(checkpoint, got, fields), n, at, files)
 
-    def column(values: list, missing=None) -> list:
-        if len(at) == n:
+
+def table_column(table: TensorTable, names: list[str], files: dict[str, int], checkpoint: Checkpoint) -> Side:
+    """One side's columns from a `TensorTable` holding every name of `names`, in that order."""
+    rows = None if table.names == names else list(map(table.index.__getitem__, names))
+
+    def column(values: list | np.ndarray) -> list | np.ndarray:
+        return values if rows is None else values[rows] if isinstance(values, np.ndarray) else list(map(values.__getitem__, rows))
+
+    fields = {field: column(getattr(table, field)) for field in ("dtype", "shape", "file", "start", "end")}
+    fields["name"] = table.names if rows is None else names
+    sources = checkpoint.sources
+    usual = all(getattr(sources.get(path), "PLAIN_BY_SPAN", False) for path in dict.fromkeys(table.file))
+    return side_of(fields, np.full(len(names), usual) if usual else plain(checkpoint, list(map(table.__getitem__, names)),
+                                                                          fields), len(names), None, files)
+
+
+def side_of(fields: dict[str, tuple | list], plain: np.ndarray | list[bool], n: int, at: list[int] | None,
+            files: dict[str, int]) -> Side:
+    """A `Side` from its columns (`fields`: TensorInfo's, with `start` and `end` for `span`), for
+    the rows `at` of `n` pairs (None: all of them); the optional fields may be absent."""
+
+    def column(values, missing=None) -> list | tuple:
+        if at is None:
             return values
         out = [missing] * n
         for i, value in zip(at, values):
             out[i] = value
         return out
 
-    def sparse(values: list) -> dict[int, str]:
-        if values.count(None) == len(values):  # (nearly always: a pass in C)
+    def sparse(name: str) -> dict[int, str]:
+        values = fields.get(name, ())
+        if values.count(None) == len(values):  # (nearly always)
             return {}
-        return {i: value for i, value in zip(at, values) if value is not None}
+        rows = at if at is not None else range(n)
+        return {i: value for i, value in zip(rows, values) if value is not None}
 
-    shapes = [info.shape for info in got]
-    dtypes = [info.dtype for info in got]
-    spans = [info.span or (-1, -1) for info in got]
-    numel = [math.prod(shape) if shape is not None else 0 for shape in shapes]
-    quant = sparse([info.quant for info in got])
-    nbytes = [count * ITEMSIZE.get(dtype or "", 0) for count, dtype in zip(numel, dtypes)]
-    side = Side(tuple(column([info.name for info in got])), tuple(column(dtypes)), tuple(column(shapes)),
-                np.array(column([files.setdefault(info.file, len(files)) for info in got], -1), np.int32),
-                np.array(column([s for s, _ in spans], -1), np.int64), np.array(column([e for _, e in spans], -1), np.int64),
-                np.array(column(numel, 0), np.int64), np.array(column(nbytes, 0), np.int64),
-                np.array(column(plain(checkpoint, got), False), bool), quant, sparse([info.error for info in got]),
-                sparse([info.tied_to for info in got]), sparse([info.origin for info in got]),
-                sparse([info.stored_name for info in got]))
+    def array(values, dtype, missing) -> np.ndarray:
+        values = np.asarray(values, dtype)
+        if at is None:
+            return values
+        out = np.full(n, missing, dtype)
+        out[at] = values
+        return out
+
+    canonical: dict = {}  # equal shapes as one tuple: smaller to send and to keep
+    shapes = tuple(map(canonical.setdefault, fields["shape"], fields["shape"]))
+    dtypes = fields["dtype"]
+    numel = list(map(math.prod, shapes)) if None not in shapes else [math.prod(s) if s else 0 for s in shapes]
+    for path in dict.fromkeys(fields["file"]):
+        files.setdefault(path, len(files))
+    nbytes = np.fromiter(map(ITEMSIZE.get, dtypes, repeat(0)), np.int64, len(dtypes)) * np.array(numel, np.int64)
+    quant = sparse("quant")
+    side = Side(tuple(column(fields["name"])), tuple(column(dtypes)), tuple(column(shapes)),
+                array(list(map(files.__getitem__, fields["file"])), np.int32, -1), array(fields["start"], np.int64, -1),
+                array(fields["end"], np.int64, -1), array(numel, np.int64, 0), array(nbytes, np.int64, 0),
+                array(plain, bool, False), quant, sparse("error"), sparse("tied_to"), sparse("origin"),
+                sparse("stored_name"))
     for i in quant:  # a quantized tensor's stored bytes are its span (its decoded size would overstate them)
         if side.start[i] >= 0:
             side.nbytes[i] = side.end[i] - side.start[i]
     return side
 
 
-def plain(checkpoint: Checkpoint, infos: list[TensorInfo]) -> list[bool]:
-    """Whether the scan may read each tensor's bytes straight from its file (see `Side.plain`)."""
+def plain(checkpoint: Checkpoint, infos: list[TensorInfo], fields: dict) -> np.ndarray | list[bool]:
+    """Whether the scan may read each tensor's bytes straight from its file (see `Side.plain`):
+    asked of each tensor's source, unless every source says that its rule is the usual one
+    (`MappedFile.PLAIN_BY_SPAN`), which is then applied to the columns (`fields`)."""
     sources = checkpoint.sources
+    if all(getattr(sources.get(path), "PLAIN_BY_SPAN", False) for path in dict.fromkeys(fields["file"])):
+        n = len(infos)
+        mask = np.asarray(fields["start"]) >= 0
+        for column in ("error", "quant", "origin"):
+            if fields.get(column, ()).count(None) < n:
+                mask &= np.fromiter(map(is_, fields[column], repeat(None)), bool, n)
+        return mask
     return [info.span is not None and info.error is None and info.quant is None and info.origin is None
             and (source := sources.get(info.file)) is not None and source.plain(info) for info in infos]
 
@@ -214,12 +263,24 @@ def build(a: Checkpoint, b: Checkpoint | None, alignment: Alignment) -> Catalog:
     """The catalog of an alignment of A and B (B None: A browsed alone, each tensor paired with itself)."""
     pairs = alignment.pairs
     files: dict[str, int] = {}
-    side_a = side_column([p.a for p in pairs], files, a)
-    side_b = side_column([p.b for p in pairs], files, b if b is not None else a)
-    pair_notes = {i: p.notes for i, p in enumerate(pairs) if p.notes}
+    b_or_a = b if b is not None else a
+    if isinstance(pairs, SameNames) and isinstance(pairs.a, TensorTable) and isinstance(pairs.b, TensorTable):
+        names = pairs.names
+        side_a, side_b = table_column(pairs.a, names, files, a), table_column(pairs.b, names, files, b_or_a)
+    else:
+        side_a = side_column(list(map(itemgetter(1), pairs)), files, a)
+        side_b = side_column(list(map(itemgetter(2), pairs)), files, b_or_a)
+        names = list(map(itemgetter(0), pairs))
+    names = side_a.name if side_a.name == tuple(names) else tuple(names)
+    # Equal columns as one object: sent once to the app, and kept once there.
+    for column in ("name", "dtype", "shape"):
+        if getattr(side_b, column) == getattr(side_a, column):
+            setattr(side_b, column, getattr(side_a, column))
+    notes = [] if isinstance(pairs, SameNames) else list(map(itemgetter(3), pairs))
+    pair_notes = {i: note for i, note in enumerate(notes) if note} if any(notes) else {}
     factors = adapter_parameters(a) | (adapter_parameters(b) if b is not None else set())
-    factor = np.array([p.name in factors for p in pairs], bool) if factors else np.zeros(len(pairs), bool)
-    return Catalog(tuple(p.name for p in pairs), side_a, side_b, list(files), known_column(side_a, side_b), factor,
+    factor = np.array([name in factors for name in names], bool) if factors else np.zeros(len(names), bool)
+    return Catalog(names, side_a, side_b, list(files), known_column(side_a, side_b), factor,
                    SideSummary.of(a, side_a), SideSummary.of(b, side_b) if b is not None else None, list(alignment.notes),
                    pair_notes, b is None)
 
@@ -229,14 +290,15 @@ def known_column(a: Side, b: Side) -> np.ndarray:
 
     A computed tensor (W + ΔW) is float32 because it is computed in float32, not because
     anything stored changed type: only stored types count as a dtype change."""
-    known = np.full(len(a.name), PENDING, np.int8)
-    computed = set(a.origin) | set(b.origin)
-    stored_change = [da != db for da, db in zip(a.dtype, b.dtype)]
-    for side in (a, b):
-        for i in side.quant:
-            stored_change[i] = a.stored_dtype(i) != b.stored_dtype(i)
-    known[[i for i, changed in enumerate(stored_change) if changed and i not in computed]] = DTYPE
-    known[[i for i, (sa, sb) in enumerate(zip(a.shape, b.shape)) if sa != sb]] = SHAPE_MISMATCH
+    n = len(a.name)
+    known = np.full(n, PENDING, np.int8)
+    stored_change = np.fromiter(map(ne, a.dtype, b.dtype), bool, n) if a.dtype is not b.dtype else np.zeros(n, bool)
+    for i in set(a.quant) | set(b.quant):
+        stored_change[i] = a.stored_dtype(i) != b.stored_dtype(i)
+    stored_change[list(set(a.origin) | set(b.origin))] = False
+    known[stored_change] = DTYPE
+    if a.shape is not b.shape:
+        known[np.fromiter(map(ne, a.shape, b.shape), bool, n)] = SHAPE_MISMATCH
     present_a, present_b = a.present, b.present
     known[~present_a] = ONLY_B
     known[~present_b] = ONLY_A

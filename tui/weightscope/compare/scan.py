@@ -20,7 +20,7 @@ from weightscope.compare import columns as c
 from weightscope.compare import pieces
 from weightscope.compare import plan as plans
 from weightscope.compare import results, stats
-from weightscope.compare.align import Alignment, Pair
+from weightscope.compare.align import Alignment, Pair, SameNames
 from weightscope.compare.catalog import Catalog
 from weightscope.compare.reading import InFile, ShortRead, read_into
 from weightscope.compare.results import Batch, PairResult, ResultTable
@@ -357,7 +357,7 @@ def scan(alignment: Alignment, a: Checkpoint, b: Checkpoint, options: ScanOption
 def single_alignment(checkpoint: Checkpoint) -> Alignment:
     """One checkpoint browsed alone, as pairs of each tensor with itself: read once (its two
     sides share a buffer), with NaN and Inf found as in a comparison."""
-    return Alignment([Pair(name, info, info) for name, info in checkpoint.tensors.items()], [])
+    return Alignment(SameNames(checkpoint.tensors, checkpoint.tensors), [])
 
 
 def inspect(checkpoint: Checkpoint, device: str = "cpu", progress: Callable[[int, int], None] | None = None,

@@ -1,13 +1,18 @@
 """What every layer above the formats sees: a `Checkpoint` of `TensorInfo`s.
 
 A `Checkpoint` knows its tensors from headers alone; `raw()` and `load()` read one
-tensor's bytes on demand through a memory map, never a whole file.
+tensor's bytes on demand through a memory map, never a whole file. Its tensors are a dict,
+or, where every one is a plain stored tensor (well-formed safetensors files, nearly always),
+a `TensorTable` of columns that makes a `TensorInfo` only for the name asked.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain, compress, repeat
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from weightscope.sources.dtypes import ITEMSIZE
@@ -76,6 +81,75 @@ class TensorInfo(NamedTuple):
         return self._replace(name=name, stored_name=None if stored == name else stored)
 
 
+NO_FIELDS = (None,) * 5  # TensorInfo's fields after `span`: a plain stored tensor has none of them
+make_info = partial(tuple.__new__, TensorInfo)  # a TensorInfo from all its fields, with no Python call
+
+
+class TensorTable(Mapping[str, TensorInfo]):
+    """Plain stored tensors by name, as columns: a name, dtype, shape, file and byte span each,
+    and nothing else to say of any of them (no error, tie, origin or quantization).
+
+    Opening a 100,000-tensor pair made 200,000 `TensorInfo`s and dicts of them, a second of
+    work: the columns are what the catalog needs, and a `TensorInfo` is made for the one name a
+    reader asks for. A table lists each name once.
+    """
+
+    def __init__(self, names: list[str], dtype: list[str], shape: list[tuple[int, ...]], file: list[str],
+                 start: np.ndarray, end: np.ndarray):
+        """`start`, `end`: int64 arrays of each tensor's absolute byte span in its file."""
+        self.names, self.dtype, self.shape, self.file, self.start, self.end = names, dtype, shape, file, start, end
+        self._index: dict[str, int] | None = None
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Each name's row (made when first asked: a file's own table is seldom asked)."""
+        if self._index is None:
+            self._index = dict(zip(self.names, range(len(self.names))))
+        return self._index
+
+    @staticmethod
+    def concat(tables: list[TensorTable]) -> TensorTable:
+        import numpy as np
+
+        def joined(column: str) -> list:
+            return list(chain.from_iterable(getattr(table, column) for table in tables))
+
+        return TensorTable(joined("names"), joined("dtype"), joined("shape"), joined("file"),
+                           np.concatenate([t.start for t in tables]), np.concatenate([t.end for t in tables]))
+
+    def keep(self, kept: list[bool]) -> TensorTable:
+        """The rows where `kept` is true."""
+        import numpy as np
+
+        mask = np.array(kept, bool)
+        return TensorTable(*(list(compress(column, kept)) for column in (self.names, self.dtype, self.shape, self.file)),
+                           self.start[mask], self.end[mask])
+
+    def __getitem__(self, name: str) -> TensorInfo:
+        i = self.index[name]
+        return TensorInfo(name, self.dtype[i], self.shape[i], self.file[i], (int(self.start[i]), int(self.end[i])))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def keys(self):
+        return self.index.keys()
+
+    def values(self) -> list[TensorInfo]:
+        """Every tensor, made at once (in C: `map` over the columns)."""
+        spans = zip(self.start.tolist(), self.end.tolist())
+        return list(map(make_info, zip(self.names, self.dtype, self.shape, self.file, spans, *map(repeat, NO_FIELDS))))
+
+    def items(self):
+        return zip(self.names, self.values())
+
+
 class TensorSource(Protocol):
     """One opened file of a checkpoint (a format module's reader)."""
 
@@ -107,7 +181,7 @@ class Checkpoint:
         path: what the user named.
         format: "safetensors", "pytorch", "pytorch-legacy", "gguf" or "dcp".
         files: the files the weights come from, in order.
-        tensors: every model tensor by name, in file order.
+        tensors: every model tensor by name, in file order (a dict, or a `TensorTable`: read it as a mapping).
         notes: what the user should know about how it was read (skipped files, mappings).
         extras: entries that are not model weights (optimizer state, arguments), one line each.
         metadata: the safetensors `__metadata__` (or GGUF key-value pairs) of the first file, for display.
@@ -116,7 +190,7 @@ class Checkpoint:
     path: str
     format: str
     files: list[str]
-    tensors: dict[str, TensorInfo]
+    tensors: Mapping[str, TensorInfo]
     notes: list[str] = field(default_factory=list)
     extras: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+from itertools import compress, repeat
+from operator import eq, itemgetter
 
 from weightscope.sources import hub
-from weightscope.sources.checkpoint import Checkpoint, TensorInfo
+from weightscope.sources.checkpoint import Checkpoint, TensorInfo, TensorTable
 from weightscope.sources.errors import CheckpointError, one_line
 from weightscope.sources.files import inside, read_json, sniff
 from weightscope.sources.formats import dcp, scaled
@@ -75,34 +77,78 @@ def open_checkpoint(path: str) -> Checkpoint:
     return assemble(path, FORMAT_NAMES[kind], [source], notes)
 
 
-def assemble(path: str, format: str, sources: list, notes: list[str], indexed: dict[str, str] | None = None) -> Checkpoint:
+def assemble(path: str, format: str, sources: list, notes: list[str], indexed: dict[str, str] | None = None,
+             unreadable: list[TensorInfo] = ()) -> Checkpoint:
     """A `Checkpoint` from opened files; with an index, only the names it assigns to each file.
-    Quantized weights (FP8 with scales, MXFP4) become their decoded values (`formats.scaled`)."""
-    tensors: dict[str, TensorInfo] = {}
-    notes = list(notes)
-    extras: list[str] = []
-    for source in sources:
-        notes += source.notes
-        extras += source.extras
-        infos = source.tensors
-        if indexed is not None:
-            listed = [info for info in infos if indexed.get(info.name) == source.path]
-            if len(listed) < len(infos):
-                notes.append(f"{source.path}: ignored {len(infos) - len(listed)} tensors the index does not assign "
-                             "to this file")
-            infos = listed
-        mine = {info.name: info for info in infos}  # (a file holds each name once)
-        for name in mine.keys() & tensors.keys():
-            notes.append(f"{source.path}: {name} also in {tensors[name].file}; the first is used")
-            del mine[name]
-        tensors.update(mine)
-    for name, file in (indexed or {}).items():
-        if name not in tensors and os.path.isfile(file):
-            tensors[name] = TensorInfo(name, None, None, file, error=f"{file}: has no {name} although the index says so")
+    Quantized weights (FP8 with scales, MXFP4) become their decoded values (`formats.scaled`).
+
+    Args:
+        unreadable: tensors the index names in files that cannot be read, each with its error.
+    """
+    notes = list(notes) + [note for source in sources for note in source.notes]
+    extras = [extra for source in sources for extra in source.extras]
+    table = joined_tables(sources, indexed, notes) if not unreadable else None
+    tensors = table if table is not None else joined_tensors(sources, indexed, notes)
+    for info in unreadable:
+        tensors.setdefault(info.name, info)
     metadata = sources[0].metadata if sources else {}
     tensors, readers, quantized = scaled.wrap(sources, tensors)
     return Checkpoint(path, format, [s.path for s in sources], tensors, notes + quantized, extras, metadata,
                       readers)
+
+
+def assigned(source, indexed: dict[str, str] | None, names: list[str], notes: list[str]) -> list[bool] | None:
+    """Which of a file's tensors the index assigns to it (None: all, or there is no index);
+    notes how many it does not."""
+    if indexed is None:
+        return None
+    mine = list(map(eq, map(indexed.get, names), repeat(source.path)))
+    if not mine.count(False):
+        return None
+    notes.append(f"{source.path}: ignored {mine.count(False)} tensors the index does not assign to this file")
+    return mine
+
+
+def joined_tables(sources: list, indexed: dict[str, str] | None, notes: list[str]) -> TensorTable | None:
+    """Every file's tensors as one `TensorTable`, where every file has one and nothing is odd:
+    no name in two files, none the index names but no file has (else None, and the notes are
+    left as they were: `joined_tensors` says what is odd)."""
+    tables = [getattr(source, "table", None) for source in sources]
+    if not sources or None in tables:
+        return None
+    said = []
+    for k, (source, table) in enumerate(zip(sources, tables)):
+        kept = assigned(source, indexed, table.names, said)
+        if kept is not None:
+            tables[k] = table.keep(kept)
+    table = TensorTable.concat(tables)
+    if len(table.index) < len(table) or (indexed is not None and len(indexed) != len(table)):
+        return None
+    notes += said
+    return table
+
+
+def joined_tensors(sources: list, indexed: dict[str, str] | None, notes: list[str]) -> dict[str, TensorInfo]:
+    """Every file's tensors by name, the first of a name found twice kept; a name the index
+    assigns to a file that lacks it is an error."""
+    tensors: dict[str, TensorInfo] = {}
+    for source in sources:
+        infos = source.tensors
+        names = list(map(itemgetter(0), infos))
+        kept = assigned(source, indexed, names, notes)
+        if kept is not None:
+            infos, names = list(compress(infos, kept)), list(compress(names, kept))
+        mine = dict(zip(names, infos))  # (a file holds each name once)
+        for name in mine.keys() & tensors.keys():
+            notes.append(f"{source.path}: {name} also in {tensors[name].file}; the first is used")
+            del mine[name]
+        tensors.update(mine)
+    absent = indexed.keys() - tensors.keys() if indexed is not None else ()
+    for name in [name for name in indexed if name in absent] if absent else ():
+        file = indexed[name]
+        if os.path.isfile(file):
+            tensors[name] = TensorInfo(name, None, None, file, error=f"{file}: has no {name} although the index says so")
+    return tensors
 
 
 def open_directory(path: str, root: str | None = None) -> Checkpoint:
@@ -184,7 +230,7 @@ def read_index(index_path: str) -> dict[str, str]:
     """The index's `weight_map`: tensor name -> shard file name."""
     index = read_json(index_path, MAX_INDEX)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    if not isinstance(weight_map, dict) or not set(map(type, weight_map.values())) <= {str}:
         raise CheckpointError(index_path, "no weight_map of tensor names to file names")
     return weight_map
 
@@ -192,15 +238,12 @@ def read_index(index_path: str) -> dict[str, str]:
 def open_indexed(path: str, index_path: str, entries: list[str], notes: list[str], root: str) -> Checkpoint:
     """A sharded checkpoint: every shard the index names, each opened on its own, all inside `root`."""
     weight_map = read_index(index_path)
-    indexed: dict[str, str] = {}
+    files = {shard: os.path.join(path, shard) for shard in dict.fromkeys(weight_map.values())}  # first mention first
+    indexed: dict[str, str] = dict(zip(weight_map, map(files.__getitem__, weight_map.values())))
     broken: list[TensorInfo] = []
     sources = []
     kind = None
-    by_shard: dict[str, list[str]] = {}  # in order of first mention
-    for name, shard in weight_map.items():
-        by_shard.setdefault(shard, []).append(name)
-    for shard, names in by_shard.items():
-        file = os.path.join(path, shard)
+    for shard, file in files.items():
         try:
             if not inside(root, file):
                 raise CheckpointError(file, "the index names a shard outside the checkpoint directory")
@@ -212,20 +255,20 @@ def open_indexed(path: str, index_path: str, entries: list[str], notes: list[str
             source = READERS[shard_kind](file)
         except CheckpointError as exc:
             notes.append(str(exc))
+            names = [name for name, other in weight_map.items() if other == shard]
             broken += [TensorInfo(n, None, None, file, error=str(exc)) for n in names]
+            for name in names:
+                del indexed[name]
             continue
         kind = kind or shard_kind
         sources.append(source)
-        indexed.update((n, file) for n in names)
     suffix = ".safetensors" if index_path.endswith(INDEXES[0]) else ".bin"
     named = set(weight_map.values())
     ignored = [e for e in entries if e.endswith(suffix) and e not in named and not training_state(e)]
     if ignored:
         notes.append(f"ignored {len(ignored)} weights files the index does not name: {one_line(', '.join(ignored), 200)}")
     checkpoint = assemble(path, FORMAT_NAMES.get(kind or "", "safetensors" if "safetensors" in index_path else "pytorch"),
-                          sources, notes, indexed)
-    for info in broken:
-        checkpoint.tensors.setdefault(info.name, info)
+                          sources, notes, indexed, broken)
     if not sources and broken:
         raise CheckpointError(index_path, "none of the shards it names can be read")
     return checkpoint

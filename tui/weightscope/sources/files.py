@@ -108,9 +108,10 @@ def strings(value) -> int:
         return 0
     if type(value) is not dict:
         return int(type(value) is str)
+    types = list(map(type, value.values()))  # (`map`: a 100,000-name index is counted in C)
     inner = [v for v in value.values() if type(v) is dict]
-    return (len(value) + sum(type(v) is str for v in value.values()) + sum(map(len, inner))
-            + sum(type(x) is str for v in inner for x in v.values()))
+    return (len(value) + types.count(str) + sum(map(len, inner))
+            + sum(list(map(type, v.values())).count(str) for v in inner))
 
 
 DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else i for i in range(256))

@@ -14,23 +14,31 @@ from weightscope.sources.lora.checkpoint import LoraCheckpoint
 from weightscope.sources.lora.config import CONFIG, GivenScaling, read_config
 
 
-def open_pair(path_a: str, path_b: str, lora_alpha: float | None = None,
-              lora_scaling: float | None = None) -> tuple[Checkpoint, Checkpoint]:
+def open_pair(path_a: str, path_b: str, lora_alpha: float | None = None, lora_scaling: float | None = None,
+              a: Checkpoint | None = None, stored_b: Checkpoint | None = None) -> tuple[Checkpoint, Checkpoint]:
     """A and B as the app and `diff` compare them: B is a LoRA checkpoint over A when it is a
     PEFT adapter directory or a PEFT-wrapped state dict, and opened as stored otherwise.
 
     Args:
         lora_alpha, lora_scaling: the scaling of an adapter saved without adapter_config.json
             (scaling = lora_alpha / r, or lora_scaling); at most one.
+        a, stored_b: A, and the weights `locate(path_b)` names, where they were opened already
+            (the engine opens the two sides at once); they are closed with the rest on failure.
 
     Raises:
         CheckpointError: either side cannot be opened.
         ValueError: both lora_alpha and lora_scaling, or a value that is not finite.
     """
-    given = GivenScaling(lora_alpha, lora_scaling) if (lora_alpha, lora_scaling) != (None, None) else None
-    a = open_checkpoint(path_a)
     try:
-        b = open_over(a, path_b, given)
+        given = GivenScaling(lora_alpha, lora_scaling) if (lora_alpha, lora_scaling) != (None, None) else None
+        a = a or open_checkpoint(path_a)
+    except BaseException:
+        for side in (a, stored_b):
+            if side is not None:
+                side.close()
+        raise
+    try:
+        b = open_over(a, path_b, given, stored_b)
         if given is not None and not isinstance(b, LoraCheckpoint):
             b.notes.append(f"the {given} given is not used: B is not a LoRA adapter")
         return a, b

@@ -220,6 +220,8 @@ class GGUFFile(MappedFile):
         kv: the header's key-value pairs, as read (`Array` for long arrays).
     """
 
+    PLAIN_BY_SPAN = False  # rows to put back make some tensors not plain (`plain`)
+
     def __init__(self, path: str, inherited: dict | None = None):
         """Args:
             inherited: key-value pairs of the first part of a split model, which only that

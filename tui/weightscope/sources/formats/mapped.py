@@ -25,6 +25,8 @@ RESIDENT = 256 << 20
 class MappedFile:
     """A `TensorSource` for tensors whose `span` is set: bytes come straight from the map."""
 
+    PLAIN_BY_SPAN = True  # `plain` is its rule below for every tensor (a subclass that overrides it says False)
+
     def __init__(self, path: str):
         self.path = path
         self._map = None

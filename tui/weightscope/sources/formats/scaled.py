@@ -30,6 +30,7 @@ import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
+from itertools import compress, repeat
 
 import numpy as np
 
@@ -42,6 +43,7 @@ FP8_SCALES = (".weight_scale_inv", ".weight_scale")
 MXFP4_PARTS = (("_blocks", "_scales", True), (".blocks", ".scales", False))  # (blocks, scales, swap last two dims)
 MXFP4_BLOCKS = tuple(blocks for blocks, _, _ in MXFP4_PARTS)
 ACTIVATION_SCALES = (".input_scale", ".input_scale_ub", ".k_scale", ".v_scale")
+SCALE_NAMES = FP8_SCALES + MXFP4_BLOCKS + ACTIVATION_SCALES
 BLOCK = 128  # the side of an FP8 scale's block (DeepSeek-V3's weight_block_size)
 FP4 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
 FP4_PAIRS = np.stack([FP4[np.arange(256) & 0x0F], FP4[np.arange(256) >> 4]], axis=1)  # byte -> (low, high) value
@@ -87,7 +89,7 @@ def find(tensors: dict[str, TensorInfo]) -> Scaled:
     recipes: dict[str, dict[str, Recipe]] = {}
     unused: list[str] = []
     kinds: set[str] = set()  # the suffixes of the scales applied
-    named = [name for name in tensors if name.endswith(FP8_SCALES + MXFP4_BLOCKS + ACTIVATION_SCALES)]
+    named = list(compress(tensors, map(str.endswith, tensors, repeat(SCALE_NAMES))))
     for name in named:
         if not name.endswith(FP8_SCALES):
             continue

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 
 import numpy as np
 
@@ -52,16 +53,19 @@ CONV1D = ("c_attn", "c_proj", "c_fc", "q_attn")
 # Opening
 
 
-def open_over(base: Checkpoint, path: str, given: GivenScaling | None = None) -> Checkpoint:
+def open_over(base: Checkpoint, path: str, given: GivenScaling | None = None,
+              stored: Checkpoint | None = None) -> Checkpoint:
     """The checkpoint at `path`, as a LoRA checkpoint over `base` where it is one.
 
     Args:
         given: the scaling to use where the adapter has no adapter_config.json.
+        stored: the weights `locate(path)` names, where they were opened already.
     """
     weights, config_path = locate(path)
-    stored = open_checkpoint(weights)
+    stored = stored or open_checkpoint(weights)
     try:
-        peft_keys = any(n.startswith(PREFIX) and LORA_KEY.search(n) for n in stored.tensors)
+        prefixed = compress(stored.tensors, map(str.startswith, stored.tensors, repeat(PREFIX)))  # (in C: 100,000 names)
+        peft_keys = any(map(LORA_KEY.search, prefixed))
         if not peft_keys and (config_path is None or weights == path):
             return stored
         config = read_config(config_path) if config_path else None
