@@ -1,16 +1,31 @@
-"""What an engine opens for a job: both checkpoints, their alignment and its catalog."""
+"""What an engine opens for a job: both checkpoints, their alignment and its catalog.
+
+Opening a 100,000-tensor side takes a few tenths of a second, all of it in one interpreter:
+the engine opens A while a worker process opens B's weights (`open_elsewhere`), and builds
+the name tree of A's names meanwhile, which is the tree of the pairs whenever both sides name
+the same tensors in the same order, as nearly always.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from weightscope.compare import catalog as cat
 from weightscope.compare.align import Alignment, align
 from weightscope.compare.scan import single_alignment
 from weightscope.engine.protocol import Job
-from weightscope.sources.checkpoint import Checkpoint
+from weightscope.sources.checkpoint import Checkpoint, TensorTable
 
 
-def open_job(job: Job) -> tuple[Checkpoint, Checkpoint | None, Alignment, cat.Catalog]:
-    """(A, B or None when A is browsed alone, the alignment, the catalog).
+def open_job(job: Job, stored_b: Callable[[], Checkpoint | None] | None = None,
+             meanwhile: Callable[[Checkpoint], object] | None = None
+             ) -> tuple[Checkpoint, Checkpoint | None, Alignment, cat.Catalog, object]:
+    """(A, B or None when A is browsed alone, the alignment, the catalog, what `meanwhile` made).
+
+    Args:
+        stored_b: gives B's weights where another process opened them (None: open them here);
+            asked once A is open.
+        meanwhile: called with A before B is asked for.
 
     Raises:
         CheckpointError: a side cannot be opened at all.
@@ -21,10 +36,38 @@ def open_job(job: Job) -> tuple[Checkpoint, Checkpoint | None, Alignment, cat.Ca
     if job.path_b is None:
         a = open_checkpoint(job.path_a)
         alignment = single_alignment(a)
-        return a, None, alignment, cat.build(a, None, alignment)
+        return a, None, alignment, cat.build(a, None, alignment), meanwhile(a) if meanwhile else None
     if job.adapter is not None:
         a, b = open_merge_check(job.path_a, job.path_b, job.adapter)
+        made = meanwhile(a) if meanwhile else None
     else:
-        a, b = open_pair(job.path_a, job.path_b, job.lora_alpha, job.lora_scaling)
+        a = open_checkpoint(job.path_a)
+        try:
+            made = meanwhile(a) if meanwhile else None
+        except BaseException:
+            a.close()
+            raise
+        a, b = open_pair(job.path_a, job.path_b, job.lora_alpha, job.lora_scaling, a, stored_b() if stored_b else None)
     alignment = align(a, b)
-    return a, b, alignment, cat.build(a, b, alignment)
+    return a, b, alignment, cat.build(a, b, alignment), made
+
+
+def opens_elsewhere(job: Job) -> str | None:
+    """The weights of B that a worker process may open while the engine opens A (`open_weights`)."""
+    from weightscope.sources.lora.adapters import locate
+
+    return locate(job.path_b)[0] if job.path_b is not None and job.adapter is None else None
+
+
+def open_weights(path: str) -> Checkpoint | None:
+    """A checkpoint opened to be sent to the engine: well-formed safetensors files only, whose
+    `TensorTable` crosses a pipe in a few hundredths of a second (None for any other, which
+    the engine opens itself)."""
+    from weightscope.sources.discover import open_checkpoint
+    from weightscope.sources.formats.safetensors import SafetensorsFile
+
+    checkpoint = open_checkpoint(path)
+    if isinstance(checkpoint.tensors, TensorTable) and all(type(s) is SafetensorsFile for s in checkpoint.sources.values()):
+        return checkpoint
+    checkpoint.close()
+    return None

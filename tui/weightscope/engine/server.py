@@ -124,20 +124,26 @@ class Server:
     # Life
 
     def run(self) -> None:
+        from weightscope.analysis import hierarchy
         from weightscope.compare.device import resolve
-        from weightscope.engine.opening import open_job
+        from weightscope.engine.opening import open_job, opens_elsewhere
 
-        self.start_helpers()  # at a lower priority: they load their compiled loops while this opens
+        elsewhere = opens_elsewhere(self.job) if self.helper_count else None
+        self.start_helpers(elsewhere)  # the first opens B while this opens A, then they load their compiled loops
         try:
             fault("open")
             self.options = replace(self.job.options, device=resolve(self.job.options.device))
+
+            def tree_of_a(a):  # the pairs' tree, whenever A's names are the pairs' names
+                names = tuple(a.tensors)
+                return names, hierarchy.of_names(names)
+
             with collector_paused():
-                a, b, _, self.catalog = open_job(self.job)
+                a, b, _, self.catalog, early = open_job(self.job, self.stored_b if elsewhere else None,
+                                                        tree_of_a if self.job.tree else None)
                 tree = None
                 if self.job.tree:
-                    from weightscope.analysis import hierarchy
-
-                    tree = hierarchy.build(self.catalog)
+                    tree = early[1] if early[0] == self.catalog.names else hierarchy.build(self.catalog)
         except (CheckpointError, ValueError) as exc:  # ValueError: options that cannot be honoured
             self.send(msg.Failed(None, "open", str(exc), fatal=True))
             return
@@ -151,13 +157,22 @@ class Server:
         self.start_local_worker()
         self.loop()
 
-    def start_helpers(self) -> None:
+    def start_helpers(self, weights_b: str | None) -> None:
+        """Start the worker processes; the first opens `weights_b` (B's weights) first, if given."""
         from weightscope.engine.client import start
 
-        for _ in range(self.helper_count):
+        for k in range(self.helper_count):
             _, conn = start("weightscope.engine.worker", self.quiet)
-            conn.send(self.job)
+            conn.send((self.job, weights_b if k == 0 else None))
             self.helpers.append(Worker(conn))
+
+    def stored_b(self):
+        """B's weights as the first worker opened them, or None (then the engine opens them)."""
+        try:
+            done = self.helpers[0].conn.recv()
+        except (EOFError, OSError):
+            return None
+        return done.content
 
     def start_local_worker(self) -> None:
         tasks: queue.SimpleQueue = queue.SimpleQueue()
@@ -454,4 +469,8 @@ def main(fd: int) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(int(sys.argv[1]))
+    # Run as the module itself, not as `__main__`: what it sends is pickled by module name, and
+    # `__main__` is another program in the process that reads it.
+    from weightscope.engine.server import main as server_main
+
+    server_main(int(sys.argv[1]))

@@ -60,7 +60,7 @@ class Opened:
         if self._opened is None:
             from weightscope.engine.opening import open_job
 
-            a, b, _, _ = open_job(self.job)
+            a, b, *_ = open_job(self.job)
             self._opened = (a, b or a)
         return self._opened
 
@@ -164,16 +164,28 @@ def serve(pipe, opened: Opened) -> None:
             return
 
 
+def open_first(weights: str) -> Done:
+    """B's weights opened for the engine (`opening.open_weights`), or why not."""
+    from weightscope.engine.opening import open_weights
+
+    try:
+        return Done(0, "open", open_weights(weights))
+    except Exception as exc:  # noqa: BLE001  (the engine opens them itself, and says what is wrong)
+        return Done(0, "open", error=str(exc))
+
+
 def main(fd: int) -> None:
     """A worker process's life: the job from the engine, then its tasks."""
     from multiprocessing.connection import Connection
 
-    os.nice(NICE)
     conn = Connection(fd)
     try:
-        job = conn.recv()
+        job, weights = conn.recv()  # (weights: B's, to open first while the engine opens A, or None)
+        if weights is not None:
+            conn.send(open_first(weights))
     except (EOFError, OSError):
         return
+    os.nice(NICE)
     from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
 
     serve(ProcessPipe(conn), Opened(job))
@@ -182,4 +194,8 @@ def main(fd: int) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(int(sys.argv[1]))
+    # Run as the module itself, not as `__main__`: what it sends is pickled by module name, and
+    # `__main__` is another program in the process that reads it.
+    from weightscope.engine.worker import main as worker_main
+
+    worker_main(int(sys.argv[1]))

@@ -1,0 +1,153 @@
+"""Opening a pair fast: well-formed safetensors files held as columns (`TensorTable`), the
+catalog built from those columns, and the engine opening B in a worker process while it opens
+A. Each fast way must give exactly what the general way gives."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from weightscope.analysis import hierarchy
+from weightscope.compare import catalog as cat
+from weightscope.compare.align import SameNames, align
+from weightscope.engine import protocol as msg
+from weightscope.engine.client import Engine
+from weightscope.sources.checkpoint import Checkpoint, TensorTable
+
+SIDE_FIELDS = ("name", "dtype", "shape", "file", "start", "end", "numel", "nbytes", "plain", "quant", "error",
+               "tied_to", "origin", "stored_name")
+
+
+def as_objects(checkpoint: Checkpoint) -> Checkpoint:
+    """The same checkpoint with its tensors as a dict of `TensorInfo`s: the general way."""
+    return Checkpoint(checkpoint.path, checkpoint.format, checkpoint.files, dict(checkpoint.tensors.items()),
+                      checkpoint.notes, checkpoint.extras, checkpoint.metadata, checkpoint.sources)
+
+
+def assert_same_catalog(x: cat.Catalog, y: cat.Catalog) -> None:
+    assert x.names == y.names and x.files == y.files and x.notes == y.notes and x.pair_notes == y.pair_notes
+    assert np.array_equal(x.known, y.known) and np.array_equal(x.factor, y.factor)
+    for side in ("a", "b"):
+        for field in SIDE_FIELDS:
+            got, expected = getattr(getattr(x, side), field), getattr(getattr(y, side), field)
+            assert np.array_equal(got, expected) if isinstance(got, np.ndarray) else got == expected, (side, field)
+    assert x.summary_a == y.summary_a and x.summary_b == y.summary_b
+
+
+@pytest.fixture
+def pair(ck, tmp_path):
+    """A sharded Llama-like pair: B fine-tuned, one tensor cast to bfloat16, the vocabulary grown,
+    and its shards split differently (its names in another order)."""
+    sd_a = ck.llama_like(0, layers=3)
+    sd_b = {name: value + 0.01 for name, value in ck.llama_like(0, layers=3).items()}
+    sd_b["model.layers.1.mlp.up_proj.weight"] = sd_b["model.layers.1.mlp.up_proj.weight"].bfloat16()
+    sd_b["lm_head.weight"] = torch.randn(40, 8)
+    a = ck.write_sharded_safetensors(tmp_path / "a", sd_a, shards=3)
+    b = ck.write_sharded_safetensors(tmp_path / "b", dict(reversed(sd_b.items())), shards=2)
+    return a, b
+
+
+class TestTables:
+    def test_well_formed_shards_open_as_one_table(self, pair, opened, monkeypatch):
+        """What the columns give, name by name, is what the careful way reads."""
+        from weightscope.sources.formats import safetensors as st
+
+        fast = opened(pair[0])
+        assert isinstance(fast.tensors, TensorTable)
+        with monkeypatch.context() as m:
+            m.setattr(st, "read_well_formed", lambda *args: None)
+            careful = opened(pair[0])
+        assert not isinstance(careful.tensors, TensorTable)
+        assert list(fast.tensors) == list(careful.tensors)
+        assert dict(fast.tensors.items()) == dict(careful.tensors) == {n: fast.tensors[n] for n in fast.tensors}
+        assert fast.notes == careful.notes and fast.parameters == careful.parameters
+
+    def test_catalog_from_columns_is_the_catalog_from_objects(self, pair, opened):
+        a, b = opened(pair[0]), opened(pair[1])
+        alignment = align(a, b)
+        assert isinstance(alignment.pairs, SameNames)  # (the same names, B's in another order)
+        fast = cat.build(a, b, alignment)
+        general_a, general_b = as_objects(a), as_objects(b)
+        assert_same_catalog(fast, cat.build(general_a, general_b, align(general_a, general_b)))
+        assert cat.KNOWN[fast.known[fast.index("lm_head.weight")]] == "shape_mismatch"
+        assert cat.KNOWN[fast.known[fast.index("model.layers.1.mlp.up_proj.weight")]] == "dtype"
+        assert list(alignment.pairs) == [alignment.pairs[i] for i in range(len(alignment.pairs))]
+
+    def test_a_name_in_two_files_is_read_the_general_way(self, ck, tmp_path, opened):
+        """Anything odd (here a name in two files, with no index to say which) leaves the columns
+        for the general way, which says what is odd."""
+        directory = tmp_path / "m"
+        directory.mkdir()
+        ck.write_safetensors(directory / "one.safetensors", {"w": torch.ones(2), "x": torch.zeros(3)})
+        ck.write_safetensors(directory / "two.safetensors", {"w": torch.full((2,), 2.0)})
+        checkpoint = opened(directory)
+        assert not isinstance(checkpoint.tensors, TensorTable)
+        assert any("w also in" in note for note in checkpoint.notes)
+        assert torch.equal(checkpoint.load("w"), torch.ones(2))
+
+
+def opened_by_engine(path_a: str, path_b: str, helpers: int) -> msg.Opened | msg.Failed:
+    with Engine(msg.Job(path_a, path_b, tree=True, use_cache=False), helpers=helpers) as engine:
+        return engine.recv()
+
+
+class TestOpeningAtOnce:
+    """With a worker process, the engine opens B there while it opens A and builds A's tree."""
+
+    def test_the_same_catalog_and_tree_either_way(self, pair):
+        at_once, alone = (opened_by_engine(str(pair[0]), str(pair[1]), helpers) for helpers in (1, 0))
+        assert isinstance(at_once, msg.Opened) and isinstance(alone, msg.Opened)
+        assert_same_catalog(at_once.catalog, alone.catalog)
+        for tree in (at_once.tree, alone.tree):
+            expected = hierarchy.build(at_once.catalog)
+            assert tree.parts == expected.parts and np.array_equal(tree.order, expected.order)
+
+    def test_a_tree_of_other_names_is_not_taken_for_the_pairs(self, ck, tmp_path):
+        """B has names A lacks: the pairs are more than A's names, and the tree shows them all."""
+        a = ck.write_safetensors(tmp_path / "a.safetensors", {"x.w": torch.ones(2)})
+        b = ck.write_safetensors(tmp_path / "b.safetensors", {"x.w": torch.ones(2), "y.w": torch.ones(1)})
+        opened = opened_by_engine(str(a), str(b), helpers=1)
+        assert opened.catalog.names == ("x.w", "y.w")
+        assert opened.tree.parts == hierarchy.build(opened.catalog).parts == ("", "x", "w", "y", "w")
+
+    def test_an_adapter_as_b_is_applied_over_a(self, ck, tmp_path):
+        """B's weights opened elsewhere are an adapter's: they are applied over A as always."""
+        sd = ck.llama_like(0)
+        base = ck.write_safetensors(tmp_path / "base.safetensors", sd)
+        adapter = tmp_path / "adapter"
+        adapter.mkdir()
+        module = "base_model.model.model.layers.0.self_attn.q_proj"
+        ck.write_safetensors(adapter / "adapter_model.safetensors",
+                             {f"{module}.lora_A.weight": torch.ones(2, 8), f"{module}.lora_B.weight": torch.ones(8, 2)})
+        (adapter / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}))
+        at_once, alone = (opened_by_engine(str(base), str(adapter), helpers) for helpers in (1, 0))
+        assert_same_catalog(at_once.catalog, alone.catalog)
+        q = at_once.catalog.index("model.layers.0.self_attn.q_proj.weight")
+        assert at_once.catalog.b.origin[q].startswith("W + ΔW")
+
+    def test_a_damaged_b_is_said_as_when_opened_here(self, ck, tmp_path):
+        a = ck.write_safetensors(tmp_path / "a.safetensors", {"w": torch.ones(2)})
+        b = tmp_path / "b.safetensors"
+        b.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+        at_once, alone = (opened_by_engine(str(a), str(b), helpers) for helpers in (1, 0))
+        assert isinstance(at_once, msg.Failed) and at_once.fatal
+        assert at_once.message == alone.message and str(b) in at_once.message
+
+    def test_a_worker_sends_b_opened(self, pair, opened):
+        """What a worker sends reads back in any process (its classes pickle by module name, not
+        as `__main__`'s), and B's weights come as they open here."""
+        from weightscope.engine.client import start
+
+        process, conn = start("weightscope.engine.worker")
+        try:
+            conn.send((msg.Job(str(pair[0]), str(pair[1])), str(pair[1])))
+            done = conn.recv()
+        finally:
+            conn.close()
+            process.wait(10)
+        assert done.kind == "open" and done.error is None
+        assert dict(done.content.tensors.items()) == dict(opened(pair[1]).tensors.items())
