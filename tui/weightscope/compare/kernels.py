@@ -408,6 +408,17 @@ def scan_pieces(buf_a, buf_b, pieces, tolerances, rows, flags, narrow, wide, tab
 
 
 @exact
+def counted_in(v, lo, hi, scale, row, bins):
+    """Count a finite `v` in `row`: in its bin over [lo, hi] (row[:bins]), else below or above."""
+    if v < lo:
+        row[bins] += 1
+    elif v > hi:
+        row[bins + 1] += 1
+    else:
+        row[min(int((v - lo) * scale), bins - 1)] += 1
+
+
+@exact
 def histogram_piece(x, lo, hi, row):
     """Add the finite values of `x` to `row`: counts over [lo, hi] in row[:-2], then how many
     fell below and above."""
@@ -415,32 +426,25 @@ def histogram_piece(x, lo, hi, row):
     scale = bins / (hi - lo)
     for i in range(x.size):
         v = np.float64(x[i])
-        if not abs(v) < np.inf:
-            continue
-        if v < lo:
-            row[bins] += 1
-        elif v > hi:
-            row[bins + 1] += 1
-        else:
-            row[min(int((v - lo) * scale), bins - 1)] += 1
+        if abs(v) < np.inf:
+            counted_in(v, lo, hi, scale, row, bins)
 
 
 @exact
-def diff_histogram_piece(a, b, lo, hi, row):
-    """Like `histogram_piece`, for b − a where both are finite (no temporary array)."""
-    bins = row.size - 2
-    scale = bins / (hi - lo)
+def pair_histogram_piece(a, b, lo, hi, d_lo, d_hi, row_a, row_b, row_d):
+    """`histogram_piece` of a and of b over [lo, hi], and of b − a where both are finite over
+    [d_lo, d_hi], in one pass (no temporary array)."""
+    bins = row_a.size - 2
+    scale, d_scale = bins / (hi - lo), bins / (d_hi - d_lo)
     for i in range(a.size):
         va, vb = np.float64(a[i]), np.float64(b[i])
-        if not (abs(va) < np.inf and abs(vb) < np.inf):
-            continue
-        v = vb - va
-        if v < lo:
-            row[bins] += 1
-        elif v > hi:
-            row[bins + 1] += 1
-        else:
-            row[min(int((v - lo) * scale), bins - 1)] += 1
+        finite_a, finite_b = abs(va) < np.inf, abs(vb) < np.inf
+        if finite_a:
+            counted_in(va, lo, hi, scale, row_a, bins)
+        if finite_b:
+            counted_in(vb, lo, hi, scale, row_b, bins)
+        if finite_a and finite_b:
+            counted_in(vb - va, d_lo, d_hi, d_scale, row_d, bins)
 
 
 @exact
@@ -454,26 +458,34 @@ def histogram_side(buf, off, count, code, lo, hi, row, narrow, wide, tables):
 
 
 @exact
-def histogram_pieces(buf_a, buf_b, pieces, which, lo, hi, row, narrow, wide, tables):
-    """Add every piece to a histogram row (counts over [lo, hi], then below and above) of
-    A's values (`which` 0), B's (1) or b − a where both are finite (2)."""
+def histogram_pieces(buf, pieces, side, lo, hi, row, narrow, wide, tables):
+    """Add every piece's values of one side (`side` 0: A, 1: B, of the pieces' offsets and
+    codes; `buf` that side's bytes) to a histogram row: counts over [lo, hi], then below and
+    above."""
+    for k in range(pieces.shape[0]):
+        code, off, count = pieces[k, CODE_A + side], pieces[k, OFF_A + side], pieces[k, COUNT]
+        if count > narrow.shape[1]:
+            raise ValueError("a piece is larger than the scratch buffers")
+        histogram_side(buf, off, count, code, lo, hi, row, narrow[side], wide[side], tables)
+
+
+@exact
+def pair_histogram_pieces(buf_a, buf_b, pieces, lo, hi, d_lo, d_hi, row_a, row_b, row_d, narrow, wide, tables):
+    """Histograms of A, B (over [lo, hi]) and b − a (over [d_lo, d_hi]) of every piece, each
+    side decoded once."""
     for k in range(pieces.shape[0]):
         code_a, code_b = pieces[k, CODE_A], pieces[k, CODE_B]
         off_a, off_b, count = pieces[k, OFF_A], pieces[k, OFF_B], pieces[k, COUNT]
         if count > narrow.shape[1]:
             raise ValueError("a piece is larger than the scratch buffers")
-        if which == 0:
-            histogram_side(buf_a, off_a, count, code_a, lo, hi, row, narrow[0], wide[0], tables)
-        elif which == 1:
-            histogram_side(buf_b, off_b, count, code_b, lo, hi, row, narrow[1], wide[1], tables)
-        elif code_a < NARROW and code_b < NARROW:
+        if code_a < NARROW and code_b < NARROW:
             decode_narrow(buf_a, off_a, count, code_a, narrow[0], tables)
             decode_narrow(buf_b, off_b, count, code_b, narrow[1], tables)
-            diff_histogram_piece(narrow[0][:count], narrow[1][:count], lo, hi, row)
+            pair_histogram_piece(narrow[0][:count], narrow[1][:count], lo, hi, d_lo, d_hi, row_a, row_b, row_d)
         else:
             decode_wide(buf_a, off_a, count, code_a, wide[0], narrow[0], tables)
             decode_wide(buf_b, off_b, count, code_b, wide[1], narrow[1], tables)
-            diff_histogram_piece(wide[0][:count], wide[1][:count], lo, hi, row)
+            pair_histogram_piece(wide[0][:count], wide[1][:count], lo, hi, d_lo, d_hi, row_a, row_b, row_d)
 
 
 def scratch() -> tuple[np.ndarray, np.ndarray]:
@@ -490,8 +502,9 @@ def load() -> None:
     rows, flags = np.zeros((len(pieces), PAIR)), np.zeros(len(pieces), np.uint8)
     narrow, wide = scratch()
     scan_pieces(buf, buf, pieces, np.zeros((len(pieces), 2)), rows, flags, narrow, wide, TABLES)
-    for which in range(3):
-        histogram_pieces(buf, buf, pieces[:3], which, 0.0, 1.0, np.zeros(6, np.int64), narrow, wide, TABLES)
+    for side in range(2):
+        histogram_pieces(buf, pieces[:3], side, 0.0, 1.0, np.zeros(6, np.int64), narrow, wide, TABLES)
+    pair_histogram_pieces(buf, buf, pieces[:3], 0.0, 1.0, 0.0, 1.0, *np.zeros((3, 6), np.int64), narrow, wide, TABLES)
     decode_wide(buf, 0, 4, 1, np.zeros(4), np.zeros(4, np.float32), TABLES)
 
 

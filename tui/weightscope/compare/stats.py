@@ -414,15 +414,30 @@ def value_range(*samples: np.ndarray) -> tuple[float, float] | None:
     return lo, hi
 
 
-def counted(sides: Sides, which: int, lo: float, hi: float, bins: int,
+def counted(sides: Sides, side: int, lo: float, hi: float, bins: int,
             should_cancel: Callable[[], bool]) -> Histogram:
-    """A histogram over [lo, hi] of A's values (`which` 0), B's (1) or b − a (2)."""
+    """A histogram over [lo, hi] of A's values (`side` 0) or B's (1)."""
     from weightscope.compare import kernels as k
 
     row = np.zeros(bins + 2, np.int64)
     for _, a, b, table in sides.windows(should_cancel):
-        k.histogram_pieces(a, b, table, which, lo, hi, row, *scratch(), k.TABLES)
-    return Histogram(lo, hi, tuple(int(x) for x in row[:-2]), int(row[-2]), int(row[-1]))
+        k.histogram_pieces(b if side else a, table, side, lo, hi, row, *scratch(), k.TABLES)
+    return histogram_of(lo, hi, row)
+
+
+def counted_pair(sides: Sides, shared: tuple[float, float], spread: tuple[float, float], bins: int,
+                 should_cancel: Callable[[], bool]) -> dict[str, Histogram]:
+    """Histograms of A and B over `shared` and of b − a over `spread`, in one pass."""
+    from weightscope.compare import kernels as k
+
+    rows = np.zeros((3, bins + 2), np.int64)
+    for _, a, b, table in sides.windows(should_cancel):
+        k.pair_histogram_pieces(a, b, table, *shared, *spread, *rows, *scratch(), k.TABLES)
+    return {key: histogram_of(lo, hi, row) for key, (lo, hi), row in zip(("a", "b", "diff"), (shared, shared, spread), rows)}
+
+
+def histogram_of(lo: float, hi: float, row: np.ndarray) -> Histogram:
+    return Histogram(lo, hi, tuple(row[:-2].tolist()), int(row[-2]), int(row[-1]))
 
 
 def histograms(raw_a, dtype_a: str | None, raw_b, dtype_b: str | None, bins: int = HISTOGRAM_BINS,
@@ -443,23 +458,21 @@ def histograms(raw_a, dtype_a: str | None, raw_b, dtype_b: str | None, bins: int
     if paired and not identical:
         sides = Sides(raw_a, dtype_a, raw_b, dtype_b)
         samples = sides.sample()
-        alone = {"a": Sides(raw_a, dtype_a, None, None), "b": Sides(None, None, raw_b, dtype_b)}
+        alone = {"a": (sides, 0), "b": (sides, 1)}
     else:
-        alone = {key: Sides(raw, dtype, None, None) if key == "a" else Sides(None, None, raw, dtype)
+        alone = {key: (Sides(raw, dtype, None, None), 0) if key == "a" else (Sides(None, None, raw, dtype), 1)
                  for key, raw, dtype in (("a", raw_a, dtype_a), ("b", raw_b, dtype_b)) if raw is not None}
-        samples = tuple(s.sample()[0 if key == "a" else 1] for key, s in alone.items())
-    finite = [x[np.isfinite(x)] for x in samples if x is not None]
-    out: dict[str, Histogram] = {}
-    shared = value_range(*finite)
-    if shared is not None:
-        for key, sides_of_key in alone.items():
-            out[key] = counted(sides_of_key, 0 if key == "a" else 1, *shared, bins, should_cancel)
-        if identical and "a" in out:
-            out["b"] = out["a"]
+        samples = tuple(s.sample()[side] for s, side in alone.values())
+    shared = value_range(*(x[np.isfinite(x)] for x in samples if x is not None))
+    if shared is None:
+        return {}
     if paired and not identical:
         with np.errstate(invalid="ignore"):  # Inf − Inf: dropped, not worth a warning
             deltas = samples[1] - samples[0]
         spread = value_range(deltas[np.isfinite(deltas)])
         if spread is not None:
-            out["diff"] = counted(sides, 2, *spread, bins, should_cancel)
+            return counted_pair(sides, shared, spread, bins, should_cancel)
+    out = {key: counted(sides_of_key, side, *shared, bins, should_cancel) for key, (sides_of_key, side) in alone.items()}
+    if identical and "a" in out:
+        out["b"] = out["a"]
     return out
