@@ -17,6 +17,7 @@ from .helpers import SIZE, open_app, record_notifications, screen_text, static_t
 @pytest.mark.parametrize("kind, keys", [
     ("scan", []),
     ("detail", ["n"]),
+    ("histograms", ["n"]),
     ("spectrum", ["n", "v"]),
     ("map", ["n", "v", "v"]),
     ("filter", ["slash", *"norm", "enter"]),
@@ -39,6 +40,8 @@ async def test_a_failed_job_speaks_and_the_rest_goes_on(demo_root, monkeypatch, 
         await wait_for(pilot, lambda: said in screen_text(app))  # drawn at the next refresh
         if kind == "detail":
             assert said in static_text(app, "#detail-stats")  # in place of a spinner that never ends
+        if kind == "histograms":  # the figures came; the histograms say why they will not
+            assert " max " in static_text(app, "#detail-stats") and "computing histograms" not in screen_text(app)
         await pilot.press("escape")  # out of the filter box, if it is open
         await pilot.press("t")  # the rest works: the table of every pair
         await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))

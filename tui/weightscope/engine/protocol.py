@@ -48,7 +48,8 @@ class Ack:
 class Ask:
     """A question with an answer: `kind` names it, `args` are its arguments.
 
-    Kinds: "detail" (index) -> a Batch with histograms; "spectrum"/"map" (index, rows, cols) ->
+    Kinds: "detail" (index) -> a Batch; "histograms" (index, status) -> its histograms, asked
+    once its figures are shown; "spectrum"/"map" (index, rows, cols) ->
     a Spectrum or ChangeMap (None where there is none); "tree" (pattern) -> a NameTree;
     "overview", "anomalies" -> their content; "export" (directory) -> the paths written;
     "spectra" -> {index: Spectrum | None} for every changed pair.

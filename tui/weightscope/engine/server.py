@@ -231,7 +231,7 @@ class Server:
             self.running = False
 
     def ask(self, request: msg.Ask) -> None:
-        if request.kind in ("detail", "spectrum", "map"):
+        if request.kind in ("detail", "histograms", "spectrum", "map"):
             index, *rest = request.args
             job = PairJob.of(self.catalog, index)
             self.urgent.append(Task(request.ticket, request.kind, (job, *rest), self.options))
@@ -300,7 +300,7 @@ class Server:
         task, worker.busy = worker.busy, None
         if task.kind == "unit":
             self.scan.unit_done(task.args[0], done.content if done.error is None else None, done.error)
-        elif task.kind == "histograms":
+        elif task.kind == "histograms" and task.ticket == SCAN:
             self.scan.histograms_done(task.args[0].index, done.content if done.error is None else {})
         elif task.ticket in self.spectra:
             index = task.args[0].index
@@ -327,7 +327,7 @@ class Server:
         why = "a worker process stopped unexpectedly"
         if task is not None and task.kind == "unit":
             self.scan.unit_done(task.args[0], None, why)
-        elif task is not None and task.kind == "histograms":
+        elif task is not None and task.kind == "histograms" and task.ticket == SCAN:
             self.scan.histograms_done(task.args[0].index, {})
         elif task is not None:
             self.send(msg.Failed(task.ticket, task.kind, why))

@@ -31,7 +31,7 @@ def fault(kind: str) -> None:
 
 @dataclass(frozen=True)
 class Task:
-    """One thing for a worker to do: `kind` names it ("unit", "detail", "spectrum", "map")."""
+    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "spectrum", "map")."""
 
     ticket: int
     kind: str
@@ -80,7 +80,7 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
         return scan.run_unit(unit, opened, options, should_cancel)
     job: scan.PairJob = task.args[0]
     if task.kind == "detail":
-        return scan.compare_pair(job, opened, options, should_cancel, histograms=True)
+        return scan.compare_pair(job, opened, options, should_cancel)
     if task.kind == "histograms":
         return scan.pair_histograms(job, opened, task.args[1], should_cancel)
     pair = job.pair

@@ -140,7 +140,7 @@ class WeightscopeApp(App[None]):
         self.badge: np.ndarray | None = None  # each pair's status code (`hierarchy.SEVERITY`)
         self.presence: tuple[np.ndarray, np.ndarray] | None = None  # whether A has each pair, whether B has it
         self.side_notes: tuple[list[str], list[str] | None] | None = None
-        self.details: LRUCache[int, Batch] = LRUCache(64)  # pair -> its figures with histograms
+        self.details: LRUCache[int, Batch] = LRUCache(64)  # pair -> its figures (and histograms, once they came)
         self.figures: LRUCache[tuple, object] = LRUCache(64)  # (pair, view, size) -> spectrum or map
         self.asked: dict[int, tuple] = {}  # ticket -> (kind, args), until answered
         self.latest: dict[str, int] = {}  # kind -> the ticket whose answer is still wanted
@@ -269,6 +269,8 @@ class WeightscopeApp(App[None]):
         status.display = True
         if kind == "detail" and self.shown is not None:
             self.query_one(DetailPane).show_failure(line)
+        if kind == "histograms" and self.shown is not None:
+            self.query_one(DetailPane).clear_histograms(line)
 
     def opened(self, message: msg.Opened) -> None:
         self.catalog = message.catalog
@@ -376,6 +378,8 @@ class WeightscopeApp(App[None]):
             return
         if kind == "detail":
             self.detail_ready(args[0], reply.content, self.wanted(reply.ticket, "detail"))
+        elif kind == "histograms":
+            self.histograms_ready(args[0], reply.content, self.wanted(reply.ticket, "detail"))
         elif kind in ("spectrum", "map"):
             index = args[0]
             size = tuple(args[1:])
@@ -412,22 +416,28 @@ class WeightscopeApp(App[None]):
             return
         detail.show_pair(self.catalog.pair(pair), self.query_one(DiffTree).status_of(node))
         ready = self.details.get(pair)
-        if ready is not None:
+        if ready is not None and pair in ready.histograms:
             detail.show_result(self.result(pair, ready), self.log_counts)
             self.load_view()
             return
-        if self.table.status[pair] >= 0:  # the scan's figures at once; the histograms follow
-            detail.show_result(self.result(pair), self.log_counts, histograms_pending=True)
+        if ready is not None or self.table.status[pair] >= 0:  # the figures at once; the histograms follow
+            detail.show_result(self.result(pair, ready), self.log_counts, histograms_pending=True)
 
         def start() -> None:
             self._detail_timer = None
-            self.ask("detail", pair, key="detail")
+            if ready is not None:
+                self.ask_histograms(pair, ready)
+            else:
+                self.ask("detail", pair, key="detail")
             self.load_view()
 
         if rested:
             start()
         else:
             self._detail_timer = self.set_timer(DETAIL_DELAY, start)
+
+    def ask_histograms(self, pair: int, figures: Batch) -> None:
+        self.ask("histograms", pair, int(figures.status[0]), key="detail")
 
     def result(self, pair: int, detail: Batch | None = None):
         """Pair `pair`'s result as the pane shows it (with the histograms of its detail)."""
@@ -437,6 +447,7 @@ class WeightscopeApp(App[None]):
         return result
 
     def detail_ready(self, pair: int, batch: Batch, wanted: bool) -> None:
+        """A pair's figures: shown at once, its histograms asked for next (they take longer)."""
         self.details[pair] = batch
         if self.table.status[pair] < 0:  # read before the scan got there: shown in the tree now too
             self.take(Batch(batch.index, batch.status, batch.values, batch.errors, batch.notes))
@@ -444,7 +455,16 @@ class WeightscopeApp(App[None]):
         if wanted and self.shown is not None and self.names.pair[self.shown] == pair:
             detail = self.query_one(DetailPane)
             detail.show_pair(self.catalog.pair(pair), self.query_one(DiffTree).status_of(self.shown))
-            detail.show_result(self.result(pair, batch), self.log_counts)
+            detail.show_result(self.result(pair, batch), self.log_counts, histograms_pending=True)
+            self.ask_histograms(pair, batch)
+
+    def histograms_ready(self, pair: int, histograms: dict, wanted: bool) -> None:
+        figures = self.details.get(pair)
+        if figures is None:
+            return
+        figures.histograms[pair] = histograms
+        if wanted and self.shown is not None and self.names.pair[self.shown] == pair:
+            self.query_one(DetailPane).draw_histograms(self.result(pair, figures), self.log_counts)
 
     def show_group(self, node: int) -> None:
         names, rollup = self.names, self.rollup
@@ -462,7 +482,7 @@ class WeightscopeApp(App[None]):
         if self.shown is not None and self.names is not None and self.names.pair[self.shown] >= 0:
             pair = int(self.names.pair[self.shown])
             ready = self.details.get(pair)
-            if ready is not None:
+            if ready is not None and pair in ready.histograms:
                 self.query_one(DetailPane).draw_histograms(self.result(pair, ready), self.log_counts)
             self.load_view()
 

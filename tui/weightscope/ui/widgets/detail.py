@@ -179,8 +179,7 @@ class DetailPane(VerticalScroll):
             message.append(f"\n{note}", "dim")
         self.query_one("#detail-verdict", Static).update(message)
         if histograms_pending:
-            for plot in self.query(HistogramPlot):
-                plot.clear("computing histograms…")
+            self.clear_histograms("computing histograms…")
         else:
             self.draw_histograms(result, log_counts)
 
@@ -235,8 +234,12 @@ class DetailPane(VerticalScroll):
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
         stats.update(Text(line, "red"))
+        self.clear_histograms("")
+
+    def clear_histograms(self, message: str) -> None:
+        """No histograms, and why (an empty message: none)."""
         for plot in self.query(HistogramPlot):
-            plot.clear("")
+            plot.clear(message)
 
     def show_nothing(self, message: str) -> None:
         """An empty pane with one line saying why."""
