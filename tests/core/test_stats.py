@@ -537,6 +537,15 @@ class TestHistograms:
         inside = values[(values >= h["a"].lo) & (values <= h["a"].hi)]
         expected, _ = np.histogram(inside, bins=32, range=(h["a"].lo, h["a"].hi))
         assert np.abs(np.array(h["a"].counts) - expected).sum() <= 2  # edges may round to a neighbour
+        finite = values[np.isfinite(values)]
+        assert (h["a"].below, h["a"].above) == ((finite < h["a"].lo).sum(), (finite > h["a"].hi).sum())
+        # and B − A, where both are finite, over its own range
+        keep = both.numpy().ravel()
+        deltas = values64(b)[keep] - values[keep]
+        d = h["diff"]
+        expected, _ = np.histogram(deltas[(deltas >= d.lo) & (deltas <= d.hi)], bins=32, range=(d.lo, d.hi))
+        assert np.abs(np.array(d.counts) - expected).sum() <= 2
+        assert (d.below, d.above) == ((deltas < d.lo).sum(), (deltas > d.hi).sum())
 
     def test_outlier_does_not_stretch_the_range(self):
         t = noisy(28, torch.float32, (10000,))

@@ -407,70 +407,72 @@ def scan_pieces(buf_a, buf_b, pieces, tolerances, rows, flags, narrow, wide, tab
         row[D + ARGMAX] += pieces[k, START]
 
 
-@exact
-def counted_in(v, lo, hi, scale, row, bins):
-    """Count a finite `v` in `row`: in its bin over [lo, hi] (row[:bins]), else below or above."""
-    if v < lo:
-        row[bins] += 1
-    elif v > hi:
-        row[bins + 1] += 1
-    else:
-        row[min(int((v - lo) * scale), bins - 1)] += 1
+# A histogram row as the loops fill it: [below lo, bins over [lo, hi]…, above hi, not finite].
+# Each piece's slots are worked out first, in a loop that vectorizes (selects, no branches),
+# then counted: a third of the time of one branching loop that does both.
 
 
 @exact
-def histogram_piece(x, lo, hi, row):
-    """Add the finite values of `x` to `row`: counts over [lo, hi] in row[:-2], then how many
-    fell below and above."""
-    bins = row.size - 2
+def slot(v, lo, hi, scale, bins):
+    """Where `v` counts in a row (see above)."""
+    x = (v - lo) * scale + 1.0
+    x = x if x > 1.0 else 1.0  # (NaN too)
+    x = x if x < bins else float(bins)  # hi itself is in the last bin
+    k = np.int64(x)
+    k = 0 if v < lo else k
+    k = bins + 1 if v > hi else k
+    return k if abs(v) < np.inf else bins + 2
+
+
+@exact
+def count_slots(slots, count, row):
+    for i in range(count):
+        row[slots[i]] += 1
+
+
+@exact
+def histogram_piece(x, lo, hi, row, slots):
+    bins = row.size - 3
     scale = bins / (hi - lo)
     for i in range(x.size):
-        v = np.float64(x[i])
-        if abs(v) < np.inf:
-            counted_in(v, lo, hi, scale, row, bins)
+        slots[i] = slot(np.float64(x[i]), lo, hi, scale, bins)
+    count_slots(slots, x.size, row)
 
 
 @exact
-def pair_histogram_piece(a, b, lo, hi, d_lo, d_hi, row_a, row_b, row_d):
-    """`histogram_piece` of a and of b over [lo, hi], and of b − a where both are finite over
-    [d_lo, d_hi], in one pass (no temporary array)."""
-    bins = row_a.size - 2
+def pair_histogram_piece(a, b, lo, hi, d_lo, d_hi, row_a, row_b, row_d, slots):
+    """`histogram_piece` of a and of b over [lo, hi], and of b − a over [d_lo, d_hi] (not
+    finite where either is not), in one pass (no temporary array)."""
+    bins = row_a.size - 3
     scale, d_scale = bins / (hi - lo), bins / (d_hi - d_lo)
     for i in range(a.size):
         va, vb = np.float64(a[i]), np.float64(b[i])
-        finite_a, finite_b = abs(va) < np.inf, abs(vb) < np.inf
-        if finite_a:
-            counted_in(va, lo, hi, scale, row_a, bins)
-        if finite_b:
-            counted_in(vb, lo, hi, scale, row_b, bins)
-        if finite_a and finite_b:
-            counted_in(vb - va, d_lo, d_hi, d_scale, row_d, bins)
+        slots[0, i] = slot(va, lo, hi, scale, bins)
+        slots[1, i] = slot(vb, lo, hi, scale, bins)
+        d = slot(vb - va, d_lo, d_hi, d_scale, bins)
+        slots[2, i] = d if abs(va) < np.inf and abs(vb) < np.inf else bins + 2  # (∞ − ∞ is NaN already)
+    for which, row in enumerate((row_a, row_b, row_d)):
+        count_slots(slots[which], a.size, row)
 
 
 @exact
-def histogram_side(buf, off, count, code, lo, hi, row, narrow, wide, tables):
-    if code < NARROW:
-        decode_narrow(buf, off, count, code, narrow, tables)
-        histogram_piece(narrow[:count], lo, hi, row)
-    else:
-        decode_wide(buf, off, count, code, wide, narrow, tables)
-        histogram_piece(wide[:count], lo, hi, row)
-
-
-@exact
-def histogram_pieces(buf, pieces, side, lo, hi, row, narrow, wide, tables):
+def histogram_pieces(buf, pieces, side, lo, hi, row, narrow, wide, slots, tables):
     """Add every piece's values of one side (`side` 0: A, 1: B, of the pieces' offsets and
-    codes; `buf` that side's bytes) to a histogram row: counts over [lo, hi], then below and
-    above."""
+    codes; `buf` that side's bytes) to a histogram row (see above)."""
     for k in range(pieces.shape[0]):
         code, off, count = pieces[k, CODE_A + side], pieces[k, OFF_A + side], pieces[k, COUNT]
         if count > narrow.shape[1]:
             raise ValueError("a piece is larger than the scratch buffers")
-        histogram_side(buf, off, count, code, lo, hi, row, narrow[side], wide[side], tables)
+        if code < NARROW:
+            decode_narrow(buf, off, count, code, narrow[side], tables)
+            histogram_piece(narrow[side][:count], lo, hi, row, slots[0])
+        else:
+            decode_wide(buf, off, count, code, wide[side], narrow[side], tables)
+            histogram_piece(wide[side][:count], lo, hi, row, slots[0])
 
 
 @exact
-def pair_histogram_pieces(buf_a, buf_b, pieces, lo, hi, d_lo, d_hi, row_a, row_b, row_d, narrow, wide, tables):
+def pair_histogram_pieces(buf_a, buf_b, pieces, lo, hi, d_lo, d_hi, row_a, row_b, row_d, narrow, wide, slots, tables):
     """Histograms of A, B (over [lo, hi]) and b − a (over [d_lo, d_hi]) of every piece, each
     side decoded once."""
     for k in range(pieces.shape[0]):
@@ -481,16 +483,18 @@ def pair_histogram_pieces(buf_a, buf_b, pieces, lo, hi, d_lo, d_hi, row_a, row_b
         if code_a < NARROW and code_b < NARROW:
             decode_narrow(buf_a, off_a, count, code_a, narrow[0], tables)
             decode_narrow(buf_b, off_b, count, code_b, narrow[1], tables)
-            pair_histogram_piece(narrow[0][:count], narrow[1][:count], lo, hi, d_lo, d_hi, row_a, row_b, row_d)
+            pair_histogram_piece(narrow[0][:count], narrow[1][:count], lo, hi, d_lo, d_hi, row_a, row_b, row_d, slots)
         else:
             decode_wide(buf_a, off_a, count, code_a, wide[0], narrow[0], tables)
             decode_wide(buf_b, off_b, count, code_b, wide[1], narrow[1], tables)
-            pair_histogram_piece(wide[0][:count], wide[1][:count], lo, hi, d_lo, d_hi, row_a, row_b, row_d)
+            pair_histogram_piece(wide[0][:count], wide[1][:count], lo, hi, d_lo, d_hi, row_a, row_b, row_d, slots)
 
 
-def scratch() -> tuple[np.ndarray, np.ndarray]:
-    """The narrow and wide scratch buffers the loops decode into (one pair per thread)."""
-    return np.empty((2, pieces.PIECE), np.float32), np.empty((2, pieces.PIECE), np.float64)
+def scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The narrow and wide scratch buffers the loops decode into, and the histograms' slots
+    (one set per thread)."""
+    return (np.empty((2, pieces.PIECE), np.float32), np.empty((2, pieces.PIECE), np.float64),
+            np.empty((3, pieces.PIECE), np.int64))
 
 
 def load() -> None:
@@ -500,11 +504,12 @@ def load() -> None:
     pieces = np.array([[PAIRED, 0, 0, 0, 0, 4, 0], [PAIRED, 11, 0, 0, 0, 4, 0], [PAIRED, 0, 1, 0, 16, 4, 0],
                        [SIDE_A, 1, 0, 0, 0, 4, 0], [SIDE_B, 0, 11, 0, 0, 4, 0], [BYTES, 7, 7, 0, 0, 4, 0]], np.int64)
     rows, flags = np.zeros((len(pieces), PAIR)), np.zeros(len(pieces), np.uint8)
-    narrow, wide = scratch()
+    narrow, wide, slots = scratch()
     scan_pieces(buf, buf, pieces, np.zeros((len(pieces), 2)), rows, flags, narrow, wide, TABLES)
     for side in range(2):
-        histogram_pieces(buf, pieces[:3], side, 0.0, 1.0, np.zeros(6, np.int64), narrow, wide, TABLES)
-    pair_histogram_pieces(buf, buf, pieces[:3], 0.0, 1.0, 0.0, 1.0, *np.zeros((3, 6), np.int64), narrow, wide, TABLES)
+        histogram_pieces(buf, pieces[:3], side, 0.0, 1.0, np.zeros(7, np.int64), narrow, wide, slots, TABLES)
+    pair_histogram_pieces(buf, buf, pieces[:3], 0.0, 1.0, 0.0, 1.0, *np.zeros((3, 7), np.int64), narrow, wide, slots,
+                          TABLES)
     decode_wide(buf, 0, 4, 1, np.zeros(4), np.zeros(4, np.float32), TABLES)
 
 

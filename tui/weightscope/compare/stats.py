@@ -347,10 +347,10 @@ def summed(sides: Sides, atol: float, rtol: float, should_cancel: Callable[[], b
     return merged[0], int(merged_flags[0])
 
 
-_scratch: tuple[np.ndarray, np.ndarray] | None = None
+_scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def scratch() -> tuple[np.ndarray, np.ndarray]:
+def scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """This process's scratch buffers for the kernels (callers take turns: one thread computes)."""
     from weightscope.compare import kernels as k
 
@@ -366,7 +366,7 @@ def run_pieces(buf_a: np.ndarray, buf_b: np.ndarray, pieces: np.ndarray, toleran
     from weightscope.compare import kernels as k
 
     rows, flags = np.empty((len(pieces), c.PAIR)), np.empty(len(pieces), np.uint8)
-    k.scan_pieces(buf_a, buf_b, pieces, tolerances, rows, flags, *scratch(), k.TABLES)
+    k.scan_pieces(buf_a, buf_b, pieces, tolerances, rows, flags, *scratch()[:2], k.TABLES)
     return rows, flags
 
 
@@ -419,7 +419,7 @@ def counted(sides: Sides, side: int, lo: float, hi: float, bins: int,
     """A histogram over [lo, hi] of A's values (`side` 0) or B's (1)."""
     from weightscope.compare import kernels as k
 
-    row = np.zeros(bins + 2, np.int64)
+    row = np.zeros(bins + 3, np.int64)  # (laid out as `kernels.slot` says)
     for _, a, b, table in sides.windows(should_cancel):
         k.histogram_pieces(b if side else a, table, side, lo, hi, row, *scratch(), k.TABLES)
     return histogram_of(lo, hi, row)
@@ -430,14 +430,15 @@ def counted_pair(sides: Sides, shared: tuple[float, float], spread: tuple[float,
     """Histograms of A and B over `shared` and of b − a over `spread`, in one pass."""
     from weightscope.compare import kernels as k
 
-    rows = np.zeros((3, bins + 2), np.int64)
+    rows = np.zeros((3, bins + 3), np.int64)
     for _, a, b, table in sides.windows(should_cancel):
         k.pair_histogram_pieces(a, b, table, *shared, *spread, *rows, *scratch(), k.TABLES)
     return {key: histogram_of(lo, hi, row) for key, (lo, hi), row in zip(("a", "b", "diff"), (shared, shared, spread), rows)}
 
 
 def histogram_of(lo: float, hi: float, row: np.ndarray) -> Histogram:
-    return Histogram(lo, hi, tuple(row[:-2].tolist()), int(row[-2]), int(row[-1]))
+    """A histogram from a row the kernels filled: [below, bins…, above, not finite]."""
+    return Histogram(lo, hi, tuple(row[1:-2].tolist()), int(row[0]), int(row[-2]))
 
 
 def histograms(raw_a, dtype_a: str | None, raw_b, dtype_b: str | None, bins: int = HISTOGRAM_BINS,
