@@ -52,9 +52,10 @@ def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None
     then its scan status, outranked by NaN/Inf (unless `flag_nonfinite` is off: the status
     beside which that flag is shown) and by a change of stored dtype. A LoRA adapter's own
     parameter is a factor, whatever its side (NaN/Inf in it still shows)."""
-    index = np.arange(len(catalog)) if index is None else index
+    index = slice(None) if index is None else index
     known, status = catalog.known[index], table.status[index]
-    values = table.values[index]
+    nonfinite_columns = [base + column for base in (c.FA, c.FB) for column in (c.FNAN, c.FPOSINF, c.FNEGINF)]
+    counts = table.values[:, nonfinite_columns][index]  # (those columns only: the whole table is large)
     from_headers = np.array([CODE[s] for s in ("pending", "error", "only_a", "only_b", "shape_mismatch", "dtype")],
                             np.int8)
     scanned = np.array([CODE[s] for s in results.STATUSES], np.int8)
@@ -62,10 +63,7 @@ def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None
     equalish = np.isin(status, (results.IDENTICAL, results.VALUE_EQUAL, results.CLOSE, results.CHANGED))
     out = np.where(equalish & (known == cat.DTYPE), CODE["dtype"], out)
     out = np.where(catalog.factor[index] & (status != results.ERROR), CODE["factor"], out)
-    nonfinite = np.zeros(len(index), bool)
-    for base in (c.FA, c.FB):
-        counts = values[:, base + c.FNAN] + values[:, base + c.FPOSINF] + values[:, base + c.FNEGINF]
-        nonfinite |= np.nan_to_num(counts) > 0
+    nonfinite = np.nan_to_num(counts).sum(axis=1) > 0
     flagged = nonfinite & (status != results.UNREAD) & (status != results.ERROR) & flag_nonfinite
     return np.where(flagged, CODE["nonfinite"], out).astype(np.int8)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import chain, repeat
 from operator import is_, is_not, itemgetter, ne
 
@@ -80,14 +81,17 @@ class Side:
     origin: dict[int, str] = field(default_factory=dict)
     stored_name: dict[int, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def present(self) -> np.ndarray:
-        return np.fromiter(map(is_not, self.name, repeat(None)), bool, len(self.name))
+        """Which pairs have this side (read-only: worked out once)."""
+        mask = np.fromiter(map(is_not, self.name, repeat(None)), bool, len(self.name))
+        mask.flags.writeable = False
+        return mask
 
     @property
     def readable(self) -> np.ndarray:
         """Present and without an error from the headers."""
-        mask = self.present
+        mask = self.present.copy()
         mask[list(self.error)] = False
         return mask
 

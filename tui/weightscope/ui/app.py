@@ -177,7 +177,11 @@ class WeightscopeApp(App[None]):
             yield Static(fitted_title(self.paths, "", self.size.width), id="title")
             yield ProgressBar(id="progress", show_eta=False)
         with Vertical(id="tree-area"):
-            yield Static("reading headers…", id="placeholder")
+            # A tree of one line until the real one comes: Textual reads a tree's styles as the
+            # first one is mounted, time the real tree would otherwise wait for.
+            placeholder = Tree("reading headers…", id="placeholder")
+            placeholder.root.allow_expand = False
+            yield placeholder
         yield DetailPane(id="detail")
         yield Static(id="status-line")
         yield Input(placeholder="filter: substring, or glob with * ? [ ]  (Enter keeps, Esc clears)", id="filter")
