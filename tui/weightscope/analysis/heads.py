@@ -666,6 +666,8 @@ def inside(catalog, table, known: Known, found: dict) -> Inside:
             continue
         rows[where.row] = where.layer
         if result.kind == "experts":
+            if result.role == "router":  # a router row is not the expert's own weights (the JSON has it)
+                continue
             for unit in result.units:
                 add(expert_cells, (where.row, f"e{unit.unit.index}"), name, unit.delta_sq, unit.base_sq,
                     unit.nonfinite)
@@ -694,7 +696,7 @@ def inside(catalog, table, known: Known, found: dict) -> Inside:
         out = {}
         for key, cell in cells.items():
             ranked = sorted(cell["parts"].items(), key=lambda kv: -(kv[1][0] / kv[1][1] if kv[1][1] else kv[1][0]))
-            status = "nonfinite" if cell["bad"] else "changed" if cell["delta"] > 0 else "value_equal"
+            status = "nonfinite" if cell["bad"] else "changed" if cell["delta"] > 0 else "identical"
             out[key] = Cell(len(cell["parts"]), [n for n, _ in ranked], cell["delta"], cell["base"], {status})
         layer_rows = sorted({row for row, _ in out}, key=lambda r: rows[r])
         columns = sorted({col for _, col in out}, key=lambda col: int(col[1:]))
