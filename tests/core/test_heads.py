@@ -404,3 +404,23 @@ def test_undefined_figures_say_why():
     unit = hd.UnitFigures(hd.Unit("q", 0, 0), None, 0.5, None, 0.25, 0.0, 0)
     assert hd.undefined_why(unit) == {"rel_l2": "A's slice is all zeros", "cosine": "a side's slice is all zeros"}
     assert math.isfinite(unit.max_abs)
+
+
+@pytest.mark.parametrize("role", ["q", "o"])
+def test_nan_and_inf_are_counted_and_left_out(ck, tmp_path, diff, role):
+    """A head holding NaN or Inf: its figures over the finite positions (float64 reference),
+    the others counted; by rows (q) and by columns (o)."""
+    a = llama_gqa(0)
+    b = {k: v.clone() for k, v in a.items()}
+    name = f"model.layers.0.self_attn.{role}_proj.weight"
+    head = (slice(2 * D, 3 * D), slice(None)) if role == "q" else (slice(None), slice(2 * D, 3 * D))
+    b[name][head] += 0.125
+    b[name][head][1, 2] = float("nan")
+    b[name][head][3, 4] = float("inf")
+    result = diff(write_model(tmp_path / "a", a, LLAMA_CONFIG, ck), write_model(tmp_path / "b", b, LLAMA_CONFIG, ck))
+    _, found = breakdowns(result)
+    unit = found[name].units[2]
+    assert unit.nonfinite == 2 and lit(found[name]) == [2]
+    finite = torch.isfinite(b[name][head])
+    check_figures(unit, a[name][head][finite], b[name][head][finite])
+    assert all(u.nonfinite == 0 and u.delta_sq == 0 for u in found[name].units if u.unit.index != 2)

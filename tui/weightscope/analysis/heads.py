@@ -468,11 +468,12 @@ class Unavailable:
 
 
 def unit_figures(split: Split, sums: np.ndarray) -> tuple[UnitFigures, ...]:
-    """Per-row (or column) sums gathered by owner into each unit's figures."""
+    """Per-row (or column) sums (`split_kernels.SUMS` × rows or columns) gathered by owner
+    into each unit's figures."""
     n = len(split.units)
-    gathered = np.stack([np.bincount(split.owner, sums[:, k], n) for k in (0, 1, 2, 3, 5)], axis=1)
+    gathered = np.stack([np.bincount(split.owner, sums[k], n) for k in (0, 1, 2, 3, 5)], axis=1)
     peak = np.zeros(n)
-    np.maximum.at(peak, split.owner, sums[:, 4])
+    np.maximum.at(peak, split.owner, sums[4])
     counts = np.bincount(split.owner, minlength=n)
     other = split.shape[1] if split.by_rows else split.shape[0]
     out = []
@@ -499,16 +500,17 @@ def breakdown(raw_a, dtype_a: str, raw_b, dtype_b: str, split: Split, config: He
     size_a, size_b = itemsize(dtype_a), itemsize(dtype_b)
     rows, cols = split.shape
     numel = rows * cols
-    sums = np.zeros((rows if split.by_rows else cols, SUMS))
+    sums = np.zeros((SUMS, rows if split.by_rows else cols))
     step = min(CHUNK, numel)
-    wide_a, wide_b, narrow = np.empty(step), np.empty(step), np.empty(step, np.float32)
+    wide_a, wide_b = np.empty(step), np.empty(step)
+    narrow_a, narrow_b = np.empty(step, np.float32), np.empty(step, np.float32)
     for start in range(0, numel, step):
         if should_cancel():
             raise Cancelled
         count = min(step, numel - start)
         a = np.ascontiguousarray(raw_a.window(start * size_a, (start + count) * size_a))
         b = np.ascontiguousarray(raw_b.window(start * size_b, (start + count) * size_b))
-        split_sums(a, code_a, b, code_b, count, start, cols, split.by_rows, sums, wide_a, wide_b, narrow,
+        split_sums(a, code_a, b, code_b, count, start, cols, split.by_rows, sums, wide_a, wide_b, narrow_a, narrow_b,
                    kernels.TABLES)
     heads = (config.heads, config.kv_heads) if split.kind == "heads" and config is not None else (None, None)
     return Breakdown(split.kind, split.role, split.layout, unit_figures(split, sums), *heads, split.head_dim,

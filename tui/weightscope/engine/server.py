@@ -115,8 +115,8 @@ class Server:
         self.urgent: deque[Task] = deque()  # for the local worker, before anything else
         self.units: deque[Task] = deque()  # the scan's
         self.background: deque[Task] = deque()  # spectra or breakdowns of many pairs (`diff --spectrum`)
-        # ticket -> (indices pending, found, what the answer is made of once none is pending)
-        self.gathered: dict[int, tuple[set[int], dict, Callable[[dict], object]]] = {}
+        # ticket -> (indices pending, found, what the answer is made of once none is pending, for a view)
+        self.gathered: dict[int, tuple[set[int], dict, Callable[[dict], object], bool]] = {}
         self._known_heads = None
         self.threads = ThreadPoolExecutor(1, thread_name_prefix="weightscope-answers")
         self.answers_in, self.answers_out = Pipe(duplex=False)  # from the answer thread to the loop
@@ -171,7 +171,9 @@ class Server:
 
         def work():
             from weightscope.compare import kernels  # noqa: F401  (loads the compiled loops)
+            from weightscope.compare import split_kernels
 
+            split_kernels.load()
             serve(LocalPipe(tasks, done_out, self.cancelled), opened)
 
         threading.Thread(target=work, name="weightscope-worker", daemon=True).start()
@@ -252,8 +254,10 @@ class Server:
 
     def gather(self, ticket: int, kind: str, wanted: set[int], found: dict,
                answer: Callable[[dict], object] = lambda found: found, urgent: bool = False) -> None:
-        """Work on many pairs for one answer: a task per pair, the answer once all are in."""
-        self.gathered[ticket] = (set(wanted), found, answer)
+        """Work on many pairs for one answer: a task per pair, the answer once all are in. For a
+        view (`urgent`) one pair's failure fails the answer; in the background (`diff --heads`)
+        it stands for that pair alone."""
+        self.gathered[ticket] = (set(wanted), found, answer, urgent)
         extra = (self.known_heads(),) if kind == "heads" else ()
         tasks = [Task(ticket, kind, (PairJob.of(self.catalog, i), *extra), self.options) for i in sorted(wanted)]
         (self.urgent if urgent else self.background).extend(tasks)
@@ -318,7 +322,11 @@ class Server:
             self.scan.histograms_done(task.args[0].index, done.content if done.error is None else {})
         elif task.ticket in self.gathered:
             index = task.args[0].index
-            pending, found, _ = self.gathered[task.ticket]
+            pending, found, _, urgent = self.gathered[task.ticket]
+            if urgent and done.error is not None:
+                self.cancel(task.ticket)
+                self.send(msg.Failed(task.ticket, task.kind, done.error))
+                return
             pending.discard(index)
             found[index] = done.content if done.error is None else self.failed_part(task, done.error)
             self.gathered_answered(task.ticket)
@@ -339,7 +347,7 @@ class Server:
         return None
 
     def gathered_answered(self, ticket: int) -> None:
-        pending, found, answer = self.gathered[ticket]
+        pending, found, answer, _ = self.gathered[ticket]
         if not pending:
             del self.gathered[ticket]
             try:

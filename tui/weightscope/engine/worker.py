@@ -182,7 +182,9 @@ def main(fd: int) -> None:
     except (EOFError, OSError):
         return
     from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
+    from weightscope.compare import split_kernels
 
+    split_kernels.load()  # the heads view's loop too (a few ms from the cache): its first answer waits for nothing
     serve(ProcessPipe(conn), Opened(job))
 
 

@@ -276,11 +276,13 @@ class DetailPane(VerticalScroll):
 
     def show_heads(self, found, name: str) -> None:
         """A tensor's change by head or expert (or why it has none)."""
-        plot = self.query_one(HeadsPlot)
-        if found is None or not hasattr(found, "units"):
-            plot.message(explain(found))
+        switcher = self.query_one(ContentSwitcher)
+        if found is None or not hasattr(found, "units"):  # in words that wrap: a plot's title would be cut
+            self.query_one("#heads-grid-text", Static).update(Text(explain(found), "dim"))
+            switcher.current = "heads-grid"
         else:
-            plot.show(found, name)
+            self.query_one(HeadsPlot).show(found, name)
+            switcher.current = "heads"
 
     def show_heads_grid(self, path: str, found: dict) -> None:
         """A layer's attention as heads × q, k, v, o, where its group's figures were."""
