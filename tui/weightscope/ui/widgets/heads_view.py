@@ -126,7 +126,9 @@ def cell(figures: UnitFigures | None, top: float) -> Text:
         return Text("    ·  ", "dim")
     rel = figures.rel_l2
     label = f"{badges.percent(rel):>6} " if rel is not None else "   n/a "
-    style = Style(color="black", bgcolor=shade(rel or 0.0, top)) if figures.delta_sq > 0 else Style(dim=True)
+    background = shade(rel or 0.0, top)
+    ink = "black" if RAMP.index(background) >= 4 else "white"  # legible on the dark end of the ramp too
+    style = Style(color=ink, bgcolor=background) if figures.delta_sq > 0 else Style(dim=True)
     return Text(label, style)
 
 
@@ -146,8 +148,8 @@ def render_grid(path: str, found: dict[str, Breakdown]) -> Text:
             parts[u.unit.part][u.unit.index] = u
     top = max((u.rel_l2 or 0.0 for units in parts.values() for u in units.values()), default=0.0)
     group = heads // kv_heads if heads and kv_heads else 1
-    text = Text(f"{path} by head: rel L2 of each head's slice\n", "bold")
-    text.append(f"{heads} query heads" + (f", {kv_heads} key/value heads (k, v: the head each reads)"
+    text = Text(f"{path.rsplit('.', 1)[-1]} by head: rel L2 of each slice\n", "bold")
+    text.append(f"{heads} query heads" + (f", {kv_heads} kv heads (k, v: the one read)"
                                           if kv_heads != heads else "") + "\n", "dim")
     text.append("head  kv      q      k      v      o\n", "bold")
     for h in range(heads):
