@@ -119,7 +119,7 @@ class OverviewScreen(Screen[str | None]):
     """Layers × modules; dismissed with the name of the tensor to show, or None."""
 
     BINDINGS = [Binding("escape,o,q", "dismiss(None)", "Back"),
-                Binding("v", "next_layer", "Modules / heads / experts", tooltip="Layers × modules, heads or experts")]
+                Binding("v", "next_layer", "Heads/experts", tooltip="Layers × modules, heads or experts")]
 
     def __init__(self, grid: Grid, title: str):
         super().__init__()
