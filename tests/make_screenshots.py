@@ -1,4 +1,5 @@
-"""Write the README's screenshots: the real app on the demo pair, as SVG files in screenshots/.
+"""Write the README's screenshots: the real app on the demo pair (and, for the heads and experts
+views, a small MoE pair written beside it), as SVG files in screenshots/.
 
     python3 tests/make_screenshots.py
 
@@ -23,16 +24,83 @@ VIEWS = {
     "spectrum.svg": ["n", "n", "n", "n", "v"],
     "change-map.svg": ["n", "n", "n", "n", "v", "v"],
 }
+# On the MoE pair: file name -> (tensor to select first or None, keys, then keys once the
+# overview has its heads and experts)
+MOE_VIEWS = {
+    "heads.svg": ("model.layers.2.self_attn.q_proj.weight", ["v", "v", "v"], []),
+    "heads-grid.svg": ("model.layers.2.self_attn.q_proj.weight", ["v", "v", "v", "left", "left", "left"], []),
+    "overview-experts.svg": (None, ["o"], ["v", "v", "down", "right", "right", "right"]),
+}
+LAYERS, HIDDEN, HEADS, KV_HEADS, EXPERTS, INTERMEDIATE = 4, 256, 16, 4, 8, 64
 
 
-async def shoot(base: str, tuned: str, name: str, keys: list[str]) -> None:
-    from ui.helpers import open_app, settle
+def write_moe(root: Path) -> tuple[str, str]:
+    """A small Qwen-MoE-shaped base and a fine-tune that moved two query heads of layer 2 far and
+    the others a little, and a few experts (the rest frozen), each beside its config.json."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+
+    def normal(*shape, scale=0.02):
+        return torch.randn(*shape, generator=gen) * scale
+
+    d = HIDDEN // HEADS
+    base = {"model.embed_tokens.weight": normal(512, HIDDEN)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}"
+        base[f"{p}.self_attn.q_proj.weight"] = normal(HEADS * d, HIDDEN)
+        base[f"{p}.self_attn.k_proj.weight"] = normal(KV_HEADS * d, HIDDEN)
+        base[f"{p}.self_attn.v_proj.weight"] = normal(KV_HEADS * d, HIDDEN)
+        base[f"{p}.self_attn.o_proj.weight"] = normal(HIDDEN, HEADS * d)
+        base[f"{p}.mlp.gate.weight"] = normal(EXPERTS, HIDDEN)
+        for e in range(EXPERTS):
+            base[f"{p}.mlp.experts.{e}.gate_proj.weight"] = normal(INTERMEDIATE, HIDDEN)
+            base[f"{p}.mlp.experts.{e}.up_proj.weight"] = normal(INTERMEDIATE, HIDDEN)
+            base[f"{p}.mlp.experts.{e}.down_proj.weight"] = normal(HIDDEN, INTERMEDIATE)
+    tuned = {name: w.clone() for name, w in base.items()}
+    for name, w in tuned.items():
+        if ".self_attn." in name:
+            w += normal(*w.shape, scale=0.0004)
+    for head, scale in ((5, 0.02), (11, 0.012)):
+        tuned["model.layers.2.self_attn.q_proj.weight"][head * d:(head + 1) * d] += normal(d, HIDDEN, scale=scale)
+        tuned["model.layers.2.self_attn.o_proj.weight"][:, head * d:(head + 1) * d] += normal(HIDDEN, d, scale=scale)
+    for layer, expert, scale in ((1, 3, 0.004), (2, 3, 0.01), (2, 6, 0.002), (3, 0, 0.006)):
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            w = tuned[f"model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"]
+            w += normal(*w.shape, scale=scale)
+        tuned[f"model.layers.{layer}.mlp.gate.weight"][expert] += normal(HIDDEN, scale=scale)
+    config = {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": HIDDEN,
+              "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "num_experts": EXPERTS,
+              "num_hidden_layers": LAYERS, "torch_dtype": "bfloat16"}
+    for label, weights in (("moe-base", base), ("moe-finetune", tuned)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(root / label / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (root / label / "config.json").write_text(json.dumps(config, indent=2))
+    return "moe-base", "moe-finetune"
+
+
+async def shoot(base: str, tuned: str, name: str, keys: list[str], select: str | None = None,
+                inside: list[str] = ()) -> None:
+    from ui.helpers import open_app, settle, wait_for
+
+    from weightscope.ui.screens.overview import OverviewScreen
 
     app = open_app(base, tuned, use_cache=False)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        if select is not None:
+            app.show_in_tree(select)
+            await settle(pilot)
         for key in keys:
             await pilot.press(key)
+            await settle(pilot)
+        if inside:
+            await wait_for(pilot, lambda: isinstance(app.screen, OverviewScreen) and len(app.screen.grids) > 1)
+            await pilot.press(*inside)
         await pilot.pause(0.2)
         await settle(pilot)
         app.clear_notifications()
@@ -54,6 +122,10 @@ def main() -> None:
         SCREENSHOTS.mkdir(exist_ok=True)
         for name, keys in VIEWS.items():
             asyncio.run(shoot("base", "finetune", name, keys))
+            print(SCREENSHOTS / name)
+        moe = write_moe(Path(cache) / "demo")
+        for name, (select, keys, inside) in MOE_VIEWS.items():
+            asyncio.run(shoot(*moe, name, keys, select, inside))
             print(SCREENSHOTS / name)
 
 

@@ -19,8 +19,8 @@ TENSOR = {"name", "name_a", "name_b", "status", "dtype_a", "dtype_b", "shape_a",
 SUMMARY = {"identical", "value_equal", "changed", "shape_mismatch", "only_a", "only_b", "error"}
 # The only other keys allowed, each documented: the alignment's notes and each side's extras
 # (issue 2's design), per-tensor statistics and the `close` status (issue 3).
-TOP_EXTRA, SIDE_EXTRA = {"notes"}, {"extras"}
-TENSOR_EXTRA, SUMMARY_EXTRA = {"a", "b", "diff", "histograms", "spectrum"}, {"close"}
+TOP_EXTRA, SIDE_EXTRA = {"notes", "head_counts"}, {"extras"}
+TENSOR_EXTRA, SUMMARY_EXTRA = {"a", "b", "diff", "histograms", "spectrum", "heads", "experts"}, {"close"}
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -128,6 +128,18 @@ class TestExitStatus:
 
 
 class TestJson:
+    def test_heads_keep_the_documented_shape(self, capsys, pair):
+        """`--heads 2` adds `head_counts` and each tensor's `heads` and `experts`, and nothing else."""
+        _, base, _, tuned = pair
+        code, out, _ = run(capsys, base, tuned, "--json", "--heads", "2")
+        assert code == 1
+        doc = json.loads(out)
+        check_document(doc)
+        assert doc["head_counts"]["heads"] == 2 and doc["head_counts"]["source"] == "--heads"
+        q = next(t for t in doc["tensors"] if t["name"] == "model.layers.1.self_attn.q_proj.weight")
+        assert [h["head"] for h in q["heads"]] == [0, 1] and q["experts"] is None
+        assert all("heads" in t and "experts" in t for t in doc["tensors"])
+
     def test_shape_of_the_document(self, capsys, pair):
         """`--json` prints one document with exactly the documented keys; dtypes as torch spells them."""
         sd, base, _, tuned = pair

@@ -20,6 +20,7 @@ from .helpers import SIZE, open_app, record_notifications, screen_text, static_t
     ("histograms", ["n"]),
     ("spectrum", ["n", "v"]),
     ("map", ["n", "v", "v"]),
+    ("heads", ["n", "v", "v", "v"]),
     ("filter", ["slash", *"norm", "enter"]),
     ("overview", ["o"]),
     ("anomalies", ["a"]),

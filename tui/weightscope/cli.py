@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--spectrum", action="store_true",
                       help="add the spectrum of each changed pair of 2+ dimensions to the JSON (singular values, "
                            "effective and stable rank)")
+    diff.add_argument("--heads", nargs="?", const="", metavar="N[,KV]",
+                      help="add each attention tensor's change per head and each fused expert tensor's per expert "
+                           "(JSON), and the most changed heads and experts (text); head counts from config.json "
+                           "beside the weights or GGUF metadata, or N query and KV key/value heads given here")
     diff.add_argument("--adapter", metavar="ADAPTER",
                       help="check a merge: compare B with A + ΔW of this PEFT LoRA adapter (residuals at rounding "
                            "level when B is A with the adapter merged)")
@@ -111,12 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_app_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="weightscope", usage="weightscope A [B] [--device auto|cpu|cuda] [--no-cache]\n"
+        prog="weightscope", usage="weightscope A [B] [--heads N[,KV]] [--device auto|cpu|cuda] [--no-cache]\n"
                                   "       weightscope {diff,inspect,demo} ...",
         description="Open A and B side by side in the terminal app (or browse A alone). "
                     "Commands: diff (headless comparison), inspect (one checkpoint), demo.")
     parser.add_argument("a", metavar="A", help="checkpoint file or directory")
     parser.add_argument("b", metavar="B", nargs="?", help="checkpoint to compare with A")
+    parser.add_argument("--heads", metavar="N[,KV]",
+                        help="N query and KV key/value heads, for the heads views (default: from config.json "
+                             "beside the weights, or GGUF metadata)")
     add_lora_options(parser)
     add_engine_options(parser)
     return parser
@@ -241,7 +248,20 @@ def job_of(args, path_b: str | None, **fields):
 
     options = ScanOptions(getattr(args, "atol", None), getattr(args, "rtol", None), args.device,
                           getattr(args, "histograms", False))
-    return Job(args.a, path_b, options=options, use_cache=not args.no_cache, **fields)
+    return Job(args.a, path_b, options=options, use_cache=not args.no_cache, heads=head_counts(args), **fields)
+
+
+def head_counts(args) -> tuple[int, int] | None:
+    """`--heads N[,KV]` as (N, KV); None without counts (`diff --heads` alone reads them from the configs)."""
+    text = getattr(args, "heads", None)
+    if not text:
+        return None
+    from weightscope.analysis.heads import parse_override
+
+    try:
+        return parse_override(text)
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
 
 
 def write(text: str | bytes) -> None:
@@ -269,11 +289,13 @@ def run_diff(args) -> int:
     run = Run(job_of(args, args.b, adapter=args.adapter, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling),
               "scanning")
     try:
+        heads = run.ask("breakdowns") if args.heads is not None else None
         if args.json:
             spectra = run.ask("spectra") if args.spectrum else None
-            write_document(write, run.catalog, run.table, args.histograms, spectra, run.side_notes, run.plan_notes)
+            write_document(write, run.catalog, run.table, args.histograms, spectra, run.side_notes, run.plan_notes,
+                           heads=heads)
         else:
-            write_lines(text_lines(run.catalog, run.table, run.side_notes, run.plan_notes))
+            write_lines(text_lines(run.catalog, run.table, run.side_notes, run.plan_notes, heads))
     finally:
         run.close()
     if run.problems:

@@ -29,6 +29,7 @@ class Job:
     options: ScanOptions = ScanOptions()  # `device` may be "auto": the engine resolves it
     use_cache: bool = True
     tree: bool = False  # send the name tree with the catalog (the app draws it first)
+    heads: tuple[int, int] | None = None  # `--heads N,KV`: head counts that override any config
 
 
 # Client -> engine
@@ -52,7 +53,10 @@ class Ask:
     once its figures are shown; "spectrum"/"map" (index, rows, cols) ->
     a Spectrum or ChangeMap (None where there is none); "tree" (pattern) -> a NameTree;
     "overview", "anomalies" -> their content; "export" (directory) -> the paths written;
-    "spectra" -> {index: Spectrum | None} for every changed pair.
+    "spectra" -> {index: Spectrum | None} for every changed pair; "heads" (index, ...) ->
+    {index: Breakdown | Unavailable | None} of those pairs (analysis.heads); "breakdowns" ->
+    (Known, that dict for every attention and expert pair); "inside" -> analysis.heads.Inside,
+    the overview's layers × heads and layers × experts.
     """
 
     ticket: int

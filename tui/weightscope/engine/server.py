@@ -19,6 +19,7 @@ import queue
 import threading
 import traceback
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
@@ -113,8 +114,10 @@ class Server:
         self.helpers: list[Worker] = []
         self.urgent: deque[Task] = deque()  # for the local worker, before anything else
         self.units: deque[Task] = deque()  # the scan's
-        self.background: deque[Task] = deque()  # spectra of every changed pair (`diff --spectrum`)
-        self.spectra: dict[int, tuple[set[int], dict]] = {}  # ticket -> (indices pending, found)
+        self.background: deque[Task] = deque()  # spectra or breakdowns of many pairs (`diff --spectrum`)
+        # ticket -> (indices pending, found, what the answer is made of once none is pending, for a view)
+        self.gathered: dict[int, tuple[set[int], dict, Callable[[dict], object], bool]] = {}
+        self._known_heads = None
         self.threads = ThreadPoolExecutor(1, thread_name_prefix="weightscope-answers")
         self.answers_in, self.answers_out = Pipe(duplex=False)  # from the answer thread to the loop
         self.answer_lock = threading.Lock()
@@ -183,7 +186,9 @@ class Server:
 
         def work():
             from weightscope.compare import kernels  # noqa: F401  (loads the compiled loops)
+            from weightscope.compare import split_kernels
 
+            split_kernels.load()
             serve(LocalPipe(tasks, done_out, self.cancelled), opened)
 
         threading.Thread(target=work, name="weightscope-worker", daemon=True).start()
@@ -238,12 +243,40 @@ class Server:
         elif request.kind == "spectra":
             changed = np.nan_to_num(self.table.values[:, c.FD + c.FCHANGED]) > 0
             wanted = {i for i in np.flatnonzero(changed).tolist() if len(self.catalog.a.shape[i] or ()) >= 2}
-            self.spectra[request.ticket] = (set(wanted), dict.fromkeys(np.flatnonzero(changed).tolist()))
-            self.background.extend(Task(request.ticket, "spectrum", (PairJob.of(self.catalog, i),), self.options)
-                                   for i in sorted(wanted))
-            self.spectra_answered(request.ticket)
+            self.gather(request.ticket, "spectrum", wanted, dict.fromkeys(np.flatnonzero(changed).tolist()))
+        elif request.kind == "heads":  # what a person waits for: the pairs of a view
+            self.gather(request.ticket, "heads", set(request.args), {}, urgent=True)
+        elif request.kind in ("breakdowns", "inside"):
+            from weightscope.analysis import heads
+
+            known = self.known_heads()
+            wanted = set(heads.split_pairs(self.catalog, known))
+            if request.kind == "breakdowns":
+                self.gather(request.ticket, "heads", wanted, {}, lambda found: (known, found))
+            else:
+                self.gather(request.ticket, "heads", wanted, {},
+                            lambda found: heads.inside(self.catalog, self.snapshot(), known, found))
         else:
             self.threads.submit(self.answer, request)
+
+    def known_heads(self):
+        """The comparison's head counts (read once: `--heads`, else the configs beside the weights)."""
+        if self._known_heads is None:
+            from weightscope.analysis.heads import known_heads
+
+            self._known_heads = known_heads([self.catalog.summary_a, self.catalog.summary_b], self.job.heads)
+        return self._known_heads
+
+    def gather(self, ticket: int, kind: str, wanted: set[int], found: dict,
+               answer: Callable[[dict], object] = lambda found: found, urgent: bool = False) -> None:
+        """Work on many pairs for one answer: a task per pair, the answer once all are in. For a
+        view (`urgent`) one pair's failure fails the answer; in the background (`diff --heads`)
+        it stands for that pair alone."""
+        self.gathered[ticket] = (set(wanted), found, answer, urgent)
+        extra = (self.known_heads(),) if kind == "heads" else ()
+        tasks = [Task(ticket, kind, (PairJob.of(self.catalog, i), *extra), self.options) for i in sorted(wanted)]
+        (self.urgent if urgent else self.background).extend(tasks)
+        self.gathered_answered(ticket)
 
     def answer(self, request: msg.Ask) -> None:
         """Work out an answer from the catalog and the results so far (in the answer thread)."""
@@ -274,7 +307,7 @@ class Server:
             kept = [t for t in pending if t.ticket != ticket]
             pending.clear()
             pending.extend(kept)
-        self.spectra.pop(ticket, None)
+        self.gathered.pop(ticket, None)
 
     # Work
 
@@ -302,11 +335,16 @@ class Server:
             self.scan.unit_done(task.args[0], done.content if done.error is None else None, done.error)
         elif task.kind == "histograms" and task.ticket == SCAN:
             self.scan.histograms_done(task.args[0].index, done.content if done.error is None else {})
-        elif task.ticket in self.spectra:
+        elif task.ticket in self.gathered:
             index = task.args[0].index
-            self.spectra[task.ticket][0].discard(index)
-            self.spectra[task.ticket][1][index] = done.content if done.error is None else None
-            self.spectra_answered(task.ticket)
+            pending, found, _, urgent = self.gathered[task.ticket]
+            if urgent and done.error is not None:
+                self.cancel(task.ticket)
+                self.send(msg.Failed(task.ticket, task.kind, done.error))
+                return
+            pending.discard(index)
+            found[index] = done.content if done.error is None else self.failed_part(task, done.error)
+            self.gathered_answered(task.ticket)
         elif done.cancelled or task.ticket in self.cancelled:
             pass
         elif done.error is not None:
@@ -314,11 +352,23 @@ class Server:
         else:
             self.send(msg.Reply(task.ticket, done.content))
 
-    def spectra_answered(self, ticket: int) -> None:
-        pending, found = self.spectra[ticket]
+    @staticmethod
+    def failed_part(task: Task, error: str):
+        """What stands for one pair's failed work in a gathered answer."""
+        if task.kind == "heads":
+            from weightscope.analysis.heads import Unavailable
+
+            return Unavailable(error)
+        return None
+
+    def gathered_answered(self, ticket: int) -> None:
+        pending, found, answer, _ = self.gathered[ticket]
         if not pending:
-            del self.spectra[ticket]
-            self.send(msg.Reply(ticket, found))
+            del self.gathered[ticket]
+            try:
+                self.send(msg.Reply(ticket, answer(found)))
+            except Exception as exc:  # noqa: BLE001
+                self.send(msg.Failed(ticket, "heads", unexpected(exc)))
 
     def lost(self, worker: Worker) -> None:
         """A worker process stopped: what it was doing fails, and it gets no more work."""

@@ -31,7 +31,7 @@ def fault(kind: str) -> None:
 
 @dataclass(frozen=True)
 class Task:
-    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "spectrum", "map")."""
+    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "spectrum", "map", "heads")."""
 
     ticket: int
     kind: str
@@ -84,6 +84,13 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
     if task.kind == "histograms":
         return scan.pair_histograms(job, opened, task.args[1], should_cancel)
     pair = job.pair
+    if task.kind == "heads":
+        from weightscope.analysis.heads import pair_breakdown
+
+        same = pair.a is not None and pair.b is not None and pair.a.shape == pair.b.shape
+        sides = tuple(scan.side_bytes(job, side, opened) for side in (0, 1)) if same else (None, None)
+        return pair_breakdown(pair.name, (pair.a and pair.a.shape, pair.b and pair.b.shape),
+                              (pair.a and pair.a.dtype, pair.b and pair.b.dtype), sides, task.args[1], should_cancel)
     if pair.a is None or pair.b is None or pair.a.shape != pair.b.shape:
         return None
     sides = [scan.side_bytes(job, side, opened) for side in (0, 1)]
@@ -187,7 +194,9 @@ def main(fd: int) -> None:
         return
     os.nice(NICE)
     from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
+    from weightscope.compare import split_kernels
 
+    split_kernels.load()  # the heads view's loop too (a few ms from the cache): its first answer waits for nothing
     serve(ProcessPipe(conn), Opened(job))
 
 

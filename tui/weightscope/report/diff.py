@@ -195,7 +195,8 @@ def slices(catalog: Catalog, table: ResultTable, order: np.ndarray | None = None
 
 def write_document(write, catalog: Catalog, table: ResultTable, histograms: bool = False,
                    spectra: dict | None = None, side_notes: tuple[list[str], list[str] | None] | None = None,
-                   notes: list[str] = (), after: dict | None = None, order: np.ndarray | None = None) -> None:
+                   notes: list[str] = (), after: dict | None = None, order: np.ndarray | None = None,
+                   heads: tuple | None = None) -> None:
     """The `diff --json` document of the pairs read (all of them, after a whole scan), in
     natural order.
 
@@ -204,22 +205,27 @@ def write_document(write, catalog: Catalog, table: ResultTable, histograms: bool
         notes: added to the catalog's notes (the scan's plan notes).
         after: keys that follow `summary` (an export's completeness).
         order: `natural_order(catalog)`, when the caller has it already.
+        heads: `diff --heads`: (analysis.heads.Known, {index: breakdown}).
     """
     notes_a, notes_b = side_notes or (None, None)
     b = catalog.summary_b or catalog.summary_a
     head = {"version": __version__, "a": side_json(catalog.summary_a, notes_a), "b": side_json(b, notes_b),
             "notes": list(catalog.notes) + list(notes)}
+    if heads is not None:
+        from weightscope.report.heads import head_counts_json
+
+        head["head_counts"] = head_counts_json(heads[0])
     columns = {"name": catalog.names, "name_a": catalog.a.file_names(), "name_b": catalog.b.file_names(),
                "dtype_a": stored_dtypes(catalog.a),
                "dtype_b": stored_dtypes(catalog.b), "shape_a": catalog.a.shape, "shape_b": catalog.b.shape}
-    pieces = (tensor_entries(catalog, table, columns, rows, histograms, spectra)
+    pieces = (tensor_entries(catalog, table, columns, rows, histograms, spectra, heads)
               for rows in slices(catalog, table, order))
     write_json(write, head, "tensors", pieces,
                lambda: {"summary": summary(catalog, table), "lora_factors": factors_read(catalog, table)} | (after or {}))
 
 
 def tensor_entries(catalog: Catalog, table: ResultTable, columns: dict[str, list], rows: np.ndarray,
-                   histograms: bool, spectra: dict | None) -> list[dict]:
+                   histograms: bool, spectra: dict | None, heads: tuple | None = None) -> list[dict]:
     """The `tensors` entries of the pairs `rows`."""
     index = rows.tolist()
     values = table.values[rows]
@@ -238,6 +244,13 @@ def tensor_entries(catalog: Catalog, table: ResultTable, columns: dict[str, list
         if spectra is not None:  # `diff --spectrum`: a `spectrum.Spectrum` for changed pairs of 2+ dimensions
             found = spectra.get(i)
             tensor["spectrum"] = asdict(found) if found is not None else None
+        if heads is not None:  # `diff --heads`: per head of attention tensors, per expert of fused expert tensors
+            from weightscope.report.heads import tensor_fields
+
+            fields, note = tensor_fields(heads[1].get(i), heads[0])
+            tensor |= fields
+            if note:
+                tensor["notes"] = [*tensor["notes"], note]
         out.append(tensor)
     return out
 
@@ -322,8 +335,9 @@ def nonfinite_cells(values: np.ndarray) -> list[str]:
 
 
 def text_lines(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str], list[str] | None] | None = None,
-               notes: list[str] = ()):
-    """The text table of the pairs read in natural order, a line at a time, its cells made a column at a time."""
+               notes: list[str] = (), heads: tuple | None = None):
+    """The text table of the pairs read in natural order, a line at a time, its cells made a
+    column at a time; with `heads` (`diff --heads`), the heads and experts section after it."""
     yield from header_lines(catalog.summary_a, catalog.summary_b, catalog.notes + list(notes), side_notes)
     read = read_in_order(catalog, table)
     index = read.tolist()
@@ -353,6 +367,10 @@ def text_lines(catalog: Catalog, table: ResultTable, side_notes: tuple[list[str]
                + (f"; {many(factors, 'LoRA factor')} beside them, not counted" if factors else ""))
     else:
         yield "summary: no tensors"
+    if heads is not None:
+        from weightscope.report import heads as inside
+
+        yield from inside.text_lines(catalog, table, *heads)
 
 
 SHAPES: dict[tuple[int, ...] | None, str] = {None: "-"}  # a model has few distinct shapes

@@ -50,7 +50,8 @@ GROUP_REDRAW = 0.5  # seconds between redraws of a group's figures while the sca
 OVERVIEW_REDRAW = 1.0  # seconds at least between refreshes of an open overview while the scan runs
 REDRAW = 0.1  # seconds between redraws of the badges and the progress bar while results come in
 NARROW = 110  # columns under which the detail pane stacks its plots below the figures
-VIEWS = ("histograms", "spectrum", "map")
+VIEWS = ("histograms", "spectrum", "map", "heads")
+ATTENTION = ("q", "k", "v", "o", "qkv", "query_key_value", "c_proj")  # roles a layer's heads grid shows
 
 
 def shortened(text: str, room: int) -> str:
@@ -108,7 +109,8 @@ class WeightscopeApp(App[None]):
         Binding("a", "next_anomaly", "Anomaly", tooltip="Cycle through what deserves a look"),
         Binding("e", "export", "Export", tooltip="Write the comparison as Markdown and JSON", show=False),
         Binding("i", "notes", "Notes", tooltip="How the checkpoints were read: every note", show=False),
-        Binding("v", "cycle_view", "View", tooltip="Histograms, spectrum, or where in the matrix the change sits"),
+        Binding("v", "cycle_view", "View",
+                tooltip="Histograms, spectrum, where in the matrix the change sits, or the change by head"),
         Binding("L", "toggle_log", "Log scale", tooltip="Histogram counts and singular values on a log scale",
                 show=False),
         Binding("c", "copy_name", "Copy name", tooltip="Copy the tensor name (OSC 52)", show=False),
@@ -120,7 +122,8 @@ class WeightscopeApp(App[None]):
     log_counts: reactive[bool] = reactive(False)
     """Histograms show log10(1 + count), spectra a log axis."""
     detail_view: reactive[str] = reactive("histograms")
-    """What the detail pane draws for a tensor: "histograms", "spectrum" or "map"."""
+    """What the detail pane draws for a tensor: "histograms", "spectrum", "map" or "heads" (on an
+    attention group: its heads × q, k, v, o)."""
 
     def __init__(self, job: msg.Job, engine: Engine | None = None):
         """
@@ -390,9 +393,20 @@ class WeightscopeApp(App[None]):
             self.figures[(index, kind, size)] = reply.content
             if self.wanted(reply.ticket, "view"):
                 self.draw_view(index, kind, reply.content)
+        elif kind == "heads":
+            for index, found in reply.content.items():
+                self.figures[(index, kind, ())] = found
+            if self.wanted(reply.ticket, "view"):
+                if len(args) == 1 and self.shown is not None and self.names.pair[self.shown] == args[0]:
+                    self.draw_view(args[0], kind, reply.content.get(args[0]))
+                else:
+                    self.draw_group_heads()
         elif kind == "tree":
             if self.wanted(reply.ticket, "tree"):
                 self.filtered(args[0], reply.content)
+        elif kind == "inside":
+            if isinstance(self.screen, OverviewScreen):
+                self.screen.set_inside(reply.content)
         elif kind in ("overview", "anomalies", "export"):
             if self.wanted(reply.ticket, "whole"):
                 self.whole_ready(kind, reply.content)
@@ -481,6 +495,7 @@ class WeightscopeApp(App[None]):
                       rollup.differing(node))
         self.query_one(DetailPane).show_group(group)
         self.group_drawn = time.monotonic()
+        self.draw_group_heads(ask=True)
 
     def watch_log_counts(self) -> None:
         if self.shown is not None and self.names is not None and self.names.pair[self.shown] >= 0:
@@ -500,8 +515,12 @@ class WeightscopeApp(App[None]):
         self.detail_view = VIEWS[(VIEWS.index(self.detail_view) + 1) % len(VIEWS)]
 
     def load_view(self) -> None:
-        """Show the spectrum or change map of the tensor under the cursor (asking for it if needed)."""
+        """Show the spectrum, change map or heads of the tensor under the cursor (asking for
+        them if needed); on an attention group, its grid of heads."""
         view = self.detail_view
+        if view == "heads" and self.shown is not None and self.names is not None and self.names.pair[self.shown] < 0:
+            self.draw_group_heads(ask=True)
+            return
         if view == "histograms" or self.shown is None or self.names is None or self.names.pair[self.shown] < 0:
             return
         pair = int(self.names.pair[self.shown])
@@ -520,6 +539,39 @@ class WeightscopeApp(App[None]):
             detail.show_spectrum(figure, self.log_counts)
         elif view == "map":
             detail.show_map(figure, self.catalog.names[pair])
+        elif view == "heads":
+            detail.show_heads(figure, self.catalog.names[pair])
+
+    def attention_members(self, node: int) -> dict[str, int]:
+        """The attention projections directly in a group (`self_attn`), by role: its heads grid."""
+        from weightscope.analysis.heads import role_of
+
+        names = self.names
+        if names.tensors(node) > 16:  # a layer's attention holds a handful of tensors
+            return {}
+        path = names.path(node)
+        members = {}
+        for pair in names.order[names.lo[node]:names.hi[node]].tolist():
+            name = self.catalog.names[pair]
+            role = role_of(name)
+            if role in ATTENTION and name.endswith(".weight") and name[len(path):].count(".") == 2:
+                members.setdefault("qkv" if role == "query_key_value" else "o" if role == "c_proj" else role, pair)
+        return members
+
+    def draw_group_heads(self, ask: bool = False) -> None:
+        """The heads grid of the attention group under the cursor (asked for when `ask`)."""
+        if self.shown is None or self.names.pair[self.shown] >= 0 or self.detail_view != "heads":
+            return
+        members = self.attention_members(self.shown)
+        if not members:
+            return
+        found = {role: self.figures.get((pair, "heads", ()), self) for role, pair in members.items()}
+        if any(f is self for f in found.values()):
+            asked = self.asked.get(self.latest.get("view"))
+            if ask and asked != ("heads", tuple(members.values())):  # once: the group is redrawn as the scan goes
+                self.ask("heads", *members.values(), key="view")
+            return
+        self.query_one(DetailPane).show_heads_grid(self.names.path(self.shown), found)
 
     # Actions
 
@@ -619,6 +671,7 @@ class WeightscopeApp(App[None]):
         read = f"{self.table.read:,} of {len(self.catalog):,} tensors scanned"
         if view == "overview":
             self.push_screen(OverviewScreen(content, self.overview_title()), self.show_in_tree)
+            self.ask("inside", key="inside")  # its heads and experts layers, read in the background
         elif view == "anomalies":
             self.anomalies = (self.table.read, content)
             self.step_anomaly(content)

@@ -4,6 +4,9 @@ A heatmap of layers (rows) × module types (columns), coloured by rel L2 on a lo
 with the tensors outside the layers in a row of their own; the figures of the cell under
 the cursor; and per module type a sparkline of rel L2 across depth, all on one scale. Enter
 jumps to the cell's tensor in the tree. `update` refills it in place as the scan goes on.
+`v` turns to the layers inside the layers once the engine has them (`set_inside`): layers ×
+heads (a head's q and o slices and the k and v it reads, together) and, for MoE, layers ×
+experts; there Enter jumps to the cell's most changed tensor.
 """
 
 from __future__ import annotations
@@ -115,12 +118,46 @@ class DepthSparkline(Widget):
 class OverviewScreen(Screen[str | None]):
     """Layers × modules; dismissed with the name of the tensor to show, or None."""
 
-    BINDINGS = [Binding("escape,o,q", "dismiss(None)", "Back")]
+    BINDINGS = [Binding("escape,o,q", "dismiss(None)", "Back"),
+                Binding("v", "next_layer", "Heads/experts", tooltip="Layers × modules, heads or experts")]
 
     def __init__(self, grid: Grid, title: str):
         super().__init__()
-        self.grid = grid
-        self.heading = title
+        self.grids: dict[str, Grid] = {"modules": grid}
+        self.shown_layer = "modules"
+        self.headings = {"modules": title}
+        self.inside_note = "the heads and experts are being worked out…"
+
+    @property
+    def grid(self) -> Grid:
+        return self.grids[self.shown_layer]
+
+    @property
+    def heading(self) -> str:
+        return self.headings[self.shown_layer]
+
+    def set_inside(self, inside) -> None:
+        """The layers × heads and layers × experts grids (`analysis.heads.Inside`), when they come."""
+        self.inside_note = ""
+        for layer, grid, heading in (
+                ("heads", inside.heads, "rel L2 by layer and head: a head's q and o, and the k and v it reads"),
+                ("experts", inside.experts, "rel L2 by layer and expert: each expert's tensors together")):
+            if grid is not None:
+                self.grids[layer], self.headings[layer] = grid, heading
+        if inside.heads is None:
+            self.inside_note = inside.why or "no attention heads found"
+
+    def action_next_layer(self) -> None:
+        layers = list(self.grids)
+        if len(layers) == 1:
+            self.notify(self.inside_note or "no heads or experts here", timeout=4)
+            return
+        self.shown_layer = layers[(layers.index(self.shown_layer) + 1) % len(layers)]
+        self.query_one("#overview-title", Static).update(Text(self.heading, "bold"))
+        self.fill()
+        table = self.query_one("#heatmap", DataTable)
+        table.move_cursor(row=0, column=1)
+        self.show_cell(table.cursor_coordinate)
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.heading, "bold"), id="overview-title")
@@ -137,7 +174,8 @@ class OverviewScreen(Screen[str | None]):
         for i, shade in enumerate(RAMP):
             label = f"<1e{LOWEST_DECADE}" if i == 0 else f"1e{LOWEST_DECADE + i - 1}" + ("+" if i == len(RAMP) - 1 else "")
             text.append(f" {label} ", style=f"black on {shade}")
-        text.append("   = identical  ! NaN/Inf  ⇔ shape  ◀ ▶ one side  ✗ unreadable   Enter: show in tree", "dim")
+        text.append("   = identical  ! NaN/Inf  ⇔ shape  ◀ ▶ one side  ✗ unreadable   Enter: show in tree"
+                    "   v: modules / heads / experts", "dim")
         return text
 
     def on_mount(self) -> None:
@@ -166,7 +204,9 @@ class OverviewScreen(Screen[str | None]):
         table = self.query_one("#heatmap", DataTable)
         coordinate = table.cursor_coordinate
         where = self.place_at(coordinate)
-        self.grid, self.heading = grid, title
+        self.grids["modules"], self.headings["modules"] = grid, title
+        if self.shown_layer != "modules":  # the layer shown does not follow the scan
+            return
         self.query_one("#overview-title", Static).update(Text(title, "bold"))
         self.fill()
         found = self.coordinate_of(*where) if where is not None else None
@@ -191,6 +231,7 @@ class OverviewScreen(Screen[str | None]):
         scale = SparkScale(self.grid)
         labels = [short_label(column, LABEL_WIDTH - 1) for column in self.grid.columns]
         sparklines = self.query_one("#sparklines", GridContainer)
+        sparklines.display = self.shown_layer == "modules"  # a sparkline per head or expert would be a wall of them
         rows = [Label("log scale", classes="spark-label"), Static(scale.legend(), classes="spark-scale")]
         for column, label in zip(self.grid.columns, labels):
             rows += [Label(label, classes="spark-label"), DepthSparkline(self.grid.column_series(column), scale)]

@@ -19,6 +19,7 @@ from weightscope.compare.stats import DiffStats
 from weightscope.report.diff import human, many
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
+from weightscope.ui.widgets.heads_view import HeadsPlot, explain, render_grid
 from weightscope.ui.widgets.histogram import HistogramPlot
 from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
 
@@ -106,6 +107,9 @@ class DetailPane(VerticalScroll):
                     yield HistogramPlot(id="hist-diff")
                 yield SpectrumPlot(id="spectrum")
                 yield ChangeMapView(id="map")
+                yield HeadsPlot(id="heads")
+                with VerticalScroll(id="heads-grid"):
+                    yield Static(id="heads-grid-text")
 
     def show_pair(self, pair: Pair, status: str) -> None:
         """The header of a pair, with a loading indicator where the figures will go."""
@@ -134,6 +138,10 @@ class DetailPane(VerticalScroll):
             plot.clear()
         self.query_one(SpectrumPlot).message("")
         self.query_one(ChangeMapView).update("")
+        self.query_one(HeadsPlot).message("")
+        switcher = self.query_one(ContentSwitcher)
+        if switcher.current == "heads-grid":  # a group's grid gives way to the pair's chart
+            switcher.current = "heads"
 
     def title_text(self, name: str, status: str) -> Text:
         text = Text(f"{badges.symbol(status)} {badges.words(status)}  ", badges.style(status))
@@ -268,6 +276,28 @@ class DetailPane(VerticalScroll):
             view.update(Text("no change map: it needs two sides of the same shape", "dim"))
         else:
             view.show(cmap, name)
+
+    def show_heads(self, found, name: str) -> None:
+        """A tensor's change by head or expert (or why it has none)."""
+        switcher = self.query_one(ContentSwitcher)
+        if found is None or not hasattr(found, "units"):  # in words that wrap: a plot's title would be cut
+            self.query_one("#heads-grid-text", Static).update(Text(explain(found), "dim"))
+            switcher.current = "heads-grid"
+        else:
+            self.query_one(HeadsPlot).show(found, name)
+            switcher.current = "heads"
+
+    def show_heads_grid(self, path: str, found: dict) -> None:
+        """A layer's attention as heads × q, k, v, o, where its group's figures were."""
+        text = self.query_one("#heads-grid-text", Static)
+        usable = {role: f for role, f in found.items() if hasattr(f, "units")}
+        if usable:
+            text.update(render_grid(path, usable))
+        else:
+            why = next((explain(f) for f in found.values()), "no attention projections here")
+            text.update(Text(why, "dim"))
+        self.query_one("#detail-plots").display = True
+        self.query_one(ContentSwitcher).current = "heads-grid"
 
     def map_size(self) -> tuple[int, int]:
         """The grid a change map gets: the size of the figure area (known even while it is hidden)."""
