@@ -185,8 +185,10 @@ def side_column(infos: list[TensorInfo | None], files: dict[str, int], checkpoin
     return side_of(fields, plain(checkpoint, got, fields), n, at, files)
 
 
-def table_column(table: TensorTable, names: list[str], files: dict[str, int], checkpoint: Checkpoint) -> Side:
-    """One side's columns from a `TensorTable` holding every name of `names`, in that order."""
+def table_column(table: TensorTable, names: list[str], files: dict[str, int], checkpoint: Checkpoint,
+                 like: Side | None = None) -> Side:
+    """One side's columns from a `TensorTable` holding every name of `names`, in that order;
+    the columns it has equal to `like`'s (the other side's) are `like`'s own."""
     rows = None if table.names == names else list(map(table.index.__getitem__, names))
 
     def column(values: list | np.ndarray) -> list | np.ndarray:
@@ -197,13 +199,15 @@ def table_column(table: TensorTable, names: list[str], files: dict[str, int], ch
     sources = checkpoint.sources
     usual = all(getattr(sources.get(path), "PLAIN_BY_SPAN", False) for path in dict.fromkeys(table.file))
     return side_of(fields, np.full(len(names), usual) if usual else plain(checkpoint, list(map(table.__getitem__, names)),
-                                                                          fields), len(names), None, files)
+                                                                          fields), len(names), None, files, like)
 
 
 def side_of(fields: dict[str, tuple | list], plain: np.ndarray | list[bool], n: int, at: list[int] | None,
-            files: dict[str, int]) -> Side:
+            files: dict[str, int], like: Side | None = None) -> Side:
     """A `Side` from its columns (`fields`: TensorInfo's, with `start` and `end` for `span`), for
-    the rows `at` of `n` pairs (None: all of them); the optional fields may be absent."""
+    the rows `at` of `n` pairs (None: all of them); the optional fields may be absent. Shapes and
+    dtypes equal to those of `like` (a side of every pair, without quantized tensors) are taken
+    from it with what follows from them: one object for both sides, worked out and sent once."""
 
     def column(values, missing=None) -> list | tuple:
         if at is None:
@@ -228,14 +232,21 @@ def side_of(fields: dict[str, tuple | list], plain: np.ndarray | list[bool], n: 
         out[at] = values
         return out
 
-    canonical: dict = {}  # equal shapes as one tuple: smaller to send and to keep
-    shapes = tuple(map(canonical.setdefault, fields["shape"], fields["shape"]))
+    quant = sparse("quant")
+    same = like is not None and at is None and not quant and not like.quant and like.shape == tuple(fields["shape"])
+    if same:
+        shapes, numel = like.shape, like.numel
+    else:
+        canonical: dict = {}  # equal shapes as one tuple: smaller to send and to keep
+        shapes = tuple(map(canonical.setdefault, fields["shape"], fields["shape"]))
+        numel = list(map(math.prod, shapes)) if None not in shapes else [math.prod(s) if s else 0 for s in shapes]
     dtypes = fields["dtype"]
-    numel = list(map(math.prod, shapes)) if None not in shapes else [math.prod(s) if s else 0 for s in shapes]
+    if same and like.dtype == tuple(dtypes):
+        dtypes, nbytes = like.dtype, like.nbytes
+    else:
+        nbytes = np.fromiter(map(ITEMSIZE.get, dtypes, repeat(0)), np.int64, len(dtypes)) * np.asarray(numel, np.int64)
     for path in dict.fromkeys(fields["file"]):
         files.setdefault(path, len(files))
-    nbytes = np.fromiter(map(ITEMSIZE.get, dtypes, repeat(0)), np.int64, len(dtypes)) * np.array(numel, np.int64)
-    quant = sparse("quant")
     side = Side(tuple(column(fields["name"])), tuple(column(dtypes)), tuple(column(shapes)),
                 array(list(map(files.__getitem__, fields["file"])), np.int32, -1), array(fields["start"], np.int64, -1),
                 array(fields["end"], np.int64, -1), array(numel, np.int64, 0), array(nbytes, np.int64, 0),
@@ -270,7 +281,8 @@ def build(a: Checkpoint, b: Checkpoint | None, alignment: Alignment) -> Catalog:
     b_or_a = b if b is not None else a
     if isinstance(pairs, SameNames) and isinstance(pairs.a, TensorTable) and isinstance(pairs.b, TensorTable):
         names = pairs.names
-        side_a, side_b = table_column(pairs.a, names, files, a), table_column(pairs.b, names, files, b_or_a)
+        side_a = table_column(pairs.a, names, files, a)
+        side_b = table_column(pairs.b, names, files, b_or_a, like=side_a)
     else:
         side_a = side_column(list(map(itemgetter(1), pairs)), files, a)
         side_b = side_column(list(map(itemgetter(2), pairs)), files, b_or_a)

@@ -510,9 +510,12 @@ def main(fd: int) -> None:
 
     conn = Connection(fd)
     try:
-        job, helpers, quiet = conn.recv()
+        started = conn.recv()
     except (EOFError, OSError):
         return
+    if not isinstance(started, tuple):  # closed before it was given a job
+        return
+    job, helpers, quiet = started
     Server(conn, job, helpers, quiet).run()
 
 
