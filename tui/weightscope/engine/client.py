@@ -1,6 +1,6 @@
 """Starting an engine and talking to it, for the app and the command line alike.
 
-`Engine(job)` starts the engine in a fresh interpreter (`python -m weightscope.engine.launch`,
+`Engine(job)` starts the engine in a fresh interpreter (`python -m weightscope.engine.server`,
 never a fork of a process that runs threads, and never a re-import of the caller's main
 module) and gives the caller one pipe to it: `send` a request, `recv` what comes back. The
 engine starts its worker processes the same way. All of them end when the caller closes the
@@ -20,12 +20,12 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def start(module: str, quiet: bool = True, *args: str) -> tuple[subprocess.Popen, Connection]:
-    """A fresh interpreter running `python -m module FD ARGS...`, and our end of its pipe (FD)."""
+def start(module: str, quiet: bool = True) -> tuple[subprocess.Popen, Connection]:
+    """A fresh interpreter running `module`'s `main(conn)`, and our end of its pipe."""
     ours, theirs = socket.socketpair()
     fd = theirs.fileno()
     output = subprocess.DEVNULL if quiet else None  # the app's screen is no place for a child's output
-    process = subprocess.Popen([sys.executable, "-m", module, str(fd), *args], pass_fds=(fd,), stdin=subprocess.DEVNULL,
+    process = subprocess.Popen([sys.executable, "-m", module, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                stdout=output, stderr=output)
     theirs.close()
     return process, Connection(ours.detach())
@@ -47,15 +47,15 @@ class Engine:
                 further core).
             quiet: the engine's processes write nothing to this terminal.
         """
-        helpers = max(0, cores() - 1) if helpers is None else helpers
-        self.process, self.conn = start("weightscope.engine.launch", quiet, str(helpers), "1" if quiet else "0")
+        self.process, self.conn = start("weightscope.engine.server", quiet)
+        self.quiet = quiet
         self.tickets = 0
         if job is not None:
-            self.begin(job)
+            self.begin(job, helpers)
 
-    def begin(self, job) -> None:
+    def begin(self, job, helpers: int | None = None) -> None:
         """Give the engine its job: it opens the checkpoints."""
-        self.conn.send(job)
+        self.conn.send((job, max(0, cores() - 1) if helpers is None else helpers, self.quiet))
 
     def ticket(self) -> int:
         self.tickets += 1

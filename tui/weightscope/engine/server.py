@@ -102,15 +102,14 @@ class LocalPipe:
 
 
 class Server:
-    def __init__(self, conn, job: msg.Job, workers: list, quiet: bool = True):
+    def __init__(self, conn, job: msg.Job, helpers: int, quiet: bool = True):
         """
         Args:
-            workers: pipes to the worker processes beside the local worker thread, started
-                and waiting for the job.
-            quiet: the workers' stderr goes nowhere.
+            helpers: worker processes to start beside the local worker thread.
+            quiet: the helpers' stderr goes nowhere.
         """
         self.conn, self.job = conn, job
-        self.worker_pipes, self.quiet = workers, quiet
+        self.helper_count, self.quiet = helpers, quiet
         self.cancelled: set[int] = set()
         self.helpers: list[Worker] = []
         self.urgent: deque[Task] = deque()  # for the local worker, before anything else
@@ -132,7 +131,7 @@ class Server:
         from weightscope.compare.device import resolve
         from weightscope.engine.opening import open_job, opens_elsewhere
 
-        elsewhere = opens_elsewhere(self.job) if self.worker_pipes else None
+        elsewhere = opens_elsewhere(self.job) if self.helper_count else None
         self.start_helpers(elsewhere)  # the first opens B while this opens A, then they load their compiled loops
         try:
             fault("open")
@@ -162,8 +161,11 @@ class Server:
         self.loop()
 
     def start_helpers(self, weights_b: str | None) -> None:
-        """Give the worker processes the job; the first opens `weights_b` (B's weights) first, if given."""
-        for k, conn in enumerate(self.worker_pipes):
+        """Start the worker processes; the first opens `weights_b` (B's weights) first, if given."""
+        from weightscope.engine.client import start
+
+        for k in range(self.helper_count):
+            _, conn = start("weightscope.engine.worker", self.quiet)
             conn.send((self.job, weights_b if k == 0 else None))
             self.helpers.append(Worker(conn))
 
@@ -502,18 +504,26 @@ class ScanState:
                                          server.table.histograms if server.options.histograms else {})
 
 
-def main(fd: int, workers: list, quiet: bool) -> None:
-    """The engine process's life (`launch` starts it): the job, then the client's requests.
-
-    Args:
-        workers: the pipes to its worker processes, started already.
-    """
+def main(fd: int) -> None:
+    """The engine process's life: the job and its worker processes, then the client's requests."""
     from multiprocessing.connection import Connection
 
     conn = Connection(fd)
     try:
-        job = conn.recv()
+        started = conn.recv()
     except (EOFError, OSError):
         return
-    if isinstance(job, msg.Job):  # (else closed before it was given one)
-        Server(conn, job, workers, quiet).run()
+    if not isinstance(started, tuple):  # closed before it was given a job
+        return
+    job, helpers, quiet = started
+    Server(conn, job, helpers, quiet).run()
+
+
+if __name__ == "__main__":
+    import sys
+
+    # Run as the module itself, not as `__main__`: what it sends is pickled by module name, and
+    # `__main__` is another program in the process that reads it.
+    from weightscope.engine.server import main as server_main
+
+    server_main(int(sys.argv[1]))
