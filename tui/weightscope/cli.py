@@ -132,20 +132,12 @@ def build_app_parser() -> argparse.ArgumentParser:
 # The app
 
 
-def run_app(job_of_args, engine=None) -> int:
-    """The app on the job `job_of_args()` gives; with `engine` started already (it loads its
-    modules while this process loads its own and works out the job)."""
+def run_app(job) -> int:
     from dataclasses import replace
 
     from weightscope.engine.client import Engine
 
-    engine = engine or Engine()
-    try:
-        job = job_of_args()
-        engine.begin(replace(job, tree=True))  # it reads the headers while Textual loads
-    except BaseException:
-        engine.close()
-        raise
+    engine = Engine(replace(job, tree=True))  # starts reading the headers while Textual loads
     from weightscope.ui.app import WeightscopeApp
 
     app = WeightscopeApp(job, engine)
@@ -162,7 +154,7 @@ def run_demo(args) -> int:
         print(base)
         print(tuned)
         return 0
-    return run_app(lambda: Job(str(base), str(tuned)))
+    return run_app(Job(str(base), str(tuned)))
 
 
 # Headless
@@ -367,11 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     args = (build_app_parser() if opens_app else build_parser()).parse_args(argv)
     try:
         if opens_app:
-            from weightscope.engine.client import Engine
-
-            return run_app(lambda: job_of(args, args.b, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling,
-                                          tree=True),
-                           Engine())  # started first: it loads its modules while this loads the job's
+            return run_app(job_of(args, args.b, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling,
+                                  tree=True))
         return COMMANDS[args.command](args)
     except Failure as exc:
         print(f"weightscope: {exc}", file=sys.stderr)

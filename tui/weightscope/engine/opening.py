@@ -8,6 +8,7 @@ the same tensors in the same order, as nearly always.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from weightscope.compare import catalog as cat
@@ -15,6 +16,8 @@ from weightscope.compare.align import Alignment, align
 from weightscope.compare.scan import single_alignment
 from weightscope.engine.protocol import Job
 from weightscope.sources.checkpoint import Checkpoint, TensorTable
+
+LARGE_HEADERS = 1 << 20  # bytes of header (about 8,000 tensors) from which B opens in a worker
 
 
 def open_job(job: Job, stored_b: Callable[[], Checkpoint | None] | None = None,
@@ -53,10 +56,34 @@ def open_job(job: Job, stored_b: Callable[[], Checkpoint | None] | None = None,
 
 
 def opens_elsewhere(job: Job) -> str | None:
-    """The weights of B that a worker process may open while the engine opens A (`open_weights`)."""
+    """The weights of B that a worker process may open while the engine opens A (`open_weights`):
+    where their headers are large; small ones open here sooner than a worker starts."""
     from weightscope.sources.lora.adapters import locate
 
-    return locate(job.path_b)[0] if job.path_b is not None and job.adapter is None else None
+    if job.path_b is None or job.adapter is not None:
+        return None
+    weights = locate(job.path_b)[0]
+    return weights if header_bytes(weights) >= LARGE_HEADERS else None
+
+
+def header_bytes(path: str) -> int:
+    """About how many bytes of safetensors header `path` holds, found cheaply: a sharded
+    directory's index size, else the header lengths its files begin with (0 where unknown;
+    only regular files are read: a FIFO would never answer)."""
+    from weightscope.sources.errors import CheckpointError
+    from weightscope.sources.files import read_head, regular_size
+
+    try:
+        if os.path.isdir(path):
+            index = os.path.join(path, "model.safetensors.index.json")
+            if os.path.lexists(index):
+                return regular_size(index)
+            files = [os.path.join(path, name) for name in os.listdir(path) if name.endswith(".safetensors")]
+        else:
+            files = [path]
+        return sum(int.from_bytes(read_head(file, 8), "little") for file in files)
+    except (CheckpointError, OSError):
+        return 0
 
 
 def open_weights(path: str) -> Checkpoint | None:

@@ -132,7 +132,7 @@ class Server:
         from weightscope.engine.opening import open_job, opens_elsewhere
 
         elsewhere = opens_elsewhere(self.job) if self.helper_count else None
-        self.start_helpers(elsewhere)  # the first opens B while this opens A, then they load their compiled loops
+        self.start_helpers(elsewhere)  # the first may open B while this opens A; they load their compiled loops
         try:
             fault("open")
             self.options = replace(self.job.options, device=resolve(self.job.options.device))
@@ -165,8 +165,9 @@ class Server:
         from weightscope.engine.client import start
 
         for k in range(self.helper_count):
-            _, conn = start("weightscope.engine.worker", self.quiet)
-            conn.send((self.job, weights_b if k == 0 else None))
+            opens = weights_b is not None and k == 0
+            _, conn = start("weightscope.engine.worker", self.quiet, *(["opens-b"] if opens else []))
+            conn.send((self.job, weights_b if opens else None))
             self.helpers.append(Worker(conn))
 
     def stored_b(self):
@@ -510,12 +511,9 @@ def main(fd: int) -> None:
 
     conn = Connection(fd)
     try:
-        started = conn.recv()
+        job, helpers, quiet = conn.recv()
     except (EOFError, OSError):
         return
-    if not isinstance(started, tuple):  # closed before it was given a job
-        return
-    job, helpers, quiet = started
     Server(conn, job, helpers, quiet).run()
 
 

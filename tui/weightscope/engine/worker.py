@@ -181,18 +181,23 @@ def open_first(weights: str) -> Done:
         return Done(0, "open", error=str(exc))
 
 
-def main(fd: int) -> None:
-    """A worker process's life: the job from the engine, then its tasks."""
+def main(fd: int, opens_b: bool = False) -> None:
+    """A worker process's life: the job from the engine (with B's weights to open first, when
+    `opens_b`: at full speed, the engine waits for them), then its tasks, at a lower priority
+    from then on: the app draws its screens first."""
     from multiprocessing.connection import Connection
 
+    if not opens_b:
+        os.nice(NICE)
     conn = Connection(fd)
     try:
-        job, weights = conn.recv()  # (weights: B's, to open first while the engine opens A, or None)
+        job, weights = conn.recv()  # (weights: B's, or None)
         if weights is not None:
             conn.send(open_first(weights))
     except (EOFError, OSError):
         return
-    os.nice(NICE)
+    if opens_b:
+        os.nice(NICE)
     from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
     from weightscope.compare import split_kernels
 
@@ -207,4 +212,4 @@ if __name__ == "__main__":
     # `__main__` is another program in the process that reads it.
     from weightscope.engine.worker import main as worker_main
 
-    worker_main(int(sys.argv[1]))
+    worker_main(int(sys.argv[1]), sys.argv[2:] == ["opens-b"])
