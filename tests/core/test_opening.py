@@ -94,24 +94,41 @@ def opened_by_engine(path_a: str, path_b: str, helpers: int) -> msg.Opened | msg
         return engine.recv()
 
 
-class TestOpeningAtOnce:
-    """With a worker process, the engine opens B there while it opens A and builds A's tree."""
+@pytest.fixture
+def wide(ck, tmp_path):
+    """A pair of 10,000 small tensors: headers of over 1 MB, which a worker opens."""
+    names = [f"model.layers.{i // 100}.mlp.experts.{i % 100}.down_proj.weight" for i in range(10_000)]
+    a = ck.write_safetensors(tmp_path / "a.safetensors", {n: torch.full((2,), float(i)) for i, n in enumerate(names)})
+    b = ck.write_safetensors(tmp_path / "b.safetensors", {n: torch.full((2,), float(i % 7)) for i, n in enumerate(names)})
+    return a, b
 
-    def test_the_same_catalog_and_tree_either_way(self, pair):
-        at_once, alone = (opened_by_engine(str(pair[0]), str(pair[1]), helpers) for helpers in (1, 0))
+
+class TestOpeningAtOnce:
+    """With a worker process, the engine opens a B of large headers there while it opens A and
+    builds A's tree; a small B opens at once, here."""
+
+    def test_large_headers_open_elsewhere_small_ones_here(self, wide, pair):
+        from weightscope.engine.opening import opens_elsewhere
+
+        assert opens_elsewhere(msg.Job(str(wide[0]), str(wide[1]))) == str(wide[1])
+        assert opens_elsewhere(msg.Job(str(pair[0]), str(pair[1]))) is None
+
+    def test_the_same_catalog_and_tree_either_way(self, wide):
+        at_once, alone = (opened_by_engine(str(wide[0]), str(wide[1]), helpers) for helpers in (1, 0))
         assert isinstance(at_once, msg.Opened) and isinstance(alone, msg.Opened)
         assert_same_catalog(at_once.catalog, alone.catalog)
         for tree in (at_once.tree, alone.tree):
             expected = hierarchy.build(at_once.catalog)
             assert tree.parts == expected.parts and np.array_equal(tree.order, expected.order)
 
-    def test_a_tree_of_other_names_is_not_taken_for_the_pairs(self, ck, tmp_path):
+    def test_a_tree_of_other_names_is_not_taken_for_the_pairs(self, ck, tmp_path, wide):
         """B has names A lacks: the pairs are more than A's names, and the tree shows them all."""
-        a = ck.write_safetensors(tmp_path / "a.safetensors", {"x.w": torch.ones(2)})
-        b = ck.write_safetensors(tmp_path / "b.safetensors", {"x.w": torch.ones(2), "y.w": torch.ones(1)})
-        opened = opened_by_engine(str(a), str(b), helpers=1)
-        assert opened.catalog.names == ("x.w", "y.w")
-        assert opened.tree.parts == hierarchy.build(opened.catalog).parts == ("", "x", "w", "y", "w")
+        names = [f"model.layers.{i // 100}.mlp.experts.{i % 100}.down_proj.weight" for i in range(10_000)]
+        b = ck.write_safetensors(tmp_path / "more.safetensors", {n: torch.ones(2) for n in names + ["x.w"]})
+        opened = opened_by_engine(str(wide[0]), str(b), helpers=1)
+        assert opened.catalog.names[-1] == "x.w" and len(opened.catalog) == 10_001
+        tree = hierarchy.build(opened.catalog)
+        assert opened.tree.parts == tree.parts and np.array_equal(opened.tree.order, tree.order)
 
     def test_an_adapter_as_b_is_applied_over_a(self, ck, tmp_path):
         """B's weights opened elsewhere are an adapter's: they are applied over A as always."""
@@ -132,7 +149,7 @@ class TestOpeningAtOnce:
     def test_a_damaged_b_is_said_as_when_opened_here(self, ck, tmp_path):
         a = ck.write_safetensors(tmp_path / "a.safetensors", {"w": torch.ones(2)})
         b = tmp_path / "b.safetensors"
-        b.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+        b.write_bytes((2 << 20).to_bytes(8, "little") + b"{not json at all}" + b" " * (2 << 20))  # (large: elsewhere)
         at_once, alone = (opened_by_engine(str(a), str(b), helpers) for helpers in (1, 0))
         assert isinstance(at_once, msg.Failed) and at_once.fatal
         assert at_once.message == alone.message and str(b) in at_once.message
