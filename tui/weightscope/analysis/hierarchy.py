@@ -52,10 +52,11 @@ def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None
     then its scan status, outranked by NaN/Inf (unless `flag_nonfinite` is off: the status
     beside which that flag is shown) and by a change of stored dtype. A LoRA adapter's own
     parameter is a factor, whatever its side (NaN/Inf in it still shows)."""
+    columns = [base + column for base in (c.FA, c.FB) for column in (c.FNAN, c.FPOSINF, c.FNEGINF)]
+    # Those columns only, of those rows only: the whole table is large, and results come a slice at a time.
+    counts = table.values[:, columns] if index is None else table.values[np.ix_(index, columns)]
     index = slice(None) if index is None else index
     known, status = catalog.known[index], table.status[index]
-    nonfinite_columns = [base + column for base in (c.FA, c.FB) for column in (c.FNAN, c.FPOSINF, c.FNEGINF)]
-    counts = table.values[:, nonfinite_columns][index]  # (those columns only: the whole table is large)
     from_headers = np.array([CODE[s] for s in ("pending", "error", "only_a", "only_b", "shape_mismatch", "dtype")],
                             np.int8)
     scanned = np.array([CODE[s] for s in results.STATUSES], np.int8)

@@ -26,7 +26,7 @@ from weightscope.compare.catalog import Catalog
 from weightscope.compare.results import ResultTable
 from weightscope.compare.stats import Histogram
 from weightscope.paths import cache_dir
-from weightscope.sources.checkpoint import Checkpoint
+from weightscope.sources.checkpoint import Checkpoint, TensorTable
 
 SCHEMA = 2
 EDGE = 64 * 1024
@@ -51,8 +51,10 @@ def key(a: Checkpoint, b: Checkpoint, options, single: bool = False) -> str | No
         identity = {"schema": SCHEMA, "version": __version__, "atol": options.atol, "rtol": options.rtol,
                     "histograms": options.histograms, "device": options.device, "single": single,
                     "a": [file_identity(f) for f in a.files], "b": [file_identity(f) for f in b.files],
-                    # how computed tensors are computed (a LoRA scaling given on the command line)
-                    "origins": sorted({t.origin for side in (a, b) for t in side.tensors.values() if t.origin})}
+                    # how computed tensors are computed (a LoRA scaling given on the command line);
+                    # a table holds stored tensors only
+                    "origins": sorted({t.origin for side in (a, b) if not isinstance(side.tensors, TensorTable)
+                                       for t in side.tensors.values() if t.origin})}
     except OSError:
         return None
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
