@@ -14,6 +14,7 @@ full collection (tens of milliseconds for 100,000 names, time a key would wait f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, repeat
@@ -182,7 +183,7 @@ def side_column(infos: list[TensorInfo | None], files: dict[str, int], checkpoin
         spans = [span or (-1, -1) for span in spans]
     bounds = np.fromiter(chain.from_iterable(spans), np.int64, 2 * len(spans)).reshape(-1, 2)
     fields["start"], fields["end"] = bounds[:, 0], bounds[:, 1]
-    return side_of(fields, plain(checkpoint, got, fields), n, at, files)
+    return side_of(fields, plain(checkpoint, fields, lambda: got), n, at, files)
 
 
 def table_column(table: TensorTable, names: list[str], files: dict[str, int], checkpoint: Checkpoint,
@@ -196,10 +197,8 @@ def table_column(table: TensorTable, names: list[str], files: dict[str, int], ch
 
     fields = {field: column(getattr(table, field)) for field in ("dtype", "shape", "file", "start", "end")}
     fields["name"] = table.names if rows is None else names
-    sources = checkpoint.sources
-    usual = all(getattr(sources.get(path), "PLAIN_BY_SPAN", False) for path in dict.fromkeys(table.file))
-    return side_of(fields, np.full(len(names), usual) if usual else plain(checkpoint, list(map(table.__getitem__, names)),
-                                                                          fields), len(names), None, files, like)
+    return side_of(fields, plain(checkpoint, fields, lambda: list(map(table.__getitem__, names))), len(names), None,
+                   files, like)
 
 
 def side_of(fields: dict[str, tuple | list], plain: np.ndarray | list[bool], n: int, at: list[int] | None,
@@ -258,18 +257,20 @@ def side_of(fields: dict[str, tuple | list], plain: np.ndarray | list[bool], n: 
     return side
 
 
-def plain(checkpoint: Checkpoint, infos: list[TensorInfo], fields: dict) -> np.ndarray | list[bool]:
+def plain(checkpoint: Checkpoint, fields: dict, tensors: Callable[[], list[TensorInfo]]) -> np.ndarray | list[bool]:
     """Whether the scan may read each tensor's bytes straight from its file (see `Side.plain`):
-    asked of each tensor's source, unless every source says that its rule is the usual one
-    (`MappedFile.PLAIN_BY_SPAN`), which is then applied to the columns (`fields`)."""
+    asked of each of `tensors()` of its source, unless every source says that its rule is the
+    usual one (`MappedFile.PLAIN_BY_SPAN`), which is then applied to the columns (`fields`; a
+    column left out holds None for every tensor)."""
     sources = checkpoint.sources
     if all(getattr(sources.get(path), "PLAIN_BY_SPAN", False) for path in dict.fromkeys(fields["file"])):
-        n = len(infos)
         mask = np.asarray(fields["start"]) >= 0
         for column in ("error", "quant", "origin"):
-            if fields.get(column, ()).count(None) < n:
-                mask &= np.fromiter(map(is_, fields[column], repeat(None)), bool, n)
+            values = fields.get(column, ())
+            if values.count(None) < len(values):
+                mask &= np.fromiter(map(is_, values, repeat(None)), bool, len(values))
         return mask
+    infos = tensors()
     return [info.span is not None and info.error is None and info.quant is None and info.origin is None
             and (source := sources.get(info.file)) is not None and source.plain(info) for info in infos]
 
