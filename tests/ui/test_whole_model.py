@@ -127,6 +127,21 @@ async def test_table_sorts_filters_and_jumps(demo):
         assert cursor_path(app) == second
 
 
+async def test_results_that_come_before_the_table_is_mounted_are_drawn_on_mount():
+    """The app redraws an open table whenever results come in; a table pushed but not yet
+    mounted has no rows to redraw, and its first fill reads the results instead."""
+    catalog, table = expert_catalog(10)
+    app = TableOnly(catalog, table)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
+        await pilot.pause()
+        early = TableScreen(catalog, table, badges(catalog, table), np.arange(len(catalog)))
+        early.refresh_rows()  # as the app does when results come in right after the push
+        await app.push_screen(early)
+        await pilot.pause()
+        assert app.screen is early and "≠ changed" in screen_text(app)
+
+
 class TableOnly(App[str | None]):
     """The table screen alone over a catalog and its results; the app's return value is what
     it was dismissed with."""

@@ -101,6 +101,7 @@ class TableScreen(Screen[str | None]):
         self.kept = natural  # the pairs the filter keeps, in their order
         self.sort_column: int | None = None
         self.reverse = False
+        self.rows: Rows | None = None  # made on mount
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: substring or glob; digits 1–8 sort by a column (again: reverse)",
@@ -121,6 +122,8 @@ class TableScreen(Screen[str | None]):
 
     def refresh_rows(self) -> None:
         """Results came in: the rows on screen drawn again from them (the order stays as sorted)."""
+        if self.rows is None:  # pushed but not mounted yet: its first fill reads the results then
+            return
         self.rows.row.cache_clear()
         self.query_one(PairTable).refresh()
 
