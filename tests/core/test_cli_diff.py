@@ -19,7 +19,7 @@ TENSOR = {"name", "name_a", "name_b", "status", "dtype_a", "dtype_b", "shape_a",
 SUMMARY = {"identical", "value_equal", "changed", "shape_mismatch", "only_a", "only_b", "error"}
 # The only other keys allowed, each documented: the alignment's notes and each side's extras
 # (issue 2's design), per-tensor statistics and the `close` status (issue 3).
-TOP_EXTRA, SIDE_EXTRA = {"notes", "head_counts"}, {"extras"}
+TOP_EXTRA, SIDE_EXTRA = {"notes", "head_counts", "verdict"}, {"extras"}
 TENSOR_EXTRA, SUMMARY_EXTRA = {"a", "b", "diff", "histograms", "spectrum", "heads", "experts"}, {"close"}
 
 
@@ -243,7 +243,7 @@ class TestFailuresSpeak:
         monkeypatch.setattr(report, "text_lines", broken)
         _, base, _, tuned = pair
         code, out, err = run(capsys, base, tuned)
-        assert code == 2 and out == ""
+        assert code == 2 and out.startswith("verdict: ") and "status" not in out  # the verdict came before the table
         assert err == "weightscope: unexpected error: KeyError: 'a bug' (--debug shows where)\n"
         with pytest.raises(KeyError):
             run(capsys, base, tuned, "--debug")

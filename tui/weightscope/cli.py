@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--expect-changed", action="append", default=[], metavar="GLOB",
                       help="tensors matching GLOB must have changed (repeatable)")
     diff.add_argument("--fail-on-nonfinite", action="store_true", help="exit 1 when any tensor holds NaN or Inf")
+    diff.add_argument("--fail-on", choices=("error", "warn"),
+                      help="exit 1 when the verdict raises a flag of this severity or worse (one stderr line each)")
     add_engine_options(diff)
 
     inspect = commands.add_parser("inspect", help="statistics and a NaN/Inf scan of one checkpoint",
@@ -227,16 +229,19 @@ class Run:
                     raise Failure(message.message)
                 self.problems.append(f"{message.job} failed: {message.message}")
                 print(f"weightscope: {self.problems[-1]}", file=sys.stderr)
+                if self.msg.Failed in kinds:
+                    return message
                 continue
             if isinstance(message, kinds):
                 return message
 
     def ask(self, kind: str, *args):
+        """The engine's answer; None when it failed (said on stderr: the run exits 2)."""
         ticket = self.engine.ask(kind, *args)
         while True:
             message = self.expect(self.msg.Reply, self.msg.Failed)
             if message.ticket == ticket:
-                return message.content
+                return message.content if isinstance(message, self.msg.Reply) else None
 
     def close(self) -> None:
         self.engine.close()
@@ -280,6 +285,7 @@ def write_lines(lines) -> None:
 
 
 def run_diff(args) -> int:
+    from weightscope.analysis.verdict import text_lines as verdict_lines
     from weightscope.compare.checks import Expectations, failures
     from weightscope.report.diff import exit_status, text_lines, write_document
 
@@ -289,22 +295,28 @@ def run_diff(args) -> int:
     run = Run(job_of(args, args.b, adapter=args.adapter, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling),
               "scanning")
     try:
+        verdict = run.ask("verdict")
         heads = run.ask("breakdowns") if args.heads is not None else None
         if args.json:
             spectra = run.ask("spectra") if args.spectrum else None
             write_document(write, run.catalog, run.table, args.histograms, spectra, run.side_notes, run.plan_notes,
-                           heads=heads)
+                           heads=heads, verdict=verdict)
         else:
+            if verdict is not None:
+                write_lines(iter([*verdict_lines(verdict), ""]))
             write_lines(text_lines(run.catalog, run.table, run.side_notes, run.plan_notes, heads))
     finally:
         run.close()
     if run.problems:
         return 2
-    if expect:
-        lines = failures(run.catalog, run.table, expect)
+    if expect or args.fail_on:
+        lines = failures(run.catalog, run.table, expect) if expect else []
         for line in lines:
             print(f"FAIL {line}", file=sys.stderr)
-        return 1 if lines else 0
+        flags = verdict.failing(args.fail_on) if args.fail_on else []
+        for flag in flags:
+            print(f"FLAG {flag.severity} {flag.code}: {flag.message}", file=sys.stderr)
+        return 1 if lines or flags else 0
     return exit_status(run.catalog, run.table, close_is_equal=args.adapter is not None)
 
 

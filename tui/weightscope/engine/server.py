@@ -118,6 +118,7 @@ class Server:
         # ticket -> (indices pending, found, what the answer is made of once none is pending, for a view)
         self.gathered: dict[int, tuple[set[int], dict, Callable[[dict], object], bool]] = {}
         self._known_heads = None
+        self.side_notes: tuple[list[str], list[str] | None] = ([], None)  # after the scan (LoRA alarms)
         self.threads = ThreadPoolExecutor(1, thread_name_prefix="weightscope-answers")
         self.answers_in, self.answers_out = Pipe(duplex=False)  # from the answer thread to the loop
         self.answer_lock = threading.Lock()
@@ -245,6 +246,12 @@ class Server:
             changed = np.nan_to_num(self.table.values[:, c.FD + c.FCHANGED]) > 0
             wanted = {i for i in np.flatnonzero(changed).tolist() if len(self.catalog.a.shape[i] or ()) >= 2}
             self.gather(request.ticket, "spectrum", wanted, dict.fromkeys(np.flatnonzero(changed).tolist()))
+        elif request.kind == "verdict":  # once the scan is done: spectra of a sample, then the rest from the results
+            from weightscope.analysis import verdict
+
+            table = self.snapshot()
+            self.gather(request.ticket, "spectrum", set(verdict.sample(self.catalog, table)), {},
+                        lambda found: verdict.decide(self.catalog, table, found, self.side_notes))
         elif request.kind == "heads":  # what a person waits for: the pairs of a view
             self.gather(request.ticket, "heads", set(request.args), {}, urgent=True)
         elif request.kind in ("breakdowns", "inside"):
@@ -501,6 +508,7 @@ class ScanState:
         except Exception as exc:  # noqa: BLE001
             server.send(msg.Failed(None, "scan", unexpected(exc)))
         server.table.notes.update(notes)
+        server.side_notes = sides
         self.done_message = msg.ScanDone(self.failures == 0, notes, sides, self.plan.notes,
                                          server.table.histograms if server.options.histograms else {})
 

@@ -196,7 +196,7 @@ def slices(catalog: Catalog, table: ResultTable, order: np.ndarray | None = None
 def write_document(write, catalog: Catalog, table: ResultTable, histograms: bool = False,
                    spectra: dict | None = None, side_notes: tuple[list[str], list[str] | None] | None = None,
                    notes: list[str] = (), after: dict | None = None, order: np.ndarray | None = None,
-                   heads: tuple | None = None) -> None:
+                   heads: tuple | None = None, verdict=None) -> None:
     """The `diff --json` document of the pairs read (all of them, after a whole scan), in
     natural order.
 
@@ -206,11 +206,14 @@ def write_document(write, catalog: Catalog, table: ResultTable, histograms: bool
         after: keys that follow `summary` (an export's completeness).
         order: `natural_order(catalog)`, when the caller has it already.
         heads: `diff --heads`: (analysis.heads.Known, {index: breakdown}).
+        verdict: the comparison's `analysis.verdict.Verdict`, when made.
     """
     notes_a, notes_b = side_notes or (None, None)
     b = catalog.summary_b or catalog.summary_a
     head = {"version": __version__, "a": side_json(catalog.summary_a, notes_a), "b": side_json(b, notes_b),
             "notes": list(catalog.notes) + list(notes)}
+    if verdict is not None:
+        head["verdict"] = verdict.json()
     if heads is not None:
         from weightscope.report.heads import head_counts_json
 
