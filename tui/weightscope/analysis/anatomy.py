@@ -89,10 +89,13 @@ _module_types: dict[str, str] = {}
 
 def module_type(path: str) -> str:
     """The canonical module of a path inside a layer, e.g. 'self_attn.q_proj.weight' -> 'q'."""
-    shape = re.sub(r"\d+", "0", path)  # the answer does not depend on the numbers: 800 experts, one lookup
-    found = _module_types.get(shape)
+    found = _module_types.get(path)  # the same path recurs in every layer
     if found is None:
-        found = _module_types[shape] = classify(path)
+        shape = re.sub(r"\d+", "0", path)  # nor does the answer depend on the numbers: 800 experts, one lookup
+        found = _module_types.get(shape)
+        if found is None:
+            found = _module_types[shape] = classify(path)
+        _module_types[path] = found
     return found
 
 

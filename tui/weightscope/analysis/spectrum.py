@@ -48,6 +48,7 @@ EXACT_WORK = 1 << 30  # rows · cols · min(rows, cols) under which an exact SVD
 DENSE_MAX = 1 << 25  # elements of Δ held whole (128 MiB of float32); beyond, products stream row chunks
 CHUNK = 1 << 22  # elements of Δ per streamed chunk
 SEED = 0  # the sketch is random but fixed, so figures repeat
+BLOCK_MAX = 1 << 22  # elements of a block of leading rows (`block_spectrum`)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def as_matrix(shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 
 def pair_spectrum(a: Checkpoint, b: Checkpoint, pair: Pair, k: int = TOP,
-                  should_cancel: Callable[[], bool] = lambda: False, raw_a=None, raw_b=None) -> Spectrum | None:
+                  should_cancel: Callable[[], bool] = lambda: False, raw_a=None, raw_b=None,
+                  rows: int | None = None) -> Spectrum | None:
     """The spectrum of B − A for a pair of the same shape with 2 or more dimensions; None otherwise.
 
     Where one side is a LoRA-computed W + ΔW and the other side is that very W, the change is
@@ -136,6 +138,8 @@ def pair_spectrum(a: Checkpoint, b: Checkpoint, pair: Pair, k: int = TOP,
     Args:
         raw_a, raw_b: each side's bytes, where the caller reads them itself (`reading.Bytes`);
             by default from the checkpoints' sources.
+        rows: the spectrum of this many leading rows only (`block_spectrum`); a LoRA module's
+            comes whole from its factors all the same.
 
     Raises:
         TensorUnreadable: a side cannot be read.
@@ -147,9 +151,35 @@ def pair_spectrum(a: Checkpoint, b: Checkpoint, pair: Pair, k: int = TOP,
         if isinstance(lora, LoraCheckpoint) and info.name in lora.modules and lora.modules[info.name].weight == other:
             return module_spectrum(lora, info.name, k)
     shape = as_matrix(pair.a.shape)
-    rows_a = RowReader(raw_a if raw_a is not None else a.raw(pair.a.name), pair.a.dtype, shape[1])
-    rows_b = RowReader(raw_b if raw_b is not None else b.raw(pair.b.name), pair.b.dtype, shape[1])
+    raw_a = raw_a if raw_a is not None else a.raw(pair.a.name)
+    raw_b = raw_b if raw_b is not None else b.raw(pair.b.name)
+    if rows is not None:
+        return block_spectrum(raw_a, pair.a.dtype, raw_b, pair.b.dtype, shape, rows, k)
+    rows_a = RowReader(raw_a, pair.a.dtype, shape[1])
+    rows_b = RowReader(raw_b, pair.b.dtype, shape[1])
     return dense_spectrum(Delta(rows_a, rows_b, shape, should_cancel), k)
+
+
+def block_spectrum(raw_a, dtype_a: str, raw_b, dtype_b: str, shape: tuple[int, int], rows: int,
+                   k: int = TOP) -> Spectrum:
+    """The exact spectrum of the leading rows of Δ (at most `rows`, and `BLOCK_MAX` elements),
+    read from the start of each side's bytes alone: a block of rows of a rank-r change has
+    rank r (as long as it has r rows or more), and a block of a full-rank one is full-rank,
+    so the block tells the rank of a change for a fraction of reading the whole."""
+    rows = max(1, min(rows, shape[0], BLOCK_MAX // max(1, shape[1])))
+    cols = shape[1]
+    sides = [decoded(as_bytes(raw).window(0, rows * cols * itemsize(dtype)), code_of(dtype)).astype(np.float64)
+             for raw, dtype in ((raw_a, dtype_a), (raw_b, dtype_b))]
+    delta = (sides[1] - sides[0]).reshape(rows, cols)
+    finite = np.isfinite(delta)
+    nonfinite = int(delta.size - np.count_nonzero(finite))
+    if nonfinite:
+        delta = np.where(finite, delta, 0.0)
+    # σ² are the eigenvalues of the smaller Gram matrix: 20× faster than an SVD of the block, and
+    # a floor of rounding (1e-8 of σ₁ and below) is all the squaring loses.
+    gram = delta @ delta.T if rows <= cols else delta.T @ delta
+    values = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None))
+    return figures((rows, cols), "exact", values, float(np.linalg.norm(delta)), nonfinite, k)
 
 
 class RowReader:

@@ -33,8 +33,8 @@ FLAGS = {  # code -> its usual severity (vocab_resized is raised to warn when it
     "outlier": "warn", "frozen_suspect": "warn",
 }
 
-SAMPLE = 4  # matrices whose spectra the verdict reads
-SAMPLE_ELEMENTS = 1 << 26  # at most this many elements of Δ over the sample (the smallest of each type first)
+SAMPLE = 4  # matrices whose spectra the verdict reads ...
+SAMPLE_ROWS = 256  # ... of this many leading rows each (a rank up to 128 shows in them)
 LOW_RANK_SHARE = 0.9  # the top r directions hold this share of ‖Δ‖²_F ...
 LOW_RANK_GAP = 3.0  # ... and σ_r / σ_(r+1) is at least this: a cutoff, not a gentle decay
 UNRELATED_COSINE = 0.3  # changed matrices whose cosine (by elements, median) is below this are not related
@@ -110,14 +110,8 @@ def sample(catalog: Catalog, table: ResultTable) -> list[int]:
     for i in changed_matrices(catalog, table).tolist():
         by_type.setdefault(place(catalog.names[i]).module, []).append(i)
     numel = catalog.numel
-    chosen, elements = [], 0
-    for members in sorted(by_type.values(), key=len, reverse=True):
-        i = min(members, key=lambda j: (numel[j], j))
-        if len(chosen) == SAMPLE or (chosen and elements + numel[i] > SAMPLE_ELEMENTS):
-            break
-        chosen.append(i)
-        elements += int(numel[i])
-    return chosen
+    return [min(members, key=lambda j: (numel[j], j))
+            for members in sorted(by_type.values(), key=len, reverse=True)[:SAMPLE]]
 
 
 def rank_of(spectrum) -> int | None:
@@ -153,10 +147,9 @@ class Parts:
     row: list[str]
 
 
-def parts_of(names: Iterable[str]) -> Parts:
+def parts_of(names: Iterable[str], places: list) -> Parts:
     part, family, layer, row = [], [], [], []
-    for name in names:
-        where = place(name)
+    for name, where in zip(names, places):
         layer.append(where.layer)
         row.append(where.row)
         if where.row == OUTSIDE:
@@ -234,16 +227,17 @@ def decide(catalog: Catalog, table: ResultTable, spectra: dict[int, object] | No
         side_notes: each side's notes after the scan (the LoRA alarms are among them).
         resized: the audit of resized pairs, by pair (`compare.overlap`), where made.
     """
-    kind, confidence, summary, facts, rank, frozen = kind_of(catalog, table, spectra or {})
+    places = [place(name) for name in catalog.names]  # once: the parts below all read them
+    kind, confidence, summary, facts, rank, frozen = kind_of(catalog, table, spectra or {}, places)
     flags = (nonfinite_flags(catalog, table) + nothing_changed_flags(catalog, kind) +
-             lora_flags(catalog, table, side_notes) + tie_flags(catalog, table) +
+             lora_flags(catalog, table, side_notes) + tie_flags(catalog, table, places) +
              resized_flags(catalog, table, resized or {}) + upcast_flags(catalog, table) +
-             outlier_flags(catalog, table) + frozen_suspect_flags(catalog, table))
+             outlier_flags(catalog, table) + frozen_suspect_flags(catalog, table, places))
     flags.sort(key=lambda f: -SEVERITIES.index(f.severity))
     return Verdict(kind, confidence, summary, facts, rank, frozen, flags)
 
 
-def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object]):
+def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], places: list):
     """(kind, confidence, summary, facts, rank, frozen)."""
     status = table.status
     weights = ~catalog.factor & (status != results.UNREAD)
@@ -301,7 +295,7 @@ def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object]):
                     f"uncorrelated (median cosine {median:.2g})", facts, None, [])
 
     resized = weights & (status == results.SHAPE_MISMATCH)
-    frozen_groups, changed_text = groups(catalog, same, equal, changed | close | resized)
+    frozen_groups, changed_text = groups(catalog, same, equal, changed | close | resized, places)
     ranks = {i: rank_of(spectra[i]) for i in sorted(spectra) if spectra[i] is not None}
     rank = None
     if ranks:
@@ -309,7 +303,7 @@ def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object]):
         by_rank: dict[str, list[str]] = {}
         for i, r in ranks.items():
             by_rank.setdefault(f"rank {r}" if r else "high rank", []).append(catalog.names[i])
-        facts.append(f"spectra of {len(ranks)} sampled changed matrices: " +
+        facts.append(f"spectra of the first {SAMPLE_ROWS} rows of {len(ranks)} sampled changed matrices: " +
                      "; ".join(f"{what} ({listed(names)})" for what, names in by_rank.items()))
         if len(low) * 3 >= len(ranks) * 2:  # two thirds or more agree the change is low-rank
             rank = int(np.median(low))
@@ -360,7 +354,8 @@ def quantized_kind(catalog: Catalog, table: ResultTable, quantized: list[int], f
     return "quantized", "high", f"a quantized copy ({types}): the error is in the band of its type", facts, None, []
 
 
-def groups(catalog: Catalog, same: np.ndarray, equal: np.ndarray, moved: np.ndarray) -> tuple[list[str], str]:
+def groups(catalog: Catalog, same: np.ndarray, equal: np.ndarray, moved: np.ndarray,
+           places: list) -> tuple[list[str], str]:
     """(the groups left bit-identical while others moved, what moved in words).
 
     A group is the embeddings, a layer, the head or another part outside the layers; frozen
@@ -369,7 +364,7 @@ def groups(catalog: Catalog, same: np.ndarray, equal: np.ndarray, moved: np.ndar
     Where no whole group is frozen but a family (attention, MLP, norms) is equal in every
     layer, that family is named.
     """
-    parts = parts_of(catalog.names)
+    parts = parts_of(catalog.names, places)
     weights = np.flatnonzero(same | moved).tolist()
     still: dict[str, bool] = {}  # part -> every tensor equal
     matrix: set[str] = set()
@@ -463,9 +458,10 @@ def lora_flags(catalog: Catalog, table: ResultTable, side_notes) -> list[Flag]:
     return flags
 
 
-def tie_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
+def tie_flags(catalog: Catalog, table: ResultTable, places: list) -> list[Flag]:
     """Embeddings and output head tied on one side (shared storage, or equal values) and not on the other."""
-    roles = {role(n): i for i, n in enumerate(catalog.names) if n.endswith("weight") and role(n)}
+    roles = {role(n): i for i, n in enumerate(catalog.names)
+             if places[i].row == OUTSIDE and n.endswith("weight") and role(n)}
     embedding, head = roles.get("embeddings"), roles.get("output head")
     if embedding is None or head is None:
         return []
@@ -541,22 +537,22 @@ def outlier_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
     v = table.values
     for figure, label in ((c.ABSMAX, "absmax"), (c.STD, "std")):
         a, b = v[:, c.FA + figure], v[:, c.FB + figure]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            grown = np.flatnonzero(np.nan_to_num(b / a) > GROWTH)
+        with np.errstate(divide="ignore", invalid="ignore"):  # grown from 0 (a norm's ones) has no factor
+            grown = np.flatnonzero((np.nan_to_num(a) > 0) & (np.nan_to_num(b / a) > GROWTH))
         for i in grown.tolist():
             flags.append(Flag("outlier", "warn", [catalog.names[i]],
                               f"{catalog.names[i]}: {label} grew {b[i] / a[i]:.3g}× ({a[i]:.3g} → {b[i]:.3g})"))
     return flags
 
 
-def frozen_suspect_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
+def frozen_suspect_flags(catalog: Catalog, table: ResultTable, places: list) -> list[Flag]:
     """A module type changed in most layers but bit-identical in a few, scattered ones: a
     freezing mistake? Freezing the first or last layers on purpose leaves a run at one end,
     which is not flagged (the verdict names it)."""
     by_type: dict[str, dict[int, bool]] = {}
     same = np.isin(table.status, SAME_SHAPE) & ~catalog.factor
     for i in np.flatnonzero(same).tolist():
-        where = place(catalog.names[i])
+        where = places[i]
         if where.layer is None:
             continue
         layers = by_type.setdefault(where.module, {})
@@ -571,7 +567,7 @@ def frozen_suspect_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
         if still == order[:k] or still == order[-k:]:  # a run at one end: frozen on purpose
             continue
         names = [catalog.names[i] for i in np.flatnonzero(same).tolist()
-                 if place(catalog.names[i]).module == module and place(catalog.names[i]).layer in still]
+                 if places[i].module == module and places[i].layer in still]
         flags.append(Flag("frozen_suspect", "warn", names,
                           f"{module} changed in {len(order) - k} of {len(order)} layers but is bit-identical in "
                           f"{layer_ranges([str(n) for n in still])}: frozen by mistake?"))

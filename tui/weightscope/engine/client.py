@@ -22,13 +22,21 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def one_thread_blas() -> dict[str, str]:
+    """This environment, with numpy's OpenBLAS at one thread unless the user set it: the engine
+    runs a process per core already, and a small LAPACK call (the verdict's 256-square
+    eigenvalues) that wakes a thread per core on a busy machine takes 100 times longer.
+    torch keeps its own threads (a spectrum the user waits for may use every core)."""
+    return {"OPENBLAS_NUM_THREADS": "1"} | dict(os.environ)
+
+
 def start(module: str, quiet: bool = True, *args: str) -> tuple[subprocess.Popen, Connection]:
     """A fresh interpreter running `python -m module FD ARGS...`, and our end of its pipe (FD)."""
     ours, theirs = socket.socketpair()
     fd = theirs.fileno()
     output = subprocess.DEVNULL if quiet else None  # the app's screen is no place for a child's output
     process = subprocess.Popen([sys.executable, "-m", module, str(fd), *args], pass_fds=(fd,),
-                               stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+                               stdin=subprocess.DEVNULL, stdout=output, stderr=output, env=one_thread_blas())
     theirs.close()
     return process, Connection(ours.detach())
 

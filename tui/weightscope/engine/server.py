@@ -251,7 +251,8 @@ class Server:
 
             table = self.snapshot()
             self.gather(request.ticket, "spectrum", set(verdict.sample(self.catalog, table)), {},
-                        lambda found: verdict.decide(self.catalog, table, found, self.side_notes))
+                        lambda found: verdict.decide(self.catalog, table, found, self.side_notes),
+                        rows=verdict.SAMPLE_ROWS)
         elif request.kind == "heads":  # what a person waits for: the pairs of a view
             self.gather(request.ticket, "heads", set(request.args), {}, urgent=True)
         elif request.kind in ("breakdowns", "inside"):
@@ -276,12 +277,13 @@ class Server:
         return self._known_heads
 
     def gather(self, ticket: int, kind: str, wanted: set[int], found: dict,
-               answer: Callable[[dict], object] = lambda found: found, urgent: bool = False) -> None:
+               answer: Callable[[dict], object] = lambda found: found, urgent: bool = False,
+               rows: int | None = None) -> None:
         """Work on many pairs for one answer: a task per pair, the answer once all are in. For a
         view (`urgent`) one pair's failure fails the answer; in the background (`diff --heads`)
-        it stands for that pair alone."""
+        it stands for that pair alone. `rows`: spectra of that many leading rows only."""
         self.gathered[ticket] = (set(wanted), found, answer, urgent)
-        extra = (self.known_heads(),) if kind == "heads" else ()
+        extra = (self.known_heads(),) if kind == "heads" else (rows,) if rows else ()
         tasks = [Task(ticket, kind, (PairJob.of(self.catalog, i), *extra), self.options) for i in sorted(wanted)]
         (self.urgent if urgent else self.background).extend(tasks)
         self.gathered_answered(ticket)

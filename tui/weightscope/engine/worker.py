@@ -98,7 +98,8 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
         from weightscope.analysis.spectrum import pair_spectrum
 
         a, b = opened() if job.needs_sources else (None, None)
-        return pair_spectrum(a, b, pair, should_cancel=should_cancel, raw_a=sides[0], raw_b=sides[1])
+        rows = task.args[1] if len(task.args) > 1 else None  # the verdict's sample: a block of leading rows
+        return pair_spectrum(a, b, pair, should_cancel=should_cancel, raw_a=sides[0], raw_b=sides[1], rows=rows)
     if task.kind == "map":
         from weightscope.analysis.change_map import matrix_shape, pooled
 

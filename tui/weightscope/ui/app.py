@@ -42,6 +42,7 @@ from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen
 from weightscope.ui.widgets.detail import DetailPane, Group
 from weightscope.ui.widgets.diff_tree import DiffTree
+from weightscope.ui.widgets.verdict_text import pane_text, root_texts
 
 DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the cursor rests this long
 FILTER_DELAY = 0.15
@@ -163,6 +164,8 @@ class WeightscopeApp(App[None]):
         self.diff_tree: DiffTree | None = None  # mounted once the checkpoints are open
         self.progress = (0, 1)  # bytes scanned, of
         self.title_extra = ""  # the counts after the paths in the title bar
+        self.verdict = None  # analysis.verdict.Verdict, once the scan is done and it is worked out
+        self.verdict_failed: str | None = None
         self.overview_asked = 0.0  # time.monotonic() of the last refresh of an open overview
         self._redraw_timer: Timer | None = None
 
@@ -278,6 +281,9 @@ class WeightscopeApp(App[None]):
             self.query_one(DetailPane).show_failure(line)
         if kind == "histograms" and self.shown is not None:
             self.query_one(DetailPane).clear_histograms(line)
+        if kind == "verdict":
+            self.verdict_failed = failure.message
+            self.show_verdict()
 
     def opened(self, message: msg.Opened) -> None:
         self.catalog = message.catalog
@@ -375,6 +381,9 @@ class WeightscopeApp(App[None]):
             self.ask("overview", key="overview again")
         if isinstance(self.screen, TableScreen):
             self.screen.refresh_rows()
+        if not self.single:
+            self.ask("verdict", key="verdict")
+            self.show_verdict()
         total = self.catalog.data_bytes.sum()
         if message.complete:
             self.notify(f"scan complete: {human(total, 'B')}", timeout=3)
@@ -401,6 +410,10 @@ class WeightscopeApp(App[None]):
                     self.draw_view(args[0], kind, reply.content.get(args[0]))
                 else:
                     self.draw_group_heads()
+        elif kind == "verdict":
+            if self.wanted(reply.ticket, "verdict"):
+                self.verdict = reply.content
+                self.show_verdict()
         elif kind == "tree":
             if self.wanted(reply.ticket, "tree"):
                 self.filtered(args[0], reply.content)
@@ -484,6 +497,13 @@ class WeightscopeApp(App[None]):
         if wanted and self.shown is not None and self.names.pair[self.shown] == pair:
             self.query_one(DetailPane).draw_histograms(self.result(pair, figures), self.log_counts)
 
+    def show_verdict(self) -> None:
+        """The verdict as it stands, on the root line and, where the root is selected, in the pane."""
+        if self.ready:
+            self.diff_tree.show_verdict(*root_texts(self.verdict, self.scan_done, self.verdict_failed))
+            if self.shown == 0:
+                self.show_group(0)
+
     def show_group(self, node: int) -> None:
         names, rollup = self.names, self.rollup
         path = names.path(node)
@@ -493,7 +513,8 @@ class WeightscopeApp(App[None]):
                       {status: int(n) for status, n in zip(hierarchy.SEVERITY, counts) if n},
                       rollup.weights(node), rollup.parameters(node), rollup.max_rel(node), ranked,
                       rollup.differing(node))
-        self.query_one(DetailPane).show_group(group)
+        verdict = pane_text(self.verdict, self.scan_done, self.verdict_failed) if node == 0 and not self.single else None
+        self.query_one(DetailPane).show_group(group, verdict)
         self.group_drawn = time.monotonic()
         self.draw_group_heads(ask=True)
 

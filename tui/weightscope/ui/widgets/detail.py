@@ -219,8 +219,9 @@ class DetailPane(VerticalScroll):
         """A status as this pane names it: browsing one checkpoint, 'identical' means read."""
         return "read" if self.single and status == "identical" else status
 
-    def show_group(self, group: Group) -> None:
-        """A group's aggregate: counts by status, parameters and the most-changed members."""
+    def show_group(self, group: Group, verdict: Text | None = None) -> None:
+        """A group's aggregate: counts by status, parameters and the most-changed members; for
+        the root of a comparison, its verdict first."""
         title = self.title_text(group.path or "(all tensors)", self.shown_status(group.status))
         self.query_one("#detail-title", Static).update(title)
         counts = [(Text(badges.symbol(shown), badges.style(shown)), badges.words(shown), f"{group.count(status):,}")
@@ -233,7 +234,7 @@ class DetailPane(VerticalScroll):
             summary.append(f", largest rel L2 {badges.percent(group.max_rel)}")
         if group.count("factor"):
             summary.append(f"; and {many(group.count('factor'), 'LoRA factor')} beside them", "dim")
-        stats.update(summary)
+        stats.update(Text.assemble(verdict, "\n\n", summary) if verdict is not None else summary)
         self.query_one("#detail-plots").display = False
         self.show_ranking(group)
 

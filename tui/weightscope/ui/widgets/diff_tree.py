@@ -5,7 +5,8 @@ one cursor, one scroll offset, one expanded state. A name on one side only leave
 side's column blank, as a side-by-side diff does. Children are added when a node first
 expands (as `DirectoryTree` does), so a 100,000-tensor model opens at once. A line's data is
 its node's number in a `NameTree`; what it shows comes from the tree's `Rollup` and the
-catalog, worked out when the line is drawn.
+catalog, worked out when the line is drawn. A comparison's root line ("all tensors") carries
+the verdict; selected, the detail pane shows it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class DiffTree(Tree[int]):
         super().__init__("", data=0, **kwargs)
         self.catalog, self.names, self.rollup, self.table = catalog, names, rollup, table
         self.single = single
-        self.show_root = False
+        self.show_root = not single  # a comparison's root line carries its verdict
+        self.verdict = (Text("verdict after the scan", "dim"), Text())  # A's column, B's column
         self.guide_depth = 3
         self._lines: dict[int, TreeNode[int]] = {}  # node number -> its line, once added
 
@@ -67,7 +69,13 @@ class DiffTree(Tree[int]):
         self.populate(self.root)
         self.root.expand()
         if self.root.children:
-            self.move_cursor_to_line(0)
+            self.move_cursor(self.root.children[0])  # the first tensors; the root line is above
+
+    def show_verdict(self, kind: Text, flags: Text) -> None:
+        """What the root line says of the whole comparison: its kind under A, its flags under B."""
+        self.verdict = (kind, flags)
+        if self.show_root:
+            self.root.refresh()
 
     def set_model(self, names: NameTree, rollup: Rollup, expand_all: bool = False) -> None:
         """Show another name tree (a filtered one, say)."""
@@ -82,7 +90,7 @@ class DiffTree(Tree[int]):
                     self.reveal(node, move=False)
         if self.root.children:
             self.unselect()  # clear() keeps the old line; a fresh move highlights the new first node
-            self.move_cursor_to_line(0)
+            self.move_cursor(self.root.children[0])
         else:
             self.cursor_line = -1  # nothing to show: no cursor node either
 
@@ -124,9 +132,11 @@ class DiffTree(Tree[int]):
         node = self.cursor_node
         if node is None:
             return
+        if node is self.root:  # the root line stays open: collapsed, the tree would be one line
+            return
         if node.is_expanded and node.children:
             node.collapse()
-        elif node.parent is not None and node.parent is not self.root:
+        elif node.parent is not None and (node.parent is not self.root or self.show_root):
             self.move_cursor(node.parent)
 
     def action_expand_or_child(self) -> None:
@@ -144,8 +154,8 @@ class DiffTree(Tree[int]):
         return max(0, self.scrollable_content_region.width - self.guides_width(node))
 
     def guides_width(self, node: TreeNode[int]) -> int:
-        depth = sum(1 for _ in self.path_of(node)) - 1
-        return depth * self.guide_depth
+        depth = sum(1 for _ in self.path_of(node)) - 1 + (1 if self.show_root else 0)
+        return max(0, depth) * self.guide_depth
 
     def path_of(self, node: TreeNode[int]):
         path = []
@@ -164,6 +174,12 @@ class DiffTree(Tree[int]):
         pad = max(0, self.guide_depth - 2)
         path = list(self.path_of(node))
         text = Text()
+        if self.show_root and path:  # the root's own guide: it has one child line per top group
+            characters = (lines[2] if node.is_last else lines[3]) if len(path) == 1 and present else (
+                lines[0] if path[0].is_last else lines[1])
+            text.append(f"{characters[0]}{characters[1] * pad} ", GUIDE_STYLE)
+            if len(path) == 1:
+                return text
         for ancestor in path[1:-1]:
             characters = lines[0] if ancestor.is_last else lines[1]
             text.append(f"{characters[0]}{characters[1] * pad} ", GUIDE_STYLE)
@@ -198,6 +214,21 @@ class DiffTree(Tree[int]):
         text.truncate(width, overflow="ellipsis", pad=True)
         return text
 
+    def root_label(self, width: int, style: Style) -> Text:
+        """'all tensors' and the verdict's kind in A's column, the whole comparison's badge, the
+        verdict's flags in B's column, and how many members differ."""
+        status = self.status_of(0)
+        badge = Text(f" {badges.symbol(status)} ", style=badges.style(status))
+        inner = width - BADGE_WIDTH - FIGURE_WIDTH
+        half = inner // 2
+        kind, flags = (part.copy() for part in self.verdict)
+        left = Text.assemble(("all tensors", "bold"), "  ", kind)
+        left.truncate(half, overflow="ellipsis", pad=True)
+        flags.truncate(inner - half, overflow="ellipsis", pad=True)
+        text = Text.assemble(left, badge, flags, self.figure(0))
+        text.stylize(style)
+        return text
+
     def figure(self, node: int) -> Text:
         """rel_l2 for a tensor; for a group, how many members differ and the largest rel_l2."""
         pair = int(self.names.pair[node])
@@ -226,6 +257,8 @@ class DiffTree(Tree[int]):
     def render_label(self, line: TreeNode[int], base_style: Style, style: Style) -> Text:
         node = line.data
         total = self.label_width(line) + self.guides_width(line)
+        if line is self.root:
+            return self.root_label(total, style)
         status = self.status_of(node)
         if status == "nonfinite" and self.table is not None:  # the flag beside the status it outranks
             beside = self.beside_flag(node)
