@@ -166,10 +166,17 @@ def static_text(app: WeightscopeApp, selector: str, width: int = 200) -> str:
 
 
 def tree_lines(app: WeightscopeApp) -> list[str]:
-    """Every line of the tree, scrolled into view or not, as plain text (A column, badge, B column, figure)."""
+    """Every line of the tree, scrolled into view or not, as plain text (A column, badge, B
+    column, figure); in a comparison the first is the verdict's (see `verdict_line`)."""
     tree = app.query_one(DiffTree)
     return [tree.render_label(tree.get_node_at_line(line), Style(), Style()).plain
             for line in range(tree.last_line + 1)]
+
+
+def verdict_line(app: WeightscopeApp) -> str:
+    """A comparison's first line: all tensors, the verdict's kind, its flags, how many differ."""
+    tree = app.query_one(DiffTree)
+    return tree.render_label(tree.verdict_line, Style(), Style()).plain
 
 
 def path_at(app: WeightscopeApp, line: int) -> str:

@@ -29,7 +29,7 @@ from weightscope.ui.widgets.histogram import HistogramPlot, fitted_title
 
 from .helpers import (SIZE, Gate, cursor_path, histograms_of, leaf_names, line_of, name_nodes, open_app,
                       record_notifications, record_requests, screen_text, settle, shown_name, shown_pair,
-                      shown_status, static_text, status_of, tree_lines, wait_for)
+                      shown_status, static_text, status_of, tree_lines, verdict_line, wait_for)
 
 
 def burst(app: WeightscopeApp, key: str, times: int) -> None:
@@ -82,10 +82,10 @@ async def test_both_columns_show_names(demo):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         lines = tree_lines(app)
-        assert len(lines) == 2
-        a, b = split_line(lines[0], "shape_mismatch")  # the resized output head
+        assert len(lines) == 3 and lines[0].startswith("all tensors")  # the verdict's line, then the names
+        a, b = split_line(lines[1], "shape_mismatch")  # the resized output head
         assert a.split() == ["▶", "lm_head"] and b.split()[:3] == ["▶", "lm_head", "1/1"]
-        a, b = split_line(lines[1], "nonfinite")  # B holds a few NaNs
+        a, b = split_line(lines[2], "nonfinite")  # B holds a few NaNs
         assert a.split() == ["▶", "model"] and b.split()[:3] == ["▶", "model", "29/39"]
         screen = screen_text(app)
         assert "A base   B finetune   40 | 39 tensors" in screen
@@ -96,8 +96,8 @@ async def test_layer_numbers_sort_naturally(pair):
     app = open_app(*layer_pair(pair))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await pilot.press("right")  # the cursor starts on `layers`, the only top-level line
-        parts = [app.names.parts[node.data] for node in app.query_one(DiffTree).root.children[0].children]
+        await pilot.press("right")  # the cursor starts on `layers`, the only top-level line below the verdict's
+        parts = [app.names.parts[node.data] for node in app.query_one(DiffTree).root.children[1].children]
         assert parts == [str(i) for i in range(12)]
         assert line_of(app, "layers.1") < line_of(app, "layers.2") < line_of(app, "layers.10")
         lines = tree_lines(app)
@@ -119,6 +119,30 @@ async def test_children_are_created_when_a_node_expands(demo):
         assert len(layers.children) == 0  # one level at a time
 
 
+
+async def test_the_first_line_carries_the_verdict_and_the_pane_shows_it_whole(demo):
+    """During the scan the first line and its pane say the verdict comes after it; once the
+    scan is done, the line names the kind and counts the flags, and selected, the pane lists
+    the summary, every flag and the facts."""
+    app = open_app(*demo, use_cache=False)
+    gate = Gate(app, msg.ScanDone)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.ready and app.table.read == len(app.catalog))
+        assert "verdict after the scan" in verdict_line(app)
+        await pilot.press("k")  # up to the whole comparison
+        await wait_for(pilot, lambda: app.shown == 0)
+        assert "the verdict comes once the scan is done (nothing found yet)" in static_text(app, "#detail-stats")
+        gate.open()
+        await settle(pilot)
+        line = verdict_line(app)
+        assert line.startswith("all tensors  partial (medium)") and "✖ 1 error  ⚠ 3 warn  ℹ 1 info" in line
+        pane = static_text(app, "#detail-stats")
+        assert "verdict partial (medium)" in pane and "embeddings, layer 0 frozen" in pane
+        assert "✖ nonfinite  NaN/Inf in B that A did not have" in pane
+        assert pane.index("nonfinite") < pane.index("outlier") < pane.index("vocab_resized")  # most severe first
+        assert "10 of 40 tensors bit-identical" in pane  # a fact behind it
+
+
 # Navigation
 
 
@@ -128,7 +152,7 @@ async def test_up_down_and_j_k_move_the_cursor(demo):
         await settle(pilot)
         tree = app.query_one(DiffTree)
         await pilot.press("right")  # lm_head open: lm_head, weight, model
-        assert tree.cursor_line == 0 and cursor_path(app) == "lm_head"
+        assert tree.cursor_line == 1 and cursor_path(app) == "lm_head"
         await pilot.press("down")
         assert cursor_path(app) == "lm_head.weight"
         await pilot.press("j")
@@ -137,7 +161,9 @@ async def test_up_down_and_j_k_move_the_cursor(demo):
         assert cursor_path(app) == "lm_head.weight"
         await pilot.press("up")
         assert cursor_path(app) == "lm_head"
-        await pilot.press("k")  # stays at the top
+        await pilot.press("k")  # up to the verdict's line (the whole comparison), and no further
+        assert tree.cursor_line == 0 and cursor_path(app) == ""
+        await pilot.press("k")
         assert tree.cursor_line == 0
 
 
@@ -501,7 +527,7 @@ async def test_substring_filter_narrows_the_tree_live(demo):
         await pilot.press("escape")
         await settle(pilot, until=lambda: len(leaf_names(app)) == 40)
         assert not box.display and box.value == "" and tree.has_focus
-        assert [app.names.path(node.data) for node in tree.root.children] == ["lm_head", "model"]
+        assert [app.names.path(node.data) for node in tree.root.children] == ["", "lm_head", "model"]
 
 
 async def test_glob_filter(demo):
@@ -930,11 +956,11 @@ async def test_the_cursor_starts_on_the_first_line(demo):
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         tree = app.query_one(DiffTree)
-        assert tree.cursor_line == 0 and cursor_path(app) == "lm_head"
+        assert tree.cursor_line == 1 and cursor_path(app) == "lm_head"  # below the verdict's line
         assert app.shown == tree.cursor_node.data and "lm_head" in static_text(app, "#detail-title")
         await pilot.press("right")
         assert cursor_path(app) == "lm_head" and tree.cursor_node.is_expanded
-        await pilot.press("k")  # stays at the top, not round to the last line
+        await pilot.press("k", "k")  # stays at the top, not round to the last line
         assert tree.cursor_line == 0
 
 
@@ -942,7 +968,7 @@ async def test_a_tensor_that_doubled_reads_100_percent(pair):
     app = open_app(*pair({"w": torch.ones(4)}, {"w": torch.full((4,), 2.0)}))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        assert tree_lines(app)[0].split()[-1] == "100%"
+        assert tree_lines(app)[1].split()[-1] == "100%"
     assert [badges.percent(rel) for rel in (1.5, 0.1, 0.031, 2e-6, 0)] == ["150%", "10%", "3.1%", "0.0002%", "0%"]
 
 

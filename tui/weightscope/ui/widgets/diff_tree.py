@@ -5,8 +5,8 @@ one cursor, one scroll offset, one expanded state. A name on one side only leave
 side's column blank, as a side-by-side diff does. Children are added when a node first
 expands (as `DirectoryTree` does), so a 100,000-tensor model opens at once. A line's data is
 its node's number in a `NameTree`; what it shows comes from the tree's `Rollup` and the
-catalog, worked out when the line is drawn. A comparison's root line ("all tensors") carries
-the verdict; selected, the detail pane shows it.
+catalog, worked out when the line is drawn. A comparison's first line ("all tensors", node 0:
+the root of the names) carries the verdict; selected, the detail pane shows it.
 """
 
 from __future__ import annotations
@@ -60,37 +60,44 @@ class DiffTree(Tree[int]):
         super().__init__("", data=0, **kwargs)
         self.catalog, self.names, self.rollup, self.table = catalog, names, rollup, table
         self.single = single
-        self.show_root = not single  # a comparison's root line carries its verdict
+        self.show_root = False
         self.verdict = (Text("verdict after the scan", "dim"), Text())  # A's column, B's column
+        self.verdict_line: TreeNode[int] | None = None  # a comparison's first line: the whole of it
         self.guide_depth = 3
         self._lines: dict[int, TreeNode[int]] = {}  # node number -> its line, once added
 
     def on_mount(self) -> None:
         self.populate(self.root)
         self.root.expand()
-        if self.root.children:
-            self.move_cursor(self.root.children[0])  # the first tensors; the root line is above
+        self.move_to_first()
+
+    def move_to_first(self) -> None:
+        """The cursor to the first line of tensors (the verdict's line is above it)."""
+        first = 0 if self.verdict_line is None else 1
+        if len(self.root.children) > first:
+            self.move_cursor_to_line(first)
 
     def show_verdict(self, kind: Text, flags: Text) -> None:
-        """What the root line says of the whole comparison: its kind under A, its flags under B."""
+        """What the first line says of the whole comparison: its kind under A, its flags under B."""
         self.verdict = (kind, flags)
-        if self.show_root:
-            self.root.refresh()
+        if self.verdict_line is not None:
+            self.verdict_line.refresh()
 
     def set_model(self, names: NameTree, rollup: Rollup, expand_all: bool = False) -> None:
         """Show another name tree (a filtered one, say)."""
         self.names, self.rollup = names, rollup
         self.clear()
         self._lines.clear()
+        self.verdict_line = None
         self.root.data = 0
         self.populate(self.root)
         if expand_all:
             for node in range(len(names)):
                 if names.pair[node] >= 0:
                     self.reveal(node, move=False)
-        if self.root.children:
+        if len(self.root.children) > (self.verdict_line is not None):
             self.unselect()  # clear() keeps the old line; a fresh move highlights the new first node
-            self.move_cursor(self.root.children[0])
+            self.move_to_first()
         else:
             self.cursor_line = -1  # nothing to show: no cursor node either
 
@@ -98,6 +105,8 @@ class DiffTree(Tree[int]):
         """Add the children of a line the first time they are needed."""
         if line.children or line.data is None or not self.names.is_group(line.data):
             return
+        if line is self.root and not self.single:  # the whole comparison first: node 0, the root of the names
+            self.verdict_line = line.add_leaf("", data=0)
         for child in self.names.children(line.data):
             self._lines[child] = line.add("", data=child, allow_expand=self.names.is_group(child))
 
@@ -132,11 +141,9 @@ class DiffTree(Tree[int]):
         node = self.cursor_node
         if node is None:
             return
-        if node is self.root:  # the root line stays open: collapsed, the tree would be one line
-            return
         if node.is_expanded and node.children:
             node.collapse()
-        elif node.parent is not None and (node.parent is not self.root or self.show_root):
+        elif node.parent is not None and node.parent is not self.root:
             self.move_cursor(node.parent)
 
     def action_expand_or_child(self) -> None:
@@ -154,8 +161,8 @@ class DiffTree(Tree[int]):
         return max(0, self.scrollable_content_region.width - self.guides_width(node))
 
     def guides_width(self, node: TreeNode[int]) -> int:
-        depth = sum(1 for _ in self.path_of(node)) - 1 + (1 if self.show_root else 0)
-        return max(0, depth) * self.guide_depth
+        depth = sum(1 for _ in self.path_of(node)) - 1
+        return depth * self.guide_depth
 
     def path_of(self, node: TreeNode[int]):
         path = []
@@ -174,12 +181,6 @@ class DiffTree(Tree[int]):
         pad = max(0, self.guide_depth - 2)
         path = list(self.path_of(node))
         text = Text()
-        if self.show_root and path:  # the root's own guide: it has one child line per top group
-            characters = (lines[2] if node.is_last else lines[3]) if len(path) == 1 and present else (
-                lines[0] if path[0].is_last else lines[1])
-            text.append(f"{characters[0]}{characters[1] * pad} ", GUIDE_STYLE)
-            if len(path) == 1:
-                return text
         for ancestor in path[1:-1]:
             characters = lines[0] if ancestor.is_last else lines[1]
             text.append(f"{characters[0]}{characters[1] * pad} ", GUIDE_STYLE)
@@ -257,7 +258,7 @@ class DiffTree(Tree[int]):
     def render_label(self, line: TreeNode[int], base_style: Style, style: Style) -> Text:
         node = line.data
         total = self.label_width(line) + self.guides_width(line)
-        if line is self.root:
+        if line is self.verdict_line:
             return self.root_label(total, style)
         status = self.status_of(node)
         if status == "nonfinite" and self.table is not None:  # the flag beside the status it outranks
