@@ -18,6 +18,7 @@ SIZE = (120, 40)
 # file name: keys pressed after the scan has finished
 VIEWS = {
     "changed-tensor.svg": ["n", "n", "n", "n"],
+    "verdict.svg": ["k"],
     "nan-tensor.svg": ["slash", *"up_proj", "enter", *["down"] * 13],
     "layer-summary.svg": ["n", "n", "n", "left", "left", "left"],
     "overview.svg": ["o", "down", "right", "right"],
