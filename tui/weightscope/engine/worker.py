@@ -31,7 +31,8 @@ def fault(kind: str) -> None:
 
 @dataclass(frozen=True)
 class Task:
-    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "spectrum", "map", "heads")."""
+    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "resized", "spectrum", "map",
+    "heads")."""
 
     ticket: int
     kind: str
@@ -79,10 +80,14 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
         (unit,) = task.args
         return scan.run_unit(unit, opened, options, should_cancel)
     job: scan.PairJob = task.args[0]
-    if task.kind == "detail":
-        return scan.compare_pair(job, opened, options, should_cancel)
+    if task.kind == "detail":  # (job, and whether to work out a resized pair's common and added parts)
+        return scan.compare_pair(job, opened, options, should_cancel, resized=len(task.args) > 1 and task.args[1])
     if task.kind == "histograms":
         return scan.pair_histograms(job, opened, task.args[1], should_cancel)
+    if task.kind == "resized":
+        from weightscope.compare import overlap
+
+        return overlap.compare(job, opened, options, should_cancel)
     pair = job.pair
     if task.kind == "heads":
         from weightscope.analysis.heads import pair_breakdown
