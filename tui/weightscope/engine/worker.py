@@ -96,6 +96,17 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
         sides = tuple(scan.side_bytes(job, side, opened) for side in (0, 1)) if same else (None, None)
         return pair_breakdown(pair.name, (pair.a and pair.a.shape, pair.b and pair.b.shape),
                               (pair.a and pair.a.dtype, pair.b and pair.b.dtype), sides, task.args[1], should_cancel)
+    if task.kind == "map" and pair.a is not None and pair.b is not None and pair.a.shape != pair.b.shape:
+        from weightscope.analysis.change_map import pooled_resized
+        from weightscope.compare.overlap import dimension
+
+        dim = dimension(pair.a.shape, pair.b.shape, pair.a.dtype, pair.b.dtype)
+        if dim is None:
+            return None
+        _, rows, cols = task.args  # a resized pair: over the bigger shape, the added part marked
+        return pooled_resized(scan.side_bytes(job, 0, opened), pair.a.dtype, pair.a.shape,
+                              scan.side_bytes(job, 1, opened), pair.b.dtype, pair.b.shape, dim, rows, cols,
+                              should_cancel)
     if pair.a is None or pair.b is None or pair.a.shape != pair.b.shape:
         return None
     sides = [scan.side_bytes(job, side, opened) for side in (0, 1)]

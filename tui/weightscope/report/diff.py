@@ -285,11 +285,15 @@ def resized_gist(found) -> str:
     return f"{common}; {slices_text(added, added.count)} {where_added(added)}: {added.init}"
 
 
-def slices_text(added, n: int) -> str:
-    """n slices along the resized dimension, by their name: '8 rows', '1 column', '3 values' (of
-    a vector), '2 slices along dim 2'."""
+def slice_unit(added) -> str:
+    """What a slice along the resized dimension is called: a row, a column, a value (of a vector), a slice."""
     ndim = len(added.shape)
-    unit = "value" if ndim == 1 else "row" if added.dim == 0 else "column" if ndim == 2 else "slice"
+    return "value" if ndim == 1 else "row" if added.dim == 0 else "column" if ndim == 2 else "slice"
+
+
+def slices_text(added, n: int) -> str:
+    """n slices along the resized dimension, by their name: '8 rows', '1 column', '2 slices along dim 2'."""
+    unit = slice_unit(added)
     return f"{many(n, unit)}{f' along dim {added.dim}' if unit == 'slice' else ''}"
 
 
