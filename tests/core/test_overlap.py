@@ -135,6 +135,15 @@ class TestGrownVocabulary:
         assert added.norm_mean == pytest.approx(row_norms(new[[0, 1, 2, 3, 4, 6, 7]]).mean(), rel=1e-12)
         assert found.status == "identical"
 
+    def test_read_a_few_rows_at_a_time(self, diff, tmp_path, monkeypatch):
+        """Stretches of 3 rows (one across the old rows' end, split there): the audit read whole."""
+        old = randn(10, OLD, HIDDEN)
+        new = torch.cat([old[:4], old.mean(0, keepdim=True).expand(3, HIDDEN), torch.zeros(1, HIDDEN)])
+        whole = resized_of(diff, tmp_path, old, torch.cat([old, new])).added
+        monkeypatch.setattr(overlap, "CHUNK", 3 * HIDDEN)
+        assert resized_of(diff, tmp_path, old, torch.cat([old, new])).added == whole
+        assert (whole.zero_rows, whole.old_copies, whole.mean_rows, whole.duplicate_rows) == (1, 4, 3, 7)
+
     def test_shrunk_vocabulary(self, diff, tmp_path):
         """A bigger than B: the rows only A has are audited, side "a"; the common part is B's rows."""
         old = randn(9, OLD + NEW, HIDDEN)
@@ -161,10 +170,10 @@ class TestOtherDimensions:
         assert added.norm_mean == pytest.approx(row_norms(new.T).mean(), rel=1e-12)
         assert added.norm_mean_old == pytest.approx(row_norms(tuned.T).mean(), rel=1e-12)
 
-    @pytest.mark.parametrize("chunk, read", [(1 << 21, 16 << 20), (7, 40)])
+    @pytest.mark.parametrize("chunk, read", [(1 << 21, 16 << 20), (7, 40), (4, 8)])
     def test_middle_dimension_in_bfloat16_read_in_small_chunks(self, diff, tmp_path, monkeypatch, chunk, read):
-        """A 3-D bf16 tensor resized along dim 1, read whole or a few values at a time (rows
-        longer than a chunk, runs gathered from small reads): the same figures either way."""
+        """A 3-D bf16 tensor resized along dim 1, read whole, a row at a time or a part of a row
+        at a time (runs of the common part gathered from small reads): the same figures each way."""
         monkeypatch.setattr(overlap, "CHUNK", chunk)
         monkeypatch.setattr(overlap, "READ", read)
         old = randn(12, 3, 5, 6).to(torch.bfloat16)

@@ -5,9 +5,9 @@ differs (`dim`), both dtypes have statistics and the common part holds values. "
 the slices along `dim`: the common part is the leading min(…) rows of each side, summed
 by the scan's own kernels (`stats.summed`) into the figures of a pair, so every figure means
 what it means for a pair of one shape; the added part is the bigger side's other rows.
-The audit reads the bigger side's rows a chunk at a time: a fingerprint of each row's bytes
-(duplicates), its L2 norm, whether it is all zeros or holds NaN/Inf, and whether it equals
-the old rows' mean within rounding. Nothing holds a whole tensor as float64.
+The audit reads the bigger side once, in file order, a chunk at a time: a fingerprint of
+each row's bytes (duplicates), its L2 norm, whether it is all zeros or holds NaN/Inf, and
+whether it equals the old rows' mean within rounding. Nothing holds a whole tensor as float64.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from weightscope.compare.stats import Cancelled, DiffStats, SideStats, code_of, 
 from weightscope.sources.checkpoint import TensorUnreadable
 
 CHUNK = 1 << 21  # values decoded at a time
-READ = 16 << 20  # bytes read in one go when gathering slices that lie apart
+READ = 16 << 20  # bytes read in one go when gathering slices that lie close together
 MEAN_LIMIT = 1 << 22  # the old rows' mean is kept (float64) for rows of at most this many values
 SCALE = 2.0  # "random at init scale": the added rows' mean norm within this factor of the old rows'
 
@@ -168,8 +168,8 @@ class Slices(Bytes):
         while at < stop:
             outer, within = divmod(at, self.run)
             base = outer * self.stride + self.offset
-            if within == 0 and stop - at >= 2 * self.run and self.stride <= READ:
-                # several whole runs from one read, the bytes between them dropped
+            if within == 0 and stop - at >= 2 * self.run and self.stride <= READ and 2 * self.run >= self.stride:
+                # several whole runs from one read, the few bytes between them dropped
                 count = min((stop - at) // self.run, READ // self.stride)
                 block = self.raw.window(base, base + (count - 1) * self.stride + self.run)
                 runs = np.lib.stride_tricks.as_strided(block, (count, self.run), (self.stride, 1))
@@ -244,10 +244,12 @@ SHIFTS = tuple(np.uint64(s) for s in (30, 27, 31))
 
 
 def mixed(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, element by element (uint64, wrapping)."""
-    z = (z ^ (z >> SHIFTS[0])) * MIX1
-    z = (z ^ (z >> SHIFTS[1])) * MIX2
-    return z ^ (z >> SHIFTS[2])
+    """splitmix64's finaliser, element by element (uint64, wrapping), in place: `z` is spent."""
+    for shift, factor in ((SHIFTS[0], MIX1), (SHIFTS[1], MIX2), (SHIFTS[2], None)):
+        z ^= z >> shift
+        if factor is not None:
+            z *= factor
+    return z
 
 
 def word_type(nbytes: int) -> np.dtype:
@@ -255,17 +257,18 @@ def word_type(nbytes: int) -> np.dtype:
     return np.dtype(next(f"<u{w}" for w in (8, 4, 2, 1) if nbytes % w == 0))
 
 
-def fingerprints(data: np.ndarray, word: np.dtype, first: int) -> np.ndarray:
-    """A 64-bit fingerprint per row of `data` (uint8, rows × bytes), its words keyed by their
-    position in the row (`first`: of the first); fingerprints of a row's pieces add up (mod 2⁶⁴)."""
+def fingerprints(data: np.ndarray, word: np.dtype, first: np.ndarray) -> np.ndarray:
+    """A 64-bit fingerprint per row of `data` (uint8, outer × rows × bytes), its words keyed
+    by their position in the row (`first`: of each outer index's first word, outer × 1 × 1);
+    fingerprints of a row's pieces add up (mod 2⁶⁴)."""
     words = np.ascontiguousarray(data).view(word).astype(np.uint64)
-    keys = mixed(np.arange(first, first + words.shape[1], dtype=np.uint64) * GOLDEN)
-    return mixed(words ^ keys).sum(axis=1, dtype=np.uint64)
+    words ^= mixed((first + np.arange(words.shape[2], dtype=np.uint64)) * GOLDEN)
+    return mixed(words).sum(axis=(0, 2), dtype=np.uint64)
 
 
 @dataclass
 class Rows:
-    """What the audit gathers per row of a run of rows."""
+    """What the audit gathers per row."""
 
     sumsq: np.ndarray  # Σ x² over finite values
     nonfinite: np.ndarray  # holds NaN or ±Inf
@@ -277,79 +280,84 @@ class Rows:
     def empty(n: int) -> Rows:
         return Rows(np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.uint64), np.ones(n, bool))
 
-    @property
-    def norms(self) -> np.ndarray:
-        """L2 norms of the rows without NaN/Inf."""
-        return np.sqrt(self.sumsq[~self.nonfinite])
+    def norms(self, rows: slice) -> np.ndarray:
+        """L2 norms of these rows, those without NaN/Inf."""
+        return np.sqrt(self.sumsq[rows][~self.nonfinite[rows]])
 
 
-def row_blocks(raw: Bytes, layout: Layout, size: int, code: int, lo: int, hi: int,
-               should_cancel: Callable[[], bool]):
-    """(first row from lo, first value within the row, bytes [rows × n·size], values [rows × n])
-    over rows [lo, hi): several whole rows at a time, or a long row a window at a time."""
-    length = layout.row
-    per = max(1, CHUNK // max(1, length))
-    for first in range(lo, hi, per):
-        stop = min(first + per, hi)
-        rows = part(raw, layout, size, first, stop)
-        if per == 1:  # one row, a window of it at a time
-            for at in range(0, length, CHUNK):
-                if should_cancel():
-                    raise Cancelled
-                end = min(at + CHUNK, length)
-                data = rows.window(at * size, end * size)
-                yield first - lo, at, data.reshape(1, -1), decoded(data, code).reshape(1, -1)
-        else:
-            if should_cancel():
-                raise Cancelled
-            data = rows.window(0, rows.size).reshape(layout.outer, stop - first, layout.inner * size)
-            data = data.transpose(1, 0, 2).reshape(stop - first, -1)  # the part's order → row by row
-            yield first - lo, 0, data, decoded(np.ascontiguousarray(data).reshape(-1), code).reshape(stop - first, -1)
+def stretches(layout: Layout, keep: int):
+    """(outer, rows, values within a row's outer index) ranges of stretches of about `CHUNK`
+    values that cover the tensor in file order, each one span of its bytes and none across
+    row `keep`: whole outer indices, or rows of one outer index, or a part of one row's."""
+    outer, length, inner = layout.outer, layout.length, layout.inner
+    if length * inner <= CHUNK:
+        per = CHUNK // max(1, length * inner)
+        for o in range(0, outer, per):
+            yield (o, min(o + per, outer)), (0, length), (0, inner)
+    elif inner <= CHUNK:
+        per = CHUNK // max(1, inner)
+        for o in range(outer):
+            for lo, hi in ((0, keep), (keep, length)):
+                for t in range(lo, hi, per):
+                    yield (o, o + 1), (t, min(t + per, hi)), (0, inner)
+    else:
+        for o in range(outer):
+            for t in range(length):
+                for i in range(0, inner, CHUNK):
+                    yield (o, o + 1), (t, t + 1), (i, min(i + CHUNK, inner))
 
 
 def audit(raw: Bytes, dtype: str, shape: tuple[int, ...], dim: int, keep: int, side: str,
           should_cancel: Callable[[], bool]) -> Added:
-    """The added rows [keep, length) of the bigger side (`raw`, of `shape`), against its old rows [0, keep)."""
+    """The added rows [keep, length) of the bigger side (`raw`, of `shape`), against its old
+    rows [0, keep): the side read once, in file order. The old rows' mean at a position is
+    complete before an added row there is read (stretches run outer index by outer index)."""
     layout = Layout.of(shape, dim)
     size, code = itemsize(dtype), code_of(dtype)
-    word = word_type(math.gcd(layout.row * size, CHUNK * size))  # a long row's windows hold whole words
+    word = word_type(math.gcd(layout.inner * size, CHUNK * size))  # every stretch holds whole words
+    per_inner = layout.inner * size // word.itemsize  # words of a row per outer index
     atol, rtol = stats.tolerance(dtype, dtype)
     keeps_mean = layout.row <= MEAN_LIMIT
-    sums, counts = (np.zeros(layout.row), np.zeros(layout.row)) if keeps_mean else (None, None)
-    mean = None
-
-    def gathered(lo: int, hi: int) -> Rows:
-        found = Rows.empty(hi - lo)
-        for first, at, data, x in row_blocks(raw, layout, size, code, lo, hi, should_cancel):
-            rows, cols = slice(first, first + len(x)), slice(at, at + x.shape[1])
-            finite = np.isfinite(x)
-            clean = np.where(finite, x, 0.0)
-            found.nonfinite[rows] |= ~finite.all(axis=1)
-            found.nonzero[rows] |= (x != 0).any(axis=1)  # NaN is not 0
-            found.sumsq[rows] += np.einsum("ij,ij->i", clean, clean)
-            found.prints[rows] += fingerprints(data, word, at * size // word.itemsize)
-            if mean is None and sums is not None:  # the old rows: their mean, for the added rows
-                sums[cols] += clean.sum(axis=0)
-                counts[cols] += finite.sum(axis=0)
-            elif mean is not None:
-                with np.errstate(invalid="ignore"):  # a column without a finite old value: never near
-                    found.near[rows] &= (np.abs(x - mean[cols]) <= atol + rtol * np.abs(mean[cols])).all(axis=1)
-        return found
-
-    old = gathered(0, keep)
-    if sums is not None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = sums / counts
-    new = gathered(keep, layout.length)
-    in_old = np.isin(new.prints, old.prints)
-    _, inverse, repeats = np.unique(new.prints, return_inverse=True, return_counts=True)
+    if keeps_mean:  # the old rows' sums and finite counts, per position of a row
+        sums, counts = np.zeros((layout.outer, layout.inner)), np.zeros((layout.outer, layout.inner))
+    found = Rows.empty(layout.length)
+    for (o0, o1), (t0, t1), (i0, i1) in stretches(layout, keep):
+        if should_cancel():
+            raise Cancelled
+        row_bytes = layout.length * layout.inner * size
+        start = o0 * row_bytes + (t0 * layout.inner + i0) * size
+        data = raw.window(start, start + (o1 - o0) * (t1 - t0) * (i1 - i0) * size)
+        x = decoded(data, code).reshape(o1 - o0, t1 - t0, i1 - i0)
+        data = data.reshape(o1 - o0, t1 - t0, -1)
+        first = np.arange(o0, o1, dtype=np.uint64)[:, None, None] * np.uint64(per_inner) + \
+            np.uint64(i0 * size // word.itemsize)
+        for lo, hi in ((t0, min(t1, keep)), (max(t0, keep), t1)):  # old rows first, then added ones
+            if lo >= hi:
+                continue
+            rows, part, values = slice(lo, hi), slice(lo - t0, hi - t0), x[:, lo - t0:hi - t0]
+            finite = np.isfinite(values)
+            clean = np.where(finite, values, 0.0)
+            found.nonfinite[rows] |= ~finite.all(axis=(0, 2))
+            found.nonzero[rows] |= (values != 0).any(axis=(0, 2))  # NaN is not 0
+            found.sumsq[rows] += np.einsum("oti,oti->t", clean, clean)
+            found.prints[rows] += fingerprints(data[:, part], word, first)
+            if keeps_mean and hi <= keep:
+                sums[o0:o1, i0:i1] += clean.sum(axis=1)
+                counts[o0:o1, i0:i1] += finite.sum(axis=1)
+            elif keeps_mean:
+                with np.errstate(invalid="ignore", divide="ignore"):  # no finite old value there: never near
+                    mean = (sums[o0:o1, i0:i1] / counts[o0:o1, i0:i1])[:, None, :]
+                    found.near[rows] &= (np.abs(values - mean) <= atol + rtol * np.abs(mean)).all(axis=(0, 2))
+    old, new = slice(0, keep), slice(keep, layout.length)
+    in_old = np.isin(found.prints[new], found.prints[old])
+    _, inverse, repeats = np.unique(found.prints[new], return_inverse=True, return_counts=True)
     duplicate = in_old | (repeats[inverse.reshape(-1)] > 1)
     n = layout.length - keep
-    norms, old_norms = new.norms, old.norms
+    norms, old_norms = found.norms(new), found.norms(old)
     norm_mean = float(norms.mean()) if norms.size else None
     norm_mean_old = float(old_norms.mean()) if old_norms.size else None
-    nonfinite, zero = int(new.nonfinite.sum()), int((~new.nonzero).sum())
-    mean_rows = int(new.near.sum()) if keeps_mean else None
+    nonfinite, zero = int(found.nonfinite[new].sum()), int((~found.nonzero[new]).sum())
+    mean_rows = int(found.near[new].sum()) if keeps_mean else None
     copies = int(in_old.sum())
     return Added(side, dim, (keep, layout.length), tuple(n if k == dim else m for k, m in enumerate(shape)), zero,
                  nonfinite, int(duplicate.sum()), copies, mean_rows, norm_mean, norm_mean_old,
