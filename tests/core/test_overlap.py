@@ -98,7 +98,7 @@ class TestGrownVocabulary:
         found = resized_of(diff, tmp_path, old, torch.cat([old, torch.zeros(NEW, HIDDEN)]), suffix=".bin")
         assert found.status == "identical"
         added = found.added
-        assert (added.zero_rows, added.nonfinite_rows, added.init) == (NEW, 0, "zeros")
+        assert (added.zero_rows, added.nonfinite_rows, added.far_rows, added.init) == (NEW, 0, NEW, "zeros")
         assert added.norm_mean == 0 and added.duplicate_rows == NEW
 
     def test_fine_tuned_old_rows_and_random_new_rows(self, diff, tmp_path):
@@ -112,7 +112,7 @@ class TestGrownVocabulary:
         check_common(found, old, tuned)
         added = found.added
         assert (added.zero_rows, added.nonfinite_rows, added.duplicate_rows, added.mean_rows) == (0, 0, 0, 0)
-        assert added.init == "random at init scale"
+        assert added.init == "random at init scale" and added.far_rows == 0
         assert added.norm_mean == pytest.approx(row_norms(new).mean(), rel=1e-12)
         assert added.norm_mean_old == pytest.approx(row_norms(tuned).mean(), rel=1e-12)
 
@@ -120,7 +120,7 @@ class TestGrownVocabulary:
         """Rows 10× the old rows' norm read as far from them; copies of old rows as copies."""
         old = randn(5, OLD, HIDDEN)
         far = resized_of(diff, tmp_path, old, torch.cat([old, 10 * randn(6, NEW, HIDDEN)])).added
-        assert far.init == "norm far from old rows'" and far.duplicate_rows == 0
+        assert far.init == "norm far from old rows'" and far.duplicate_rows == 0 and far.far_rows == NEW
         copies = resized_of(diff, tmp_path, old, torch.cat([old, old[3:3 + NEW]])).added
         assert (copies.init, copies.old_copies, copies.duplicate_rows) == ("copies of old rows", NEW, NEW)
 
@@ -235,7 +235,7 @@ class TestOutput:
         assert common["diff"]["undefined"]["snr_db"] == "nothing changed"
         added = embed["added"]
         assert set(added) == {"side", "dim", "rows", "shape", "zero_rows", "nonfinite_rows", "duplicate_rows",
-                              "old_copies", "mean_rows", "norm_mean", "norm_mean_old", "init"}
+                              "far_rows", "old_copies", "mean_rows", "norm_mean", "norm_mean_old", "init"}
         assert (added["side"], added["dim"], added["rows"], added["shape"]) == ("b", 0, [OLD, OLD + NEW], [NEW, HIDDEN])
         assert added["init"] == "mean of old rows" and added["duplicate_rows"] == NEW
 

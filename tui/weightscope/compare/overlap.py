@@ -48,6 +48,8 @@ class Added:
         zero_rows: rows all exactly 0.
         nonfinite_rows: rows holding NaN or ±Inf.
         duplicate_rows: rows bit-identical to another added row or to an old row.
+        far_rows: rows without NaN/Inf whose L2 norm is not within a factor `SCALE` of the old
+            rows' mean norm (zero rows among them).
         old_copies: rows bit-identical to an old row (of the same side).
         mean_rows: rows within rounding of the old rows' mean (the dtype's assert_close
             tolerance); None where rows are too long to keep their mean (`MEAN_LIMIT`).
@@ -63,6 +65,7 @@ class Added:
     zero_rows: int
     nonfinite_rows: int
     duplicate_rows: int
+    far_rows: int
     old_copies: int
     mean_rows: int | None
     norm_mean: float | None
@@ -356,11 +359,13 @@ def audit(raw: Bytes, dtype: str, shape: tuple[int, ...], dim: int, keep: int, s
     norms, old_norms = found.norms(new), found.norms(old)
     norm_mean = float(norms.mean()) if norms.size else None
     norm_mean_old = float(old_norms.mean()) if old_norms.size else None
+    near_scale = (norms >= norm_mean_old / SCALE) & (norms <= norm_mean_old * SCALE) if norm_mean_old \
+        else np.zeros(norms.size, bool)
     nonfinite, zero = int(found.nonfinite[new].sum()), int((~found.nonzero[new]).sum())
     mean_rows = int(found.near[new].sum()) if keeps_mean else None
     copies = int(in_old.sum())
     return Added(side, dim, (keep, layout.length), tuple(n if k == dim else m for k, m in enumerate(shape)), zero,
-                 nonfinite, int(duplicate.sum()), copies, mean_rows, norm_mean, norm_mean_old,
+                 nonfinite, int(duplicate.sum()), int((~near_scale).sum()), copies, mean_rows, norm_mean, norm_mean_old,
                  guess(n, nonfinite, zero, mean_rows, copies, norm_mean, norm_mean_old))
 
 

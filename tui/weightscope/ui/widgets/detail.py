@@ -77,7 +77,10 @@ def resized_text(resized) -> Text:
     text.append(f"\n{units} {first if n == 1 else f'{first}–{end - 1}'} {where_added(added)}: ", "bold")
     text.append(f"{slices_text(added, n)}, {rows_count(added.zero_rows, 'zero')}, ")
     text.append(rows_count(added.nonfinite_rows, "NaN/Inf"), "bold red" if added.nonfinite_rows else "")
-    text.append(f", {rows_count(added.duplicate_rows, 'duplicated')}; ")
+    text.append(f", {rows_count(added.duplicate_rows, 'duplicated')}")
+    if added.far_rows and added.far_rows < n - added.nonfinite_rows:  # (all of them: the guess says so)
+        text.append(f", {added.far_rows:,} of a norm far from the old {units}'")
+    text.append("; ")
     unknown = "n/a (each holds NaN/Inf)"
     text.append(f"norm {unknown if added.norm_mean is None else f'{added.norm_mean:#.3g}'} vs old {units}' "
                 f"{unknown if added.norm_mean_old is None else f'{added.norm_mean_old:#.3g}'} → ")
