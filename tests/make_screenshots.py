@@ -24,6 +24,7 @@ VIEWS = {
     "overview.svg": ["o", "down", "right", "right"],
     "spectrum.svg": ["n", "n", "n", "n", "v"],
     "change-map.svg": ["n", "n", "n", "n", "v", "v"],
+    "resized.svg": ["right", "right"],  # lm_head.weight, grown by 8 rows
 }
 # On the MoE pair: file name -> (tensor to select first or None, keys, then keys once the
 # overview has its heads and experts)

@@ -62,6 +62,7 @@ def scanned(path_a: str, path_b: str, use_cache: bool = True, **options) -> tupl
             cached.add(message.cached)
             engine.send(msg.Ack(message.number))
         table.histograms.update(message.histograms)
+        table.resized.update(message.resized)
     assert len(cached) <= 1
     table.names = opened.catalog.names  # (for the tests' own reading)
     return table, cached == {True}
@@ -92,6 +93,22 @@ class TestHitsAndMisses:
         first, _ = scanned(*files, histograms=True)
         second, cached = scanned(*files, histograms=True)
         assert cached and same(first, second) and first.histograms[first.names.index("w")]["a"].counts
+
+    def test_resized_pairs_come_back_from_the_cache(self, tmp_path):
+        """A resized pair's common part and added rows are stored with the rest, and read back the same."""
+        from weightscope.compare import overlap
+
+        old = randn(3, 12, 4)
+        path_a = write(tmp_path / "ra.safetensors", {"embed": old, "w": randn(4, 2, 2)})
+        path_b = write(tmp_path / "rb.safetensors", {"embed": torch.cat([old, torch.zeros(3, 4)]), "w": randn(4, 2, 2)})
+        first, cached = scanned(path_a, path_b)
+        assert not cached and list(first.resized) == [first.names.index("embed")]
+        second, cached = scanned(path_a, path_b)
+        assert cached and same(first, second)
+        (found,), (again,) = first.resized.values(), second.resized.values()
+        assert found.added.init == "zeros" and found.status == "identical"
+        assert json.dumps(overlap.stored(found)) == json.dumps(overlap.stored(again))
+        assert again.added == found.added and np.array_equal(again.values, found.values, equal_nan=True)
 
     def test_rewritten_file_misses(self, files):
         path_a, path_b = files

@@ -101,3 +101,63 @@ class TestGrid:
         a, b, pair, *_ = embeddings
         with pytest.raises(ValueError, match="both sides"):
             cm.change_map(a, b, Pair(pair.name, pair.a, None), 10, 10)
+
+
+def cell_rms(delta: np.ndarray, row_edges, col_edges) -> np.ndarray:
+    """RMS of a float64 Δ (NaN where a position has none) per cell, the reference."""
+    out = np.zeros((len(row_edges) - 1, len(col_edges) - 1))
+    for i in range(len(row_edges) - 1):
+        for j in range(len(col_edges) - 1):
+            block = delta[row_edges[i]:row_edges[i + 1], col_edges[j]:col_edges[j + 1]]
+            block = block[~np.isnan(block)]
+            out[i, j] = np.sqrt((block ** 2).mean()) if block.size else 0.0
+    return out
+
+
+class TestResized:
+    """A resized pair's map covers the bigger shape: Δ over the common part, the added part marked,
+    the boundary on a cell edge."""
+
+    def raw(self, t: torch.Tensor) -> np.ndarray:
+        return t.contiguous().reshape(-1).view(torch.uint8).numpy()
+
+    def test_rows_added_in_b(self):
+        """A vocabulary of 50 rows grown by 6: the grid leaves a line for the rule; the new rows' cells
+        are wholly added and hold no Δ; the old rows' cells hold the RMS of their change."""
+        old = torch.randn(50, 12, generator=torch.Generator().manual_seed(0))
+        tuned = old.clone()
+        tuned[20:30] += 0.5
+        new = torch.cat([tuned, torch.randn(6, 12)])
+        found = cm.pooled_resized(self.raw(old), "float32", (50, 12), self.raw(new), "float32", (56, 12), 0, 12, 4)
+        assert found.shape == (56, 12) and found.added_in == "B" and found.rms.shape[0] <= 10
+        along, edge = found.boundary
+        assert along == "rows" and found.row_edges[edge] == 50 and edge % 2 == 0
+        delta = np.full((56, 12), np.nan)
+        delta[:50] = (tuned - old).double().numpy()
+        assert np.allclose(found.rms, cell_rms(delta, found.row_edges, found.col_edges), rtol=1e-12)
+        fully = found.fully_added()
+        assert fully[edge:].all() and not fully[:edge].any()
+
+    def test_columns_shrunk_in_b(self):
+        """A has 3 more columns: the boundary is a column edge, the added part A's."""
+        a = torch.randn(8, 20, generator=torch.Generator().manual_seed(1))
+        b = a[:, :17] * 1.1
+        found = cm.pooled_resized(self.raw(a), "float32", (8, 20), self.raw(b.contiguous()), "float32", (8, 17), 1,
+                                  8, 10)
+        assert found.boundary[0] == "cols" and found.col_edges[found.boundary[1]] == 17 and found.added_in == "A"
+        assert found.rms.shape[1] <= 9  # a column left for the rule
+        delta = np.full((8, 20), np.nan)
+        delta[:, :17] = (b - a[:, :17]).double().numpy()
+        assert np.allclose(found.rms, cell_rms(delta, found.row_edges, found.col_edges), rtol=1e-12)
+
+    def test_a_middle_dimension_interleaves(self):
+        """Resized along dim 1 of a 3-D tensor, the added positions lie among the common ones in
+        each matrix row: counted per cell, no boundary."""
+        a = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(2))
+        b = torch.cat([a + 0.25, torch.zeros(4, 2, 5)], dim=1)
+        found = cm.pooled_resized(self.raw(a), "float32", (4, 3, 5), self.raw(b), "float32", (4, 5, 5), 1, 4, 25)
+        assert found.boundary is None and found.shape == (4, 25)
+        assert found.added.sum() == 4 * 2 * 5
+        delta = np.full((4, 5, 5), np.nan)
+        delta[:, :3] = 0.25
+        assert np.allclose(found.rms, cell_rms(delta.reshape(4, 25), found.row_edges, found.col_edges), rtol=1e-6)

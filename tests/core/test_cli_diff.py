@@ -20,7 +20,8 @@ SUMMARY = {"identical", "value_equal", "changed", "shape_mismatch", "only_a", "o
 # The only other keys allowed, each documented: the alignment's notes and each side's extras
 # (issue 2's design), per-tensor statistics and the `close` status (issue 3).
 TOP_EXTRA, SIDE_EXTRA = {"notes", "head_counts", "verdict"}, {"extras"}
-TENSOR_EXTRA, SUMMARY_EXTRA = {"a", "b", "diff", "histograms", "spectrum", "heads", "experts"}, {"close"}
+TENSOR_EXTRA, SUMMARY_EXTRA = {"a", "b", "diff", "histograms", "spectrum", "heads", "experts", "overlap", "added"}, \
+    {"close"}
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -217,6 +217,7 @@ class Run:
             progress.close()
         self.table.notes.update(message.notes)
         self.table.histograms.update(message.histograms)
+        self.table.resized.update(message.resized)
         self.side_notes = message.sides
         self.plan_notes = message.plan_notes
 

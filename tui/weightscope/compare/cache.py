@@ -1,8 +1,9 @@
 """Scan results kept on disk, so that a second run or a reopened app answers at once.
 
 An entry holds only what the scan computed (statuses, figures, per-pair errors and notes,
-histograms when asked for): what is derived from it (LoRA notes and alarms, roll-ups) is
-worked out again whoever reads it, so the app and `diff` agree whichever wrote it. It is
+histograms when asked for, resized pairs' common and added parts): what is derived from it
+(LoRA notes and alarms, roll-ups) is worked out again whoever reads it, so the app and `diff`
+agree whichever wrote it. It is
 keyed by a schema version, the options that change figures, how computed tensors are
 computed, and the identity of every file on both sides (real path, size, mtime and a hash of its first and last 64 KiB, where headers
 and zip directories live).
@@ -22,13 +23,14 @@ import re
 import numpy as np
 
 from weightscope import __version__
+from weightscope.compare import overlap
 from weightscope.compare.catalog import Catalog
 from weightscope.compare.results import ResultTable
 from weightscope.compare.stats import Histogram
 from weightscope.paths import cache_dir
 from weightscope.sources.checkpoint import Checkpoint, TensorTable
 
-SCHEMA = 2
+SCHEMA = 3
 EDGE = 64 * 1024
 DEFAULT_MAX = 2 * 10**9
 UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -93,6 +95,7 @@ def load(cache_key: str, catalog: Catalog) -> ResultTable | None:
         table.notes = {int(i): tuple(n) for i, n in extras["notes"].items()}
         table.histograms = {int(i): {side: Histogram(h["lo"], h["hi"], tuple(h["counts"]), h["below"], h["above"])
                                      for side, h in found.items()} for i, found in extras["histograms"].items()}
+        table.resized = {int(i): overlap.restored(r) for i, r in extras["resized"].items()}
         os.utime(path)  # used now: the last to be evicted
         return table
     except Exception:  # noqa: BLE001  (damaged, cut short or foreign: any problem is a miss)
@@ -103,7 +106,8 @@ def save(cache_key: str, table: ResultTable, catalog: Catalog) -> None:
     """Store a complete scan, then evict the least recently used entries beyond the cap."""
     path = path_for(cache_key)
     extras = {"errors": table.errors, "notes": table.notes,
-              "histograms": {i: {side: vars(h) for side, h in found.items()} for i, found in table.histograms.items()}}
+              "histograms": {i: {side: vars(h) for side, h in found.items()} for i, found in table.histograms.items()},
+              "resized": {i: overlap.stored(r) for i, r in table.resized.items()}}
     try:
         os.makedirs(folder(), exist_ok=True)
         partial = f"{path}.{os.getpid()}.tmp.npz"

@@ -8,12 +8,16 @@ The scan hands results on in batches of rows (`Batch`), never as an object per t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from weightscope.compare import columns as c
 from weightscope.compare.align import Pair
 from weightscope.compare.stats import DiffStats, Histogram, SideStats, diff_of, side_of
+
+if TYPE_CHECKING:
+    from weightscope.compare.overlap import Resized
 
 STATUSES = ("identical", "value_equal", "close", "changed", "shape_mismatch", "only_a", "only_b", "error")
 CODE = {status: code for code, status in enumerate(STATUSES)}
@@ -31,6 +35,7 @@ class PairResult:
         a, b: each side's statistics, where that side exists and could be read.
         diff: statistics of B − A, for pairs of the same shape.
         notes: what else the user should know (unsupported dtypes, ...).
+        resized: a pair resized in one dimension: its common part and its added rows.
     """
 
     pair: Pair
@@ -41,6 +46,7 @@ class PairResult:
     diff: DiffStats | None = None
     histograms: dict[str, Histogram] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    resized: Resized | None = None
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Batch:
     errors: dict[int, str] = field(default_factory=dict)  # by pair index
     notes: dict[int, tuple[str, ...]] = field(default_factory=dict)
     histograms: dict[int, dict[str, Histogram]] = field(default_factory=dict)
+    resized: dict[int, Resized] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -82,13 +89,14 @@ class Batch:
             out.errors.update(b.errors)
             out.notes.update(b.notes)
             out.histograms.update(b.histograms)
+            out.resized.update(b.resized)
         return out
 
     def sorted(self) -> Batch:
         """The same results in pair order."""
         order = np.argsort(self.index, kind="stable")
         return Batch(self.index[order], self.status[order], self.values[order], self.errors, self.notes,
-                     self.histograms)
+                     self.histograms, self.resized)
 
 
 class ResultTable:
@@ -100,6 +108,7 @@ class ResultTable:
         self.errors: dict[int, str] = {}
         self.notes: dict[int, tuple[str, ...]] = {}
         self.histograms: dict[int, dict[str, Histogram]] = {}
+        self.resized: dict[int, Resized] = {}  # pairs resized in one dimension, once their second pass is done
 
     def __len__(self) -> int:
         return len(self.status)
@@ -114,6 +123,7 @@ class ResultTable:
         self.errors.update(batch.errors)
         self.notes.update(batch.notes)
         self.histograms.update(batch.histograms)
+        self.resized.update(batch.resized)
 
     @property
     def read(self) -> int:
@@ -134,7 +144,7 @@ class ResultTable:
             return {i: v for i, v in d.items() if wanted is None or i in wanted}
 
         return Batch(index.astype(np.int64), self.status[index], self.values[index], keep(self.errors),
-                     keep(self.notes), keep(self.histograms))
+                     keep(self.notes), keep(self.histograms), keep(self.resized))
 
     def result(self, i: int, pair: Pair) -> PairResult | None:
         """Pair `i`'s result as objects; None when it has not been read."""
@@ -143,4 +153,4 @@ class ResultTable:
         row = self.values[i]
         shape = (pair.a or pair.b).shape or ()
         return PairResult(pair, STATUSES[self.status[i]], self.errors.get(i), side_of(row, c.FA), side_of(row, c.FB),
-                          diff_of(row, shape), self.histograms.get(i, {}), self.notes.get(i, ()))
+                          diff_of(row, shape), self.histograms.get(i, {}), self.notes.get(i, ()), self.resized.get(i))

@@ -255,8 +255,10 @@ def summed_pair(job: PairJob, opened: Opener, options: ScanOptions,
 
 
 def compare_pair(job: PairJob, opened: Opener, options: ScanOptions = ScanOptions(),
-                 should_cancel: Callable[[], bool] = lambda: False, histograms: bool = False) -> Batch:
-    """The result of one pair (with its histograms, when asked).
+                 should_cancel: Callable[[], bool] = lambda: False, histograms: bool = False,
+                 resized: bool = False) -> Batch:
+    """The result of one pair (with its histograms, and the common and added parts of a
+    resized pair, when asked).
 
     Raises:
         Cancelled: `should_cancel()` turned true.
@@ -274,6 +276,12 @@ def compare_pair(job: PairJob, opened: Opener, options: ScanOptions = ScanOption
     batch = Batch(np.array([i], np.int64), statuses(np.array([job.known]), np.array([flags]), values), values)
     if histograms:
         batch.histograms[i] = pair_histograms(job, opened, int(batch.status[0]), should_cancel)
+    if resized and batch.status[0] == results.SHAPE_MISMATCH:
+        from weightscope.compare import overlap
+
+        found = overlap.compare(job, opened, options, should_cancel)
+        if found is not None:
+            batch.resized[i] = found
     return batch
 
 
@@ -338,6 +346,13 @@ def scan_catalog(catalog: Catalog, a: Checkpoint, b: Checkpoint, options: ScanOp
         for i in np.flatnonzero(table.status != results.UNREAD).tolist():
             table.histograms[i] = pair_histograms(PairJob.of(catalog, i), lambda: (a, b), int(table.status[i]),
                                                   should_cancel)
+    from weightscope.compare import overlap
+
+    try:  # resized pairs: their common part and their added rows, a second pass each
+        for i in overlap.qualifying(catalog, table.status):
+            table.resized[i] = overlap.compare(PairJob.of(catalog, i), lambda: (a, b), options, should_cancel)
+    except Cancelled:
+        pass
     return table
 
 

@@ -49,7 +49,8 @@ class Ack:
 class Ask:
     """A question with an answer: `kind` names it, `args` are its arguments.
 
-    Kinds: "detail" (index) -> a Batch; "histograms" (index, status) -> its histograms, asked
+    Kinds: "detail" (index[, resized]) -> a Batch (with a resized pair's common and added parts
+    when `resized`); "histograms" (index, status) -> its histograms, asked
     once its figures are shown; "spectrum"/"map" (index, rows, cols) ->
     a Spectrum or ChangeMap (None where there is none); "tree" (pattern) -> a NameTree;
     "overview", "anomalies" -> their content; "export" (directory) -> the paths written;
@@ -107,6 +108,7 @@ class ScanDone:
             each tensor, and the alarms); they replace the pairs' notes.
         sides: each side's checkpoint notes after the scan (LoRA alarms about the whole adapter).
         plan_notes: what the plan found (files on both sides read as identical without reading).
+        resized: per pair resized in one dimension, its common part and added rows (`compare.overlap.Resized`).
     """
 
     complete: bool
@@ -114,6 +116,7 @@ class ScanDone:
     sides: tuple[list[str], list[str] | None] = ([], None)
     plan_notes: list[str] = field(default_factory=list)
     histograms: dict[int, dict] = field(default_factory=dict)  # with `ScanOptions.histograms`
+    resized: dict[int, object] = field(default_factory=dict)
 
 
 @dataclass

@@ -345,6 +345,8 @@ class Server:
             self.scan.unit_done(task.args[0], done.content if done.error is None else None, done.error)
         elif task.kind == "histograms" and task.ticket == SCAN:
             self.scan.histograms_done(task.args[0].index, done.content if done.error is None else {})
+        elif task.kind == "resized" and task.ticket == SCAN:
+            self.scan.resized_done(task.args[0], done.content, done.error)
         elif task.ticket in self.gathered:
             index = task.args[0].index
             pending, found, _, urgent = self.gathered[task.ticket]
@@ -389,6 +391,8 @@ class Server:
             self.scan.unit_done(task.args[0], None, why)
         elif task is not None and task.kind == "histograms" and task.ticket == SCAN:
             self.scan.histograms_done(task.args[0].index, {})
+        elif task is not None and task.kind == "resized" and task.ticket == SCAN:
+            self.scan.resized_done(task.args[0], None, why)
         elif task is not None:
             self.send(msg.Failed(task.ticket, task.kind, why))
         if not any(w.alive for w in self.workers):
@@ -422,6 +426,7 @@ class ScanState:
         self.cached = cached is not None
         self.finished = False
         self.histograms: set[int] | None = None  # pairs whose histograms are still being counted
+        self.resizing: set[int] = set()  # resized pairs whose common and added parts are still being read
         self.done_message: msg.ScanDone | None = None
         if cached is not None:  # from the cache: in slices, each taken before the next few come
             server.table = cached
@@ -476,7 +481,10 @@ class ScanState:
             self.done_message = None
 
     def count_histograms(self) -> None:
-        """With `--histograms`, a second pass per pair once the figures are in (then `finish`)."""
+        """With `--histograms`, a second pass per pair once the figures are in; and one per
+        resized pair, over its common part and its added rows (then `finish`)."""
+        from weightscope.compare import overlap
+
         server = self.server
         table = server.table
         self.histograms = set()
@@ -485,13 +493,33 @@ class ScanState:
                 self.histograms.add(i)
                 server.units.append(Task(SCAN, "histograms", (PairJob.of(server.catalog, i), int(table.status[i])),
                                          server.options))
-        if not self.histograms:
+        if not self.cached:
+            for i in overlap.qualifying(server.catalog, table.status):
+                self.resizing.add(i)
+                server.units.append(Task(SCAN, "resized", (PairJob.of(server.catalog, i),), server.options))
+        if not self.histograms and not self.resizing:
             self.finish()
 
     def histograms_done(self, index: int, found: dict) -> None:
         self.server.table.histograms[index] = found
         self.histograms.discard(index)
-        if not self.histograms:
+        self.second_pass_done()
+
+    def resized_done(self, job: PairJob, found, error: str | None) -> None:
+        """A resized pair's common and added parts, or why they could not be worked out (in one line)."""
+        from weightscope.compare import overlap
+
+        if error is not None:  # said in one line; the scan is not complete (nor stored)
+            self.failures += 1
+            self.server.send(msg.Failed(None, "resized", f"{job.pair.name}: {error}"))
+            found = overlap.failed(job.pair, error)
+        if found is not None:
+            self.server.table.resized[job.index] = found
+        self.resizing.discard(job.index)
+        self.second_pass_done()
+
+    def second_pass_done(self) -> None:
+        if not self.histograms and not self.resizing:
             self.finish()
             self.flush()
 
@@ -512,7 +540,8 @@ class ScanState:
         server.table.notes.update(notes)
         server.side_notes = sides
         self.done_message = msg.ScanDone(self.failures == 0, notes, sides, self.plan.notes,
-                                         server.table.histograms if server.options.histograms else {})
+                                         server.table.histograms if server.options.histograms else {},
+                                         server.table.resized)
 
 
 def main(fd: int) -> None:

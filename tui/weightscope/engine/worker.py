@@ -31,7 +31,8 @@ def fault(kind: str) -> None:
 
 @dataclass(frozen=True)
 class Task:
-    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "spectrum", "map", "heads")."""
+    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "resized", "spectrum", "map",
+    "heads")."""
 
     ticket: int
     kind: str
@@ -79,10 +80,14 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
         (unit,) = task.args
         return scan.run_unit(unit, opened, options, should_cancel)
     job: scan.PairJob = task.args[0]
-    if task.kind == "detail":
-        return scan.compare_pair(job, opened, options, should_cancel)
+    if task.kind == "detail":  # (job, and whether to work out a resized pair's common and added parts)
+        return scan.compare_pair(job, opened, options, should_cancel, resized=len(task.args) > 1 and task.args[1])
     if task.kind == "histograms":
         return scan.pair_histograms(job, opened, task.args[1], should_cancel)
+    if task.kind == "resized":
+        from weightscope.compare import overlap
+
+        return overlap.compare(job, opened, options, should_cancel)
     pair = job.pair
     if task.kind == "heads":
         from weightscope.analysis.heads import pair_breakdown
@@ -91,6 +96,17 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
         sides = tuple(scan.side_bytes(job, side, opened) for side in (0, 1)) if same else (None, None)
         return pair_breakdown(pair.name, (pair.a and pair.a.shape, pair.b and pair.b.shape),
                               (pair.a and pair.a.dtype, pair.b and pair.b.dtype), sides, task.args[1], should_cancel)
+    if task.kind == "map" and pair.a is not None and pair.b is not None and pair.a.shape != pair.b.shape:
+        from weightscope.analysis.change_map import pooled_resized
+        from weightscope.compare.overlap import dimension
+
+        dim = dimension(pair.a.shape, pair.b.shape, pair.a.dtype, pair.b.dtype)
+        if dim is None:
+            return None
+        _, rows, cols = task.args  # a resized pair: over the bigger shape, the added part marked
+        return pooled_resized(scan.side_bytes(job, 0, opened), pair.a.dtype, pair.a.shape,
+                              scan.side_bytes(job, 1, opened), pair.b.dtype, pair.b.shape, dim, rows, cols,
+                              should_cancel)
     if pair.a is None or pair.b is None or pair.a.shape != pair.b.shape:
         return None
     sides = [scan.side_bytes(job, side, opened) for side in (0, 1)]

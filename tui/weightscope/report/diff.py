@@ -7,6 +7,7 @@ orjson as it goes.
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import asdict
 
@@ -84,11 +85,13 @@ def stats_columns(values: np.ndarray, base: int) -> list[dict | None]:
     return [dict(zip(SIDE_FIELDS, row[1:])) if row[0] else None for row in zip(present, *figures, *counts)]
 
 
-def max_abs_indices(catalog: Catalog, values: np.ndarray, rows: list[int]) -> list[list[int] | None]:
+def max_abs_indices(catalog: Catalog | None, values: np.ndarray, rows: list[int],
+                    shapes: list[tuple[int, ...]] | None = None) -> list[list[int] | None]:
     """Where the largest |Δ| is, in each tensor's shape (unravelled a shape at a time).
 
     Args:
         values: the result table's rows `rows`.
+        shapes: the shapes the figures are of, where not the pairs' own (a resized pair's common part).
     """
     flat = values[:, c.FD + c.MAX_ABS_AT]
     out: list[list[int] | None] = [None] * len(values)
@@ -96,7 +99,8 @@ def max_abs_indices(catalog: Catalog, values: np.ndarray, rows: list[int]) -> li
     by_shape: dict[tuple, list[int]] = {}
     for j in defined.tolist():
         i = rows[j]
-        by_shape.setdefault(catalog.a.shape[i] or catalog.b.shape[i] or (), []).append(j)
+        shape = shapes[j] if shapes is not None else catalog.a.shape[i] or catalog.b.shape[i] or ()
+        by_shape.setdefault(shape, []).append(j)
     for shape, members in by_shape.items():
         if not shape:
             for j in members:
@@ -139,15 +143,18 @@ def undefined_reasons(numel: np.ndarray, values: np.ndarray) -> list[dict]:
     return [cases[k] for k in code.tolist()]
 
 
-def diff_columns(catalog: Catalog, values: np.ndarray, rows: list[int]) -> list[dict | None]:
-    """The difference's dict per pair of `rows` (None where there is none); `values`: their rows."""
+def diff_columns(catalog: Catalog | None, values: np.ndarray, rows: list[int],
+                 shapes: list[tuple[int, ...]] | None = None) -> list[dict | None]:
+    """The difference's dict per pair of `rows` (None where there is none); `values`: their rows;
+    `shapes`: the shapes the figures are of, where not the pairs' own."""
     d = values[:, c.FD:]
     floats = [d[:, k].tolist() for k in (c.MAX_ABS, c.MEAN_ABS, c.RMS, c.REL_L2, c.SNR_DB, c.COSINE,
                                          c.CHANGED_FRACTION, c.ATOL, c.RTOL)]
     counts = [np.nan_to_num(d[:, k]).astype(np.int64).tolist() for k in (c.FCHANGED, c.FMISMATCHED)]
     present = (~np.isnan(d[:, c.FCHANGED])).tolist()
-    indices = max_abs_indices(catalog, values, rows)
-    undefined = undefined_reasons(catalog.numel[rows], values)
+    indices = max_abs_indices(catalog, values, rows, shapes)
+    numel = catalog.numel[rows] if shapes is None else np.array([math.prod(shape) for shape in shapes])
+    undefined = undefined_reasons(numel, values)
     keys = (*DIFF_FLOATS, *DIFF_COUNTS, "max_abs_index", "undefined")
     return [dict(zip(keys, row[1:])) if row[0] else None
             for row in zip(present, *floats, *counts, indices, undefined)]
@@ -247,6 +254,8 @@ def tensor_entries(catalog: Catalog, table: ResultTable, columns: dict[str, list
         if spectra is not None:  # `diff --spectrum`: a `spectrum.Spectrum` for changed pairs of 2+ dimensions
             found = spectra.get(i)
             tensor["spectrum"] = asdict(found) if found is not None else None
+        if i in table.resized:  # resized in one dimension: its common part and its added rows
+            tensor |= resized_fields(table.resized[i])
         if heads is not None:  # `diff --heads`: per head of attention tensors, per expert of fused expert tensors
             from weightscope.report.heads import tensor_fields
 
@@ -256,6 +265,43 @@ def tensor_entries(catalog: Catalog, table: ResultTable, columns: dict[str, list
                 tensor["notes"] = [*tensor["notes"], note]
         out.append(tensor)
     return out
+
+
+def resized_fields(found) -> dict:
+    """A resized pair's "overlap" (the common part's figures, as a pair's) and "added" (the audit)."""
+    values = (found.values if found.values is not None else np.full(c.FIGURES, np.nan))[None]
+    diff = diff_columns(None, values, [0], [found.shape])[0] if found.values is not None else None
+    overlap = {"shape": list(found.shape), "status": found.status, "error": found.error,
+               "a": stats_columns(values, c.FA)[0], "b": stats_columns(values, c.FB)[0], "diff": diff}
+    added = found.added
+    return {"overlap": overlap, "added": None if added is None else asdict(added)}
+
+
+def resized_gist(found) -> str:
+    """A resized pair in a few words: 'common [32000, 8] identical; 8 rows added in B: mean of old rows'."""
+    common = f"common {shape_text(found.shape)} {found.status}"
+    if found.error:
+        return f"{common}: {found.error}"
+    if found.status in ("close", "changed"):
+        common += f" (rel L2 {percent(found.values[c.FD + c.REL_L2])})"
+    added = found.added
+    return f"{common}; {slices_text(added, added.count)} {where_added(added)}: {added.init}"
+
+
+def slice_unit(added) -> str:
+    """What a slice along the resized dimension is called: a row, a column, a value (of a vector), a slice."""
+    ndim = len(added.shape)
+    return "value" if ndim == 1 else "row" if added.dim == 0 else "column" if ndim == 2 else "slice"
+
+
+def slices_text(added, n: int) -> str:
+    """n slices along the resized dimension, by their name: '8 rows', '1 column', '2 slices along dim 2'."""
+    unit = slice_unit(added)
+    return f"{many(n, unit)}{f' along dim {added.dim}' if unit == 'slice' else ''}"
+
+
+def where_added(added) -> str:
+    return "added in B" if added.side == "b" else "only in A"
 
 
 # Text
@@ -401,6 +447,8 @@ def details(catalog: Catalog, table: ResultTable, index: list[int], values: np.n
             why = why_of[id(case)]
         error = table.errors.get(i)
         noted = i in table.notes or i in catalog.pair_notes
+        if i in table.resized:
+            why = [resized_gist(table.resized[i]), *why]
         out.append("; ".join(([error] if error else []) + (pair_notes(catalog, table, i) if noted else []) + why)
                    if error or noted or why else "")
     return out

@@ -366,6 +366,7 @@ class WeightscopeApp(App[None]):
     def scan_finished(self, message: msg.ScanDone) -> None:
         self.scan_done = True
         self.table.notes.update(message.notes)
+        self.table.resized.update(message.resized)  # (a pair's detail works them out too, when it comes first)
         self.side_notes = message.sides
         self.query_one("#progress").display = False
         if message.plan_notes:
@@ -458,8 +459,8 @@ class WeightscopeApp(App[None]):
             self._detail_timer = None
             if ready is not None:
                 self.ask_histograms(pair, ready)
-            else:
-                self.ask("detail", pair, key="detail")
+            else:  # a resized pair's common and added parts too, unless the scan has them
+                self.ask("detail", pair, pair not in self.table.resized, key="detail")
             self.load_view()
 
         if rested:
@@ -474,7 +475,8 @@ class WeightscopeApp(App[None]):
         """Pair `pair`'s result as the pane shows it (with the histograms of its detail)."""
         result = self.table.result(pair, self.catalog.pair(pair))
         if detail is not None:
-            result = replace(result, histograms=detail.histograms.get(pair, {}))
+            result = replace(result, histograms=detail.histograms.get(pair, {}),
+                             resized=detail.resized.get(pair) or result.resized)
         return result
 
     def detail_ready(self, pair: int, batch: Batch, wanted: bool) -> None:

@@ -15,6 +15,8 @@ from weightscope.analysis.change_map import ChangeMap
 
 RAMP = ["#0b1020", "#1d3557", "#1f6f8b", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#e76f51", "#d62828"]
 NONFINITE = "#ff00ff"
+ADDED = "#8d8d8d"  # a resized pair's part only one side has: no Δ there
+BOUNDARY = "#ffffff"
 LABEL_WIDTH = 13
 
 
@@ -26,23 +28,43 @@ def shade(value: float, top: float) -> str:
 
 
 def render_map(cmap: ChangeMap, title: str) -> Text:
-    """The map as text: a title, one line per two block rows, and a legend."""
+    """The map as text: a title, one line per two block rows, and a legend. Of a resized pair,
+    the cells only one side has are hatched (░ where a whole character is), and a rule
+    (a line of ─, or a column of │) marks where the common part ends."""
     rms, bad, top = cmap.rms, cmap.nonfinite, cmap.max_rms
     rows, cols = rms.shape
-    text = Text(title + "\n", "bold")
+    added = cmap.fully_added()
+    along, edge = cmap.boundary or ("", -1)
+    rule_col = edge if along == "cols" else -1
+    rule_row = edge + edge % 2 if along == "rows" else -1  # before the first line wholly added
+
+    def colour(i: int, j: int) -> str:
+        return RAMP[0] if i >= rows else ADDED if added[i, j] else NONFINITE if bad[i, j] else shade(rms[i, j], top)
+
+    text = Text(title, "bold")
+    if cmap.added is not None:  # (the legend below is full already)
+        text.append("  ░", Style(color=ADDED))
+        text.append(f" only in {cmap.added_in}", "dim")
+    text.append("\n")
     text.append(" " * LABEL_WIDTH + f"cols 0…{cmap.shape[1] - 1}, {cmap.shape[1] / cols:.3g} per cell\n", "dim")
     for i in range(0, rows, 2):
+        if i == rule_row:
+            text.append(f"only in {cmap.added_in}".rjust(LABEL_WIDTH - 1) + " ", "dim")
+            text.append("─" * (cols + (rule_col >= 0)) + "\n", BOUNDARY)
         start = cmap.rows_of(i)[0]
         stop = cmap.rows_of(min(i + 1, rows - 1))[1]
         text.append(f"{start}–{stop - 1}".rjust(LABEL_WIDTH - 1)[:LABEL_WIDTH - 1] + " ", "dim")
         for j in range(cols):
-            upper = NONFINITE if bad[i, j] else shade(rms[i, j], top)
-            lower = RAMP[0] if i + 1 >= rows else NONFINITE if bad[i + 1, j] else shade(rms[i + 1, j], top)
-            text.append("▀", Style(color=upper, bgcolor=lower))
+            if j == rule_col:
+                text.append("│", BOUNDARY)
+            if added[i, j] and (i + 1 >= rows or added[i + 1, j]):
+                text.append("░", Style(color=ADDED, bgcolor=RAMP[0]))
+            else:
+                text.append("▀", Style(color=colour(i, j), bgcolor=colour(i + 1, j)))
         text.append("\n")
     text.append(" " * LABEL_WIDTH + "RMS |Δ| 0 ", "dim")
-    for colour in RAMP:
-        text.append(" ", Style(bgcolor=colour))
+    for ramp in RAMP:
+        text.append(" ", Style(bgcolor=ramp))
     text.append(f" {top:.3g}   ", "dim")
     text.append(" ", Style(bgcolor=NONFINITE))
     text.append(" NaN/Inf", "dim")

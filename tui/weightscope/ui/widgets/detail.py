@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 
+from rich.console import Group as Stack
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -16,7 +18,7 @@ from weightscope.compare.align import Pair
 from weightscope.compare.checks import nonfinite_text
 from weightscope.compare.results import PairResult
 from weightscope.compare.stats import DiffStats
-from weightscope.report.diff import human, many
+from weightscope.report.diff import human, many, slice_unit, slices_text, where_added
 from weightscope.ui.widgets import badges
 from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
 from weightscope.ui.widgets.heads_view import HeadsPlot, explain, render_grid
@@ -46,6 +48,45 @@ def verdict(diff: DiffStats, numel: int) -> Text:
         if diff.max_abs_index is not None:
             text.append(f" at {tuple(diff.max_abs_index)}")
     text.append(f"\n(atol {diff.atol:g}, rtol {diff.rtol:g})", "dim")
+    return text
+
+
+INITIALISED = {"zeros": "initialised as zeros", "mean of old rows": "initialised as the mean of old rows",
+               "random at init scale": "random, at the old rows' scale", "norm far from old rows'":
+               "norm far from the old rows'"}
+
+
+def rows_count(n: int, what: str) -> str:
+    """'none zero', '3 zero'."""
+    return f"none {what}" if n == 0 else f"{n:,} {what}"
+
+
+def resized_text(resized) -> Text:
+    """A resized pair in plain words: its common part's status, then its added rows' audit:
+    'rows 32000–32007 added in B: 8 rows, none zero, none NaN/Inf, 8 duplicated; norm 0.41
+    vs old rows' 0.93 → initialised as the mean of old rows'."""
+    text = Text(f"common part {list(resized.shape)}: ")
+    if resized.error:
+        return text.append(f"failed: {resized.error}", "red")
+    text.append(f"{badges.symbol(resized.status)} {badges.words(resized.status)}", badges.style(resized.status))
+    if resized.status in ("close", "changed"):
+        text.append(f", rel L2 {badges.percent(resized.diff.rel_l2)}")
+    added = resized.added
+    n, (first, end) = added.count, added.rows
+    units = slice_unit(added) + "s"
+    text.append(f"\n{units} {first if n == 1 else f'{first}–{end - 1}'} {where_added(added)}: ", "bold")
+    text.append(f"{slices_text(added, n)}, {rows_count(added.zero_rows, 'zero')}, ")
+    text.append(rows_count(added.nonfinite_rows, "NaN/Inf"), "bold red" if added.nonfinite_rows else "")
+    text.append(f", {rows_count(added.duplicate_rows, 'duplicated')}")
+    if added.far_rows and added.far_rows < n - added.nonfinite_rows:  # (all of them: the guess says so)
+        text.append(f", {added.far_rows:,} of a norm far from the old {units}'")
+    text.append("; ")
+    unknown = "n/a (each holds NaN/Inf)"
+    text.append(f"norm {unknown if added.norm_mean is None else f'{added.norm_mean:#.3g}'} vs old {units}' "
+                f"{unknown if added.norm_mean_old is None else f'{added.norm_mean_old:#.3g}'} → ")
+    text.append(INITIALISED.get(added.init, added.init), "bold red" if added.nonfinite_rows else "bold")
+    if added.mean_rows is None:
+        text.append(f" ({units} too long to compare with their mean)", "dim")
     return text
 
 
@@ -150,17 +191,22 @@ class DetailPane(VerticalScroll):
 
     def show_result(self, result: PairResult, log_counts: bool, histograms_pending: bool = False) -> None:
         """The figures of a pair: A | B statistics, the difference, the verdict, histograms
-        (or a word that they are on their way)."""
+        (or a word that they are on their way). A resized pair's figures are over its common
+        part, under a word on that part and on the rows only one side has."""
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
         table = Table(box=None, padding=(0, 1), show_edge=False, expand=False)
         table.add_column("", style="dim")
+        resized = None if self.single else result.resized
+        numel = (result.pair.a or result.pair.b).numel
         sides = [(label, s) for label, s in (("A", result.a), ("B", result.b)) if s is not None]
+        diff = None if self.single else result.diff
+        if resized is not None and resized.values is not None:
+            sides, diff, numel = [("A", resized.a), ("B", resized.b)], resized.diff, math.prod(resized.shape)
         if self.single:
             sides = sides[:1]
         for label, _ in sides:
             table.add_column(label, justify="right")
-        diff = None if self.single else result.diff
         if diff is not None:
             table.add_column("", style="dim")
             table.add_column("Δ = B − A", justify="right")
@@ -172,11 +218,12 @@ class DetailPane(VerticalScroll):
             table.add_row(*row)
         if result.error:
             stats.update(Text(result.error, "red"))
+        elif resized is not None:
+            stats.update(Stack(resized_text(resized), "", table))
         else:
             stats.update(table if sides else Text("no statistics", "dim"))
         message = Text()
         if diff is not None:
-            numel = (result.pair.a or result.pair.b).numel
             message.append(verdict(diff, numel))
             for key, why in diff.undefined.items():
                 message.append(f"\n{key} n/a: {why}", "dim")
@@ -274,7 +321,8 @@ class DetailPane(VerticalScroll):
     def show_map(self, cmap, name: str) -> None:
         view = self.query_one(ChangeMapView)
         if cmap is None:
-            view.update(Text("no change map: it needs two sides of the same shape", "dim"))
+            view.update(Text("no change map: it needs two sides of the same shape, or resized in one dimension",
+                             "dim"))
         else:
             view.show(cmap, name)
 
