@@ -246,3 +246,42 @@ def test_figures_behind_the_verdict_agree_with_a_float64_reference(capsys, ck, t
     cumulative = np.cumsum(np.array(weights)[order])
     expected = np.array(cosines)[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
     assert quoted == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_vocabulary_grown_by_8_rows_at_the_mean_is_flagged_with_its_audit(capsys, ck, tmp_path, base):
+    """resize_token_embeddings with mean init: the old rows stay, 8 new ones equal the old rows' mean."""
+    grown = {n: t.clone() for n, t in base.items()}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        old = base[name]
+        grown[name] = torch.cat([old, old.double().mean(dim=0).float().expand(8, -1)])
+    a, b = save(ck, tmp_path, "a", base), save(ck, tmp_path, "b", noised(grown, lambda n: ".layers." in n))
+    code = main(["diff", str(a), str(b), "--json", "--no-cache"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1
+    flags = [f for f in doc["verdict"]["flags"] if f["code"] == "vocab_resized"]
+    assert [f["tensors"] for f in flags] == [["model.embed_tokens.weight"], ["lm_head.weight"]] or \
+        sorted(f["tensors"][0] for f in flags) == ["lm_head.weight", "model.embed_tokens.weight"]
+    for flag in flags:
+        assert flag["severity"] == "info"  # no zero, NaN/Inf or far rows: nothing wrong with it
+        assert f"resized [{VOCAB}, {HIDDEN}] → [{VOCAB + 8}, {HIDDEN}]" in flag["message"]
+        assert f"common [{VOCAB}, {HIDDEN}] identical" in flag["message"] and "mean of old rows" in flag["message"]
+    entry = next(t for t in doc["tensors"] if t["name"] == "model.embed_tokens.weight")
+    assert entry["overlap"]["status"] == "identical" and entry["overlap"]["shape"] == [VOCAB, HIDDEN]
+    added = entry["added"]
+    assert (added["side"], added["shape"], added["zero_rows"], added["nonfinite_rows"], added["duplicate_rows"]) == \
+        ("b", [8, HIDDEN], 0, 0, 8)
+    mean = base["model.embed_tokens.weight"].double().mean(dim=0)
+    assert added["norm_mean"] == pytest.approx(float(mean.float().double().norm()), rel=1e-6)
+    assert added["norm_mean_old"] == pytest.approx(float(base["model.embed_tokens.weight"].double().norm(dim=1).mean()),
+                                                   rel=1e-6)
+    # the rest of the verdict still reads the fine-tune: the layers moved, the resized tensors apart
+    assert doc["verdict"]["kind"] in ("full", "partial")
+
+
+def test_zero_rows_added_to_the_vocabulary_are_a_warning(capsys, ck, tmp_path, base):
+    grown = dict(base)
+    grown["model.embed_tokens.weight"] = torch.cat([base["model.embed_tokens.weight"], torch.zeros(8, HIDDEN)])
+    a, b = save(ck, tmp_path, "a", base), save(ck, tmp_path, "b", grown)
+    verdict, _, _ = verdict_of(capsys, a, b)
+    flag = codes(verdict)["vocab_resized"]
+    assert flag["severity"] == "warn" and "zeros" in flag["message"]

@@ -54,6 +54,7 @@ FAMILIES = {"q": "attention", "k": "attention", "v": "attention", "qkv": "attent
 FAMILY_ORDER = ("attention", "MLP", "experts", "norms")
 EMBEDDING = re.compile(r"(embed_tokens|wte|word_embeddings|tok_embeddings|token_embd|embed_in|shared)\b")
 HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output)\b")
+MEAN_INIT = "mean of old rows"  # `compare.overlap`'s guess for rows set to the old rows' mean
 UPCAST_SHARE = 0.1  # upcast tensors hold this share of A's bytes at least (GGUF keeps its norms in F32)
 
 
@@ -219,19 +220,18 @@ def bytes_of(dtype: str | None) -> int:
 
 
 def decide(catalog: Catalog, table: ResultTable, spectra: dict[int, object] | None = None,
-           side_notes: tuple[list[str], list[str] | None] = ([], None), resized: dict | None = None) -> Verdict:
-    """The verdict of a whole scan.
+           side_notes: tuple[list[str], list[str] | None] = ([], None)) -> Verdict:
+    """The verdict of a whole scan (with its resized pairs' second pass, `table.resized`).
 
     Args:
         spectra: `spectrum.Spectrum` (or None) of the pairs `sample` chose.
         side_notes: each side's notes after the scan (the LoRA alarms are among them).
-        resized: the audit of resized pairs, by pair (`compare.overlap`), where made.
     """
     places = [place(name) for name in catalog.names]  # once: the parts below all read them
     kind, confidence, summary, facts, rank, frozen = kind_of(catalog, table, spectra or {}, places)
     flags = (nonfinite_flags(catalog, table) + nothing_changed_flags(catalog, kind) +
              lora_flags(catalog, table, side_notes) + tie_flags(catalog, table, places) +
-             resized_flags(catalog, table, resized or {}) + upcast_flags(catalog, table) +
+             resized_flags(catalog, table) + upcast_flags(catalog, table) +
              outlier_flags(catalog, table) + frozen_suspect_flags(catalog, table, places))
     flags.sort(key=lambda f: -SEVERITIES.index(f.severity))
     return Verdict(kind, confidence, summary, facts, rank, frozen, flags)
@@ -487,22 +487,27 @@ def tie_flags(catalog: Catalog, table: ResultTable, places: list) -> list[Flag]:
     return [Flag("tie_broken", "warn", names, message)]
 
 
-def resized_flags(catalog: Catalog, table: ResultTable, resized: dict) -> list[Flag]:
-    """Resized embeddings and output heads (a grown vocabulary), with the audit of the new rows."""
+def resized_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
+    """Resized embeddings and output heads (a grown vocabulary), with what their common part
+    did and the audit of their new rows: a warning when a new row holds NaN/Inf, is all zero
+    or has a norm far from the old rows' (other than the old rows' mean, which is short by
+    design), or the common part could not be read."""
+    from weightscope.report.diff import resized_gist
+
     flags = []
     for i in np.flatnonzero(table.status == results.SHAPE_MISMATCH).tolist():
         name = catalog.names[i]
-        if role(name) is None:
+        if role(name) not in ("embeddings", "output head"):
             continue
-        shape_a, shape_b = catalog.a.shape[i], catalog.b.shape[i]
-        message = f"{name} resized {list(shape_a)} → {list(shape_b)}"
-        severity = "info"
-        audit = resized.get(i)
-        if audit is not None:
-            words, trouble = audit.words()
-            message += f": {words}"
-            severity = "warn" if trouble else "info"
-        flags.append(Flag("vocab_resized", severity, [name], message))
+        message = f"{name} resized {list(catalog.a.shape[i])} → {list(catalog.b.shape[i])}"
+        found = table.resized.get(i)
+        trouble = False
+        if found is not None:
+            message += f": {resized_gist(found)}"
+            added = found.added
+            trouble = found.error is not None or (added is not None and (  # the mean of old rows is short by design
+                added.nonfinite_rows > 0 or added.zero_rows > 0 or (added.far_rows > 0 and added.init != MEAN_INIT)))
+        flags.append(Flag("vocab_resized", "warn" if trouble else "info", [name], message))
     return flags
 
 
