@@ -174,7 +174,7 @@ class TestExport:
         assert norm["diff"]["snr_db"] is None and norm["diff"]["undefined"]["snr_db"] == "nothing changed"
         assert main(["diff", str(path), str(exported), "--no-cache"]) == 1
         out = capsys.readouterr().out
-        assert "SNR dB" in out.splitlines()[out.splitlines().index("") + 1]
+        assert "SNR dB" in next(line for line in out.splitlines() if line.startswith("status"))
         assert "float32 → Q4_0" in next(line for line in out.splitlines() if line.startswith("changed"))
 
     def test_architecture_without_permutation(self, source, tmp_path, diff):

@@ -79,7 +79,8 @@ class TestResolve:
         base, _ = models
         assert main(["diff", "org/base", "org/base-ft", "--no-cache"]) == 1
         out = capsys.readouterr().out
-        assert out.splitlines()[0].startswith("A  org/base  safetensors, 2 files")
+        assert out.splitlines()[0].startswith("verdict: ")  # the verdict first, then the sides
+        assert any(line.startswith("A  org/base  safetensors, 2 files") for line in out.splitlines())
         assert out.splitlines()[-1] == f"summary: {len(base) - 1} identical, 1 changed"
 
     def test_hf_home_when_no_hub_cache_is_set(self, models, cache, tmp_path, monkeypatch, opened):

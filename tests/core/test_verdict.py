@@ -285,3 +285,65 @@ def test_zero_rows_added_to_the_vocabulary_are_a_warning(capsys, ck, tmp_path, b
     verdict, _, _ = verdict_of(capsys, a, b)
     flag = codes(verdict)["vocab_resized"]
     assert flag["severity"] == "warn" and "zeros" in flag["message"]
+
+
+def test_a_lora_adapter_over_a_bfloat16_base_is_no_cast_and_no_upcast(capsys, ck, tmp_path, base):
+    """W + ΔW is computed in float32: no stored type changed."""
+    a = save(ck, tmp_path, "a", {n: t.to(torch.bfloat16) for n, t in base.items()})
+    gen = torch.Generator().manual_seed(4)
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    ck.write_safetensors(adapter / "adapter_model.safetensors", {
+        f"{prefix}.lora_A.weight": torch.randn(8, HIDDEN, generator=gen), f"{prefix}.lora_B.weight": torch.zeros(HIDDEN, 8)})
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                                                             "target_modules": ["q_proj"]}))
+    verdict, _, _ = verdict_of(capsys, a, adapter)
+    assert verdict["kind"] == "identical" and "dtype_upcast" not in codes(verdict)  # ΔW = 0: nothing moved
+    assert {"lora_zero", "nothing_changed"} <= set(codes(verdict))
+
+
+def test_a_merged_rank_64_lora_reads_rank_64(capsys, ck, tmp_path):
+    """Ranks past the 32 singular values a spectrum view keeps: the verdict's blocks keep them all."""
+    hidden = 128
+    sd = ck.llama_like(0, layers=2, hidden=hidden, vocab=VOCAB)
+    gen = torch.Generator().manual_seed(5)
+    merged = {n: t.clone() for n, t in sd.items()}
+    for name in sd:
+        if name.endswith(("q_proj.weight", "v_proj.weight")):
+            merged[name] = sd[name] + torch.randn(hidden, 64, generator=gen) @ torch.randn(64, hidden, generator=gen) * 0.01
+    verdict, _, _ = verdict_of(capsys, save(ck, tmp_path, "a", sd), save(ck, tmp_path, "b", merged))
+    assert verdict["kind"] == "low_rank" and verdict["rank"] == 64, verdict
+
+
+def test_a_grown_vocabulary_on_a_model_mostly_embeddings_is_not_unrelated(capsys, ck, tmp_path):
+    sd = ck.llama_like(0, layers=2, hidden=HIDDEN, vocab=4096)
+    grown = noised(sd, lambda n: ".layers." in n)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        grown[name] = torch.cat([sd[name], torch.randn(8, HIDDEN)])
+    verdict, _, _ = verdict_of(capsys, save(ck, tmp_path, "a", sd), save(ck, tmp_path, "b", grown))
+    assert verdict["kind"] != "unrelated", verdict
+    assert any("2 resized in one dimension" in fact for fact in verdict["facts"])
+
+
+def test_unreadable_tensors_lower_the_confidence_and_say_so(capsys, ck, tmp_path, base):
+    a = save(ck, tmp_path, "a", base)
+    b = save(ck, tmp_path, "b", base)
+    data = b.read_bytes()
+    b.write_bytes(data[:len(data) - 4 * HIDDEN * HIDDEN])  # the last tensors' bytes cut off
+    verdict, _, _ = verdict_of(capsys, a, b)
+    assert verdict["confidence"] == "low" and "nothing_changed" not in codes(verdict)
+    assert any("unreadable, not compared" in fact for fact in verdict["facts"]), verdict
+
+
+def test_a_head_stored_in_b_where_a_saved_it_tied_breaks_the_tie_only_if_it_differs(capsys, ck, tmp_path, base):
+    """safetensors drops a tied head: A has none. B storing a head equal to its embeddings keeps
+    the tie (made explicit); B storing a different one breaks it."""
+    untied = {n: t for n, t in base.items() if n != "lm_head.weight"}
+    a = save(ck, tmp_path, "a", untied)
+    same = save(ck, tmp_path, "same", untied | {"lm_head.weight": base["model.embed_tokens.weight"].clone()})
+    verdict, _, _ = verdict_of(capsys, a, same)
+    assert "tie_broken" not in codes(verdict)
+    other = save(ck, tmp_path, "other", untied | {"lm_head.weight": base["model.embed_tokens.weight"] + 0.01})
+    verdict, _, _ = verdict_of(capsys, a, other)
+    assert "(no head stored)" in codes(verdict)["tie_broken"]["message"]

@@ -147,6 +147,8 @@ def pair_spectrum(a: Checkpoint, b: Checkpoint, pair: Pair, k: int = TOP,
     """
     if pair.a is None or pair.b is None or pair.a.shape != pair.b.shape or as_matrix(pair.a.shape) is None:
         return None
+    if rows is not None:  # every singular value of the block (or of the factors): a rank above 32 shows too
+        k = max(k, rows)
     for lora, info, other in ((b, pair.b, pair.a), (a, pair.a, pair.b)):
         if isinstance(lora, LoraCheckpoint) and info.name in lora.modules and lora.modules[info.name].weight == other:
             return module_spectrum(lora, info.name, k)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from weightscope.analysis.anatomy import OUTSIDE, anomalies, place
+from weightscope.analysis.anatomy import OUTSIDE, anomalies, place, stack_of
 from weightscope.compare import columns as c
 from weightscope.compare import results
-from weightscope.compare.catalog import Catalog
+from weightscope.compare.catalog import DTYPE, Catalog
 from weightscope.compare.results import ResultTable
-from weightscope.sources.dtypes import ITEMSIZE
+from weightscope.sources.dtypes import FLOATING, ITEMSIZE
 
 KINDS = ("identical", "cast", "quantized", "low_rank", "partial", "full", "unrelated")
 SEVERITIES = ("info", "warn", "error")  # in order: `--fail-on warn` fails on warn and error
@@ -37,6 +37,7 @@ SAMPLE = 4  # matrices whose spectra the verdict reads ...
 SAMPLE_ROWS = 256  # ... of this many leading rows each (a rank up to 128 shows in them)
 LOW_RANK_SHARE = 0.9  # the top r directions hold this share of ‖Δ‖²_F ...
 LOW_RANK_GAP = 3.0  # ... and σ_r / σ_(r+1) is at least this: a cutoff, not a gentle decay
+NUMERICAL_ZERO = 1e-6  # singular values below this share of σ₁ are float32 rounding: zero
 UNRELATED_COSINE = 0.3  # changed matrices whose cosine (by elements, median) is below this are not related
 MOST = 0.5  # "most weights changed": this share of the parameters of same-shape pairs
 GROWTH = 10.0  # absmax or std grown this many times: an outlier
@@ -99,9 +100,10 @@ class Verdict:
 
 
 def changed_matrices(catalog: Catalog, table: ResultTable) -> np.ndarray:
-    """Changed pairs of model weights of two or more dimensions, the same shape on both sides."""
+    """Changed pairs of model weights that are matrices, the same shape on both sides (a fused
+    expert tensor [experts, in, out] is many matrices: its first rows say nothing of one's rank)."""
     changed = (table.status == results.CHANGED) & ~catalog.factor
-    return np.array([i for i in np.flatnonzero(changed).tolist() if len(catalog.a.shape[i] or ()) >= 2], np.int64)
+    return np.array([i for i in np.flatnonzero(changed).tolist() if len(catalog.a.shape[i] or ()) == 2], np.int64)
 
 
 def sample(catalog: Catalog, table: ResultTable) -> list[int]:
@@ -116,23 +118,25 @@ def sample(catalog: Catalog, table: ResultTable) -> list[int]:
 
 
 def rank_of(spectrum) -> int | None:
-    """The rank of a change when it is clearly low: the cut r where σ_r/σ_(r+1) is largest among
-    those whose top r directions hold `LOW_RANK_SHARE` of ‖Δ‖², if that gap is at least
-    `LOW_RANK_GAP` and r is at most half the smaller dimension. None for a high-rank change."""
+    """The rank of a change when it is clearly low: among the cuts r up to half the smaller
+    dimension whose top r directions hold `LOW_RANK_SHARE` of ‖Δ‖², the one where σ_r/σ_(r+1)
+    is largest, if that gap is at least `LOW_RANK_GAP`. Values below `NUMERICAL_ZERO` of σ₁
+    are zero: the first of them ends the search (past it, ratios of rounding noise mean
+    nothing). None for a high-rank change."""
     sigma = spectrum.singular_values
     if spectrum.frobenius == 0 or not spectrum.cumulative_share:
         return None
+    zero = sigma[0] * NUMERICAL_ZERO
     if spectrum.method == "factors":  # exact: the factors' rank
-        return sum(1 for s in sigma if s > sigma[0] * 1e-6) or None
+        return sum(1 for s in sigma if s > zero) or None
     best, gap = None, LOW_RANK_GAP
-    for r in range(1, len(sigma)):
-        if spectrum.share(r) >= LOW_RANK_SHARE:
-            ratio = sigma[r - 1] / sigma[r] if sigma[r] > 0 else math.inf
-            if ratio >= gap:
-                best, gap = r, ratio
-    if best is None and len(sigma) < min(spectrum.shape) and spectrum.share(len(sigma)) >= 1 - 1e-9:
-        best = len(sigma)  # every direction found: the rank is all there is
-    return best if best is not None and best <= min(spectrum.shape) // 2 else None
+    for r in range(1, min(len(sigma), min(spectrum.shape) // 2 + 1)):
+        ratio = sigma[r - 1] / sigma[r] if sigma[r] > zero else math.inf
+        if spectrum.share(r) >= LOW_RANK_SHARE and ratio >= gap:
+            best, gap = r, ratio
+        if sigma[r] <= zero:
+            break
+    return best
 
 
 # Facts
@@ -227,9 +231,10 @@ def decide(catalog: Catalog, table: ResultTable, spectra: dict[int, object] | No
         spectra: `spectrum.Spectrum` (or None) of the pairs `sample` chose.
         side_notes: each side's notes after the scan (the LoRA alarms are among them).
     """
-    places = [place(name) for name in catalog.names]  # once: the parts below all read them
+    stacks = {s for s in map(stack_of, catalog.names) if s}  # a vision tower's layer 3 is not the text's
+    places = [place(name, stacks) for name in catalog.names]  # once: the parts below all read them
     kind, confidence, summary, facts, rank, frozen = kind_of(catalog, table, spectra or {}, places)
-    flags = (nonfinite_flags(catalog, table) + nothing_changed_flags(catalog, kind) +
+    flags = (nonfinite_flags(catalog, table) + nothing_changed_flags(catalog, kind, confidence) +
              lora_flags(catalog, table, side_notes) + tie_flags(catalog, table, places) +
              resized_flags(catalog, table) + upcast_flags(catalog, table) +
              outlier_flags(catalog, table) + frozen_suspect_flags(catalog, table, places))
@@ -246,13 +251,20 @@ def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], pl
     tied[[i for i in catalog.pair_notes if catalog.tied_elsewhere(i)]] = True
     same = weights & np.isin(status, SAME_SHAPE)
     apart = weights & (np.isin(status, (results.ONLY_A, results.ONLY_B, results.SHAPE_MISMATCH)) & ~tied)
+    resized = np.zeros(len(catalog), bool)  # resized in one dimension and compared where they overlap
+    resized[[i for i, found in table.resized.items() if found.error is None]] = True
+    apart &= ~resized
+    unreadable = weights & (status == results.ERROR)
     equal = same & np.isin(status, EQUAL)
     changed = same & (status == results.CHANGED)
     close = same & (status == results.CLOSE)
     n_weights = int(weights.sum())
-    if n_weights == 0:
-        return "identical", "low", "nothing to compare", ["no model weights were compared"], None, []
+    if n_weights == int(unreadable.sum()):
+        why = f"{n_weights:,} unreadable" if n_weights else "no model weights"
+        return "identical", "low", f"nothing could be compared: {why}", [f"{why}, none compared"], None, []
     facts = [f"{int(equal.sum()):,} of {n_weights:,} tensors bit-identical or equal in value"]
+    if unreadable.any():
+        facts.append(f"{int(unreadable.sum()):,} unreadable, not compared: the verdict is of the rest")
     if close.any():
         facts.append(f"{int(close.sum()):,} within the rounding of their dtype")
     if changed.any():
@@ -260,6 +272,8 @@ def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], pl
         facts.append(f"{int(changed.sum()):,} changed ({share:.0%} of the parameters of same-shape tensors)")
     if apart.any():
         facts.append(f"{int(apart.sum()):,} without a counterpart of the same shape")
+    if resized.any():
+        facts.append(f"{int(resized.sum()):,} resized in one dimension, compared where they overlap")
 
     # Not a pair of related checkpoints: most tensors have no counterpart of their shape.
     if numel[apart].sum() > numel[same].sum():
@@ -272,16 +286,19 @@ def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], pl
     if quantized and numel[quantized].sum() >= numel[same].sum() / 2:
         return quantized_kind(catalog, table, quantized, facts)
 
-    dtype_changed = [i for i in np.flatnonzero(same).tolist() if catalog.a.dtype[i] != catalog.b.dtype[i]]
-    if not changed.any() and not close.any() and not apart.any() and not dtype_changed:
-        return "identical", "high", "every tensor is equal on both sides", facts, None, []
-    if not changed.any() and not apart.any():  # only dtypes, or rounding, differ
+    # stored types only: a LoRA adapter's W + ΔW is float32 because it is computed so
+    dtype_changed = np.flatnonzero(same & (catalog.known == DTYPE)).tolist()
+    trust = "low" if unreadable.any() else "high"
+    if not changed.any() and not close.any() and not apart.any() and not resized.any() and not dtype_changed:
+        return "identical", trust, "every tensor compared is equal on both sides", facts, None, []
+    if not changed.any() and not apart.any() and not resized.any():  # only dtypes, or rounding, differ
         if dtype_changed:
-            pairs = sorted({f"{catalog.a.dtype[i]} → {catalog.b.dtype[i]}" for i in dtype_changed})
+            pairs = sorted({f"{catalog.a.stored_dtype(i)} → {catalog.b.stored_dtype(i)}" for i in dtype_changed})
             facts.append(f"dtype changed in {len(dtype_changed):,} tensors ({', '.join(pairs)})")
-            return ("cast", "high", f"a cast ({', '.join(pairs)}): every value equal or within the rounding of "
+            return ("cast", trust, f"a cast ({', '.join(pairs)}): every value equal or within the rounding of "
                     "the narrower dtype", facts, None, [])
-        return ("identical", "medium", "every tensor equal within the rounding of its dtype", facts, None, [])
+        return ("identical", "low" if unreadable.any() else "medium", "every tensor equal within the rounding of "
+                "its dtype", facts, None, [])
 
     cosine = table.values[:, c.FD + c.COSINE]
     matrices = changed_matrices(catalog, table)
@@ -294,7 +311,6 @@ def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], pl
             return ("unrelated", confidence, f"not a fine-tune of one another: the changed matrices are "
                     f"uncorrelated (median cosine {median:.2g})", facts, None, [])
 
-    resized = weights & (status == results.SHAPE_MISMATCH)
     frozen_groups, changed_text = groups(catalog, same, equal, changed | close | resized, places)
     ranks = {i: rank_of(spectra[i]) for i in sorted(spectra) if spectra[i] is not None}
     rank = None
@@ -426,8 +442,8 @@ def nonfinite_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
                  f"{total:,} values; first {names[0]} ({counts})")]
 
 
-def nothing_changed_flags(catalog: Catalog, kind: str) -> list[Flag]:
-    if kind != "identical" or catalog.single:
+def nothing_changed_flags(catalog: Catalog, kind: str, confidence: str) -> list[Flag]:
+    if kind != "identical" or confidence == "low" or catalog.single:  # low: little or nothing was compared
         return []
     return [Flag("nothing_changed", "warn", [],
                  "B equals A: if B was meant to be trained or merged, none of it reached the weights")]
@@ -439,8 +455,8 @@ def lora_flags(catalog: Catalog, table: ResultTable, side_notes) -> list[Flag]:
     flags = []
     zero = [catalog.names[i] for i, notes in table.notes.items() if any("all zero, so ΔW = 0" in n for n in notes)]
     negligible = [catalog.names[i] for i, notes in table.notes.items() if any("ALARM ΔW negligible" in n for n in notes)]
-    unapplied = [catalog.names[i] for i, notes in {**catalog.pair_notes, **table.notes}.items()
-                 if any("ALARM ΔW not applied" in n for n in notes)]
+    unapplied = sorted({catalog.names[i] for source in (catalog.pair_notes, table.notes) for i, notes in source.items()
+                        if any("ALARM ΔW not applied" in n for n in notes)})
     alarms = [n for notes in side_notes if notes for n in notes if n.startswith("ALARM")]
     zero_text = next((a for a in alarms if "all zero" in a), None)
     if zero or zero_text:
@@ -468,8 +484,11 @@ def tie_flags(catalog: Catalog, table: ResultTable, places: list) -> list[Flag]:
     ties = []
     for label, side, base in (("A", catalog.a, c.FA), ("B", catalog.b, c.FB)):
         e, h = side.name[embedding], side.name[head]
-        if e is None or h is None:
-            ties.append(None)  # no head stored beside the embeddings: nothing to say
+        if e is None:
+            ties.append(None)  # no embeddings: nothing to say
+            continue
+        if h is None:  # a tied model saved as safetensors drops the head: it is the embeddings
+            ties.append("no head stored")
             continue
         shared = side.tied_to.get(head) == e or side.tied_to.get(embedding) == h
         figures = table.values[[embedding, head], base:base + c.FB - c.FA]
@@ -514,9 +533,9 @@ def resized_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
 def upcast_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
     """B stores wider floats than A."""
     wider: dict[tuple[str, str], list[int]] = {}
-    for i in np.flatnonzero(np.isin(table.status, SAME_SHAPE)).tolist():
+    for i in np.flatnonzero(np.isin(table.status, SAME_SHAPE) & (catalog.known == DTYPE)).tolist():
         da, db = catalog.a.stored_dtype(i), catalog.b.stored_dtype(i)
-        if da != db and (i in catalog.a.quant or da in FLOATS) and db in FLOATS and \
+        if da != db and (i in catalog.a.quant or da in FLOATING) and db in FLOATING and \
                 (i in catalog.a.quant or bytes_of(db) > bytes_of(da)):
             wider.setdefault((da, db), []).append(i)
     if not wider:
@@ -531,22 +550,31 @@ def upcast_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
                  f"B stores wider floats than A: {kinds}; {before / 1e9:.3g} GB → {after / 1e9:.3g} GB")]
 
 
-FLOATS = {"float16", "bfloat16", "float32", "float64"}
-
 
 def outlier_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
-    """Changes far outside their module type's across layers (the overview's anomaly rule), and
-    tensors whose absmax or std grew more than `GROWTH` times."""
-    flags = [Flag("outlier", "warn", [a.name], f"{a.name}: {a.reason}")
-             for a in anomalies(catalog, table) if a.reason.startswith("change ")]
+    """Changes far larger than their module type's across layers (the overview's anomaly rule;
+    one flag per module type, its tensors most outlying first), and tensors whose absmax or
+    std grew more than `GROWTH` times (one flag per figure). A change far smaller than its
+    peers' (a rarely routed expert) is no alarm."""
+    by_module: dict[str, list] = {}
+    for found in anomalies(catalog, table):
+        if found.reason.startswith("change ") and "× larger" in found.reason:
+            by_module.setdefault(place(found.name).module, []).append(found)
+    flags = [Flag("outlier", "warn", [f.name for f in found], f"{found[0].name}: {found[0].reason}" +
+                  (f" (and {len(found) - 1:,} more of {module})" if len(found) > 1 else ""))
+             for module, found in by_module.items()]
     v = table.values
     for figure, label in ((c.ABSMAX, "absmax"), (c.STD, "std")):
         a, b = v[:, c.FA + figure], v[:, c.FB + figure]
         with np.errstate(divide="ignore", invalid="ignore"):  # grown from 0 (a norm's ones) has no factor
-            grown = np.flatnonzero((np.nan_to_num(a) > 0) & (np.nan_to_num(b / a) > GROWTH))
-        for i in grown.tolist():
-            flags.append(Flag("outlier", "warn", [catalog.names[i]],
-                              f"{catalog.names[i]}: {label} grew {b[i] / a[i]:.3g}× ({a[i]:.3g} → {b[i]:.3g})"))
+            ratio = np.where(np.nan_to_num(a) > 0, np.nan_to_num(b / a), 0.0)
+        grown = np.flatnonzero(ratio > GROWTH)
+        if len(grown):
+            grown = grown[np.argsort(-ratio[grown], kind="stable")]
+            i = int(grown[0])
+            flags.append(Flag("outlier", "warn", [catalog.names[j] for j in grown.tolist()],
+                              f"{catalog.names[i]}: {label} grew {ratio[i]:.3g}× ({a[i]:.3g} → {b[i]:.3g})" +
+                              (f" (and {len(grown) - 1:,} more tensors by over {GROWTH:g}×)" if len(grown) > 1 else "")))
     return flags
 
 
@@ -558,7 +586,7 @@ def frozen_suspect_flags(catalog: Catalog, table: ResultTable, places: list) -> 
     same = np.isin(table.status, SAME_SHAPE) & ~catalog.factor
     for i in np.flatnonzero(same).tolist():
         where = places[i]
-        if where.layer is None:
+        if where.layer is None or len(catalog.a.shape[i] or ()) < 2:  # a norm's update can round away
             continue
         layers = by_type.setdefault(where.module, {})
         layers[where.layer] = layers.get(where.layer, True) and table.status[i] in EQUAL

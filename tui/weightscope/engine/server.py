@@ -115,8 +115,8 @@ class Server:
         self.urgent: deque[Task] = deque()  # for the local worker, before anything else
         self.units: deque[Task] = deque()  # the scan's
         self.background: deque[Task] = deque()  # spectra or breakdowns of many pairs (`diff --spectrum`)
-        # ticket -> (indices pending, found, what the answer is made of once none is pending, for a view)
-        self.gathered: dict[int, tuple[set[int], dict, Callable[[dict], object], bool]] = {}
+        # ticket -> (indices pending, found, what the answer is made of once none is pending, for a view, kind)
+        self.gathered: dict[int, tuple[set[int], dict, Callable[[dict], object], bool, str]] = {}
         self._known_heads = None
         self.side_notes: tuple[list[str], list[str] | None] = ([], None)  # after the scan (LoRA alarms)
         self.threads = ThreadPoolExecutor(1, thread_name_prefix="weightscope-answers")
@@ -252,7 +252,7 @@ class Server:
             table = self.snapshot()
             self.gather(request.ticket, "spectrum", set(verdict.sample(self.catalog, table)), {},
                         lambda found: verdict.decide(self.catalog, table, found, self.side_notes),
-                        rows=verdict.SAMPLE_ROWS)
+                        rows=verdict.SAMPLE_ROWS, asked="verdict")
         elif request.kind == "heads":  # what a person waits for: the pairs of a view
             self.gather(request.ticket, "heads", set(request.args), {}, urgent=True)
         elif request.kind in ("breakdowns", "inside"):
@@ -278,11 +278,12 @@ class Server:
 
     def gather(self, ticket: int, kind: str, wanted: set[int], found: dict,
                answer: Callable[[dict], object] = lambda found: found, urgent: bool = False,
-               rows: int | None = None) -> None:
+               rows: int | None = None, asked: str | None = None) -> None:
         """Work on many pairs for one answer: a task per pair, the answer once all are in. For a
         view (`urgent`) one pair's failure fails the answer; in the background (`diff --heads`)
-        it stands for that pair alone. `rows`: spectra of that many leading rows only."""
-        self.gathered[ticket] = (set(wanted), found, answer, urgent)
+        it stands for that pair alone. `rows`: spectra of that many leading rows only; `asked`:
+        what the client asked for, named in a failure (the tasks' kind by default)."""
+        self.gathered[ticket] = (set(wanted), found, answer, urgent, asked or kind)
         extra = (self.known_heads(),) if kind == "heads" else (rows,) if rows else ()
         tasks = [Task(ticket, kind, (PairJob.of(self.catalog, i), *extra), self.options) for i in sorted(wanted)]
         (self.urgent if urgent else self.background).extend(tasks)
@@ -292,14 +293,7 @@ class Server:
         """Work out an answer from the catalog and the results so far (in the answer thread)."""
         from weightscope.engine import answers
 
-        try:
-            reply = msg.Reply(request.ticket, answers.answer(request, self.catalog, self.snapshot()))
-        except OSError as exc:
-            reply = msg.Failed(request.ticket, request.kind, one_line(str(exc)))
-        except Exception as exc:  # noqa: BLE001
-            reply = msg.Failed(request.ticket, request.kind, unexpected(exc))
-        with self.answer_lock:
-            self.answers_out.send(reply)
+        self.reply_with(request.ticket, request.kind, lambda: answers.answer(request, self.catalog, self.snapshot()))
 
     def snapshot(self) -> ResultTable:
         """The results so far, as they stand now (the scan goes on adding to its own table)."""
@@ -349,7 +343,7 @@ class Server:
             self.scan.resized_done(task.args[0], done.content, done.error)
         elif task.ticket in self.gathered:
             index = task.args[0].index
-            pending, found, _, urgent = self.gathered[task.ticket]
+            pending, found, _, urgent, _ = self.gathered[task.ticket]
             if urgent and done.error is not None:
                 self.cancel(task.ticket)
                 self.send(msg.Failed(task.ticket, task.kind, done.error))
@@ -374,13 +368,24 @@ class Server:
         return None
 
     def gathered_answered(self, ticket: int) -> None:
-        pending, found, answer, _ = self.gathered[ticket]
+        pending, found, answer, urgent, kind = self.gathered[ticket]
         if not pending:
             del self.gathered[ticket]
-            try:
-                self.send(msg.Reply(ticket, answer(found)))
-            except Exception as exc:  # noqa: BLE001
-                self.send(msg.Failed(ticket, "heads", unexpected(exc)))
+            if urgent:  # a view's few pairs, put together at once
+                self.reply_with(ticket, kind, lambda: answer(found))
+            else:  # a whole model's (the verdict): in the answer thread, the loop goes on meanwhile
+                self.threads.submit(self.reply_with, ticket, kind, lambda: answer(found))
+
+    def reply_with(self, ticket: int, kind: str, work: Callable[[], object]) -> None:
+        """Send what `work()` gives, or why it failed, in one line."""
+        try:
+            reply = msg.Reply(ticket, work())
+        except OSError as exc:
+            reply = msg.Failed(ticket, kind, one_line(str(exc)))
+        except Exception as exc:  # noqa: BLE001
+            reply = msg.Failed(ticket, kind, unexpected(exc))
+        with self.answer_lock:
+            self.answers_out.send(reply)
 
     def lost(self, worker: Worker) -> None:
         """A worker process stopped: what it was doing fails, and it gets no more work."""

@@ -769,7 +769,8 @@ class WeightscopeApp(App[None]):
         self.rollup = self.rollup_of(names)
         matches = len(names.order)
         tree = self.query_one(DiffTree)
-        tree.set_model(names, self.rollup, expand_all=bool(pattern) and matches <= AUTO_EXPAND)
+        tree.set_model(names, self.rollup, expand_all=bool(pattern) and matches <= AUTO_EXPAND,
+                       filtered=bool(pattern))
         if not matches:
             self.shown = None
             self.query_one(DetailPane).show_nothing(f"no tensor matches {pattern!r}")

@@ -63,6 +63,7 @@ class DiffTree(Tree[int]):
         self.show_root = False
         self.verdict = (Text("verdict after the scan", "dim"), Text())  # A's column, B's column
         self.verdict_line: TreeNode[int] | None = None  # a comparison's first line: the whole of it
+        self.filtered = False
         self.guide_depth = 3
         self._lines: dict[int, TreeNode[int]] = {}  # node number -> its line, once added
 
@@ -83,9 +84,11 @@ class DiffTree(Tree[int]):
         if self.verdict_line is not None:
             self.verdict_line.refresh()
 
-    def set_model(self, names: NameTree, rollup: Rollup, expand_all: bool = False) -> None:
-        """Show another name tree (a filtered one, say)."""
+    def set_model(self, names: NameTree, rollup: Rollup, expand_all: bool = False, filtered: bool = False) -> None:
+        """Show another name tree (a filtered one, say: its first line then counts the tensors
+        that match, beside the whole comparison's verdict)."""
         self.names, self.rollup = names, rollup
+        self.filtered = filtered
         self.clear()
         self._lines.clear()
         self.verdict_line = None
@@ -223,7 +226,8 @@ class DiffTree(Tree[int]):
         inner = width - BADGE_WIDTH - FIGURE_WIDTH
         half = inner // 2
         kind, flags = (part.copy() for part in self.verdict)
-        left = Text.assemble(("all tensors", "bold"), "  ", kind)
+        left = Text.assemble(("matching", "bold"), "  whole model: ", kind) if self.filtered else \
+            Text.assemble(("all tensors", "bold"), "  ", kind)
         left.truncate(half, overflow="ellipsis", pad=True)
         flags.truncate(inner - half, overflow="ellipsis", pad=True)
         text = Text.assemble(left, badge, flags, self.figure(0))

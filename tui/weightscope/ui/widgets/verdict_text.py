@@ -35,7 +35,7 @@ def pane_text(verdict, scan_done: bool, failed: str | None) -> Text:
     if failed is not None:
         return Text(f"verdict failed: {failed}", "red")
     if verdict is None:
-        return Text("verdict: working it out…" if scan_done else f"{WAITING} (nothing found yet)", "dim")
+        return Text("verdict: working it out…" if scan_done else f"{WAITING}: it weighs every tensor", "dim")
     text = Text.assemble(("verdict ", "bold"), kind_text(verdict), "\n", verdict.summary)
     for flag in verdict.flags:
         mark, style = MARKS[flag.severity]
