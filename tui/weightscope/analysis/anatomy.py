@@ -61,6 +61,9 @@ class Place:
     module: str
 
 
+LAYER = re.compile(r"(.+?)\.(\d+)(?:\.|$)")  # the first all-digit part after the first: the layer number
+
+
 def place(name: str, stacks: set[str] | None = None) -> Place:
     """The row and column of a tensor name.
 
@@ -68,20 +71,18 @@ def place(name: str, stacks: set[str] | None = None) -> Place:
         stacks: prefixes before the layer number seen in the model; with more than one, rows
             are named with their prefix so two stacks never share a row.
     """
-    parts = name.split(".")
-    number = next((i for i, p in enumerate(parts) if p.isdigit()), None)
-    if number is None or number == 0:
-        return Place(OUTSIDE, None, module_type(".".join(parts)))
-    prefix = ".".join(parts[:number])
-    layer = int(parts[number])
+    found = LAYER.match(name)  # one match, not a split: a 100,000-tensor model is placed in a blink
+    if found is None:
+        return Place(OUTSIDE, None, module_type(name))
+    prefix, number = found.group(1), found.group(2)
+    layer = int(number)
     row = f"{prefix}.{layer}" if stacks and len(stacks) > 1 else str(layer)
-    return Place(row, layer, module_type(".".join(parts[number + 1:])))
+    return Place(row, layer, module_type(name[found.end():]))
 
 
 def stack_of(name: str) -> str | None:
-    parts = name.split(".")
-    number = next((i for i, p in enumerate(parts) if p.isdigit()), None)
-    return ".".join(parts[:number]) if number else None
+    found = LAYER.match(name)
+    return found.group(1) if found else None
 
 
 _module_types: dict[str, str] = {}

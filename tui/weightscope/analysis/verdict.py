@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,26 +143,40 @@ def rank_of(spectrum) -> int | None:
 
 @dataclass
 class Parts:
-    """The model cut into groups a person names: embeddings, each layer, the head, ..."""
+    """Where each pair sits, as codes: its group (the embeddings, a layer, the head, ...; into
+    `part_names`), its family (attention, MLP, norms, ...; "" outside the layers), its module
+    type, its layer (-1 outside), and whether it is a matrix."""
 
-    part: list[str]  # per pair
-    family: list[str]  # per pair: attention, MLP, norms, ... ("" outside the layers)
-    layer: list[int | None]
-    row: list[str]
+    part: np.ndarray
+    part_names: list[str]
+    family: np.ndarray
+    family_names: list[str]
+    module: np.ndarray
+    module_names: list[str]
+    layer: np.ndarray
+    matrix: np.ndarray
 
 
-def parts_of(names: Iterable[str], places: list) -> Parts:
-    part, family, layer, row = [], [], [], []
-    for name, where in zip(names, places):
-        layer.append(where.layer)
-        row.append(where.row)
-        if where.row == OUTSIDE:
-            family.append("")
-            part.append(role(name) or where.module)
-        else:
-            family.append(FAMILIES.get(where.module, where.module))
-            part.append(f"layer {where.row}")
-    return Parts(part, family, layer, row)
+def codes_of(labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Each label's code, and the labels in order of first appearance."""
+    index: dict[str, int] = {}
+    return np.fromiter((index.setdefault(label, len(index)) for label in labels), np.int64, len(labels)), list(index)
+
+
+def parts_of(catalog: Catalog, places: list) -> Parts:
+    names = catalog.names
+    part = codes_of([role(name) or where.module if where.row == OUTSIDE else f"layer {where.row}"
+                     for name, where in zip(names, places)])
+    family = codes_of(["" if where.row == OUTSIDE else FAMILIES.get(where.module, where.module) for where in places])
+    module = codes_of([where.module for where in places])
+    layer = np.fromiter((-1 if where.layer is None else where.layer for where in places), np.int64, len(places))
+    matrix = np.fromiter((len(shape or ()) >= 2 for shape in catalog.a.shape), bool, len(names))
+    return Parts(*part, *family, *module, layer, matrix)
+
+
+def any_per(codes: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
+    """Per code, whether any pair of it is in `mask`."""
+    return np.bincount(codes[mask], minlength=size) > 0
 
 
 def role(name: str) -> str | None:
@@ -232,17 +245,18 @@ def decide(catalog: Catalog, table: ResultTable, spectra: dict[int, object] | No
         side_notes: each side's notes after the scan (the LoRA alarms are among them).
     """
     stacks = {s for s in map(stack_of, catalog.names) if s}  # a vision tower's layer 3 is not the text's
-    places = [place(name, stacks) for name in catalog.names]  # once: the parts below all read them
-    kind, confidence, summary, facts, rank, frozen = kind_of(catalog, table, spectra or {}, places)
+    places = [place(name, stacks) for name in catalog.names]  # once: what follows reads them as codes
+    parts = parts_of(catalog, places)
+    kind, confidence, summary, facts, rank, frozen = kind_of(catalog, table, spectra or {}, parts)
     flags = (nonfinite_flags(catalog, table) + nothing_changed_flags(catalog, kind, confidence) +
-             lora_flags(catalog, table, side_notes) + tie_flags(catalog, table, places) +
+             lora_flags(catalog, table, side_notes) + tie_flags(catalog, table, parts) +
              resized_flags(catalog, table) + upcast_flags(catalog, table) +
-             outlier_flags(catalog, table) + frozen_suspect_flags(catalog, table, places))
+             outlier_flags(catalog, table) + frozen_suspect_flags(catalog, table, parts))
     flags.sort(key=lambda f: -SEVERITIES.index(f.severity))
     return Verdict(kind, confidence, summary, facts, rank, frozen, flags)
 
 
-def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], places: list):
+def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], parts: Parts):
     """(kind, confidence, summary, facts, rank, frozen)."""
     status = table.status
     weights = ~catalog.factor & (status != results.UNREAD)
@@ -311,7 +325,7 @@ def kind_of(catalog: Catalog, table: ResultTable, spectra: dict[int, object], pl
             return ("unrelated", confidence, f"not a fine-tune of one another: the changed matrices are "
                     f"uncorrelated (median cosine {median:.2g})", facts, None, [])
 
-    frozen_groups, changed_text = groups(catalog, same, equal, changed | close | resized, places)
+    frozen_groups, changed_text = groups(parts, same, equal, changed | close | resized)
     ranks = {i: rank_of(spectra[i]) for i in sorted(spectra) if spectra[i] is not None}
     rank = None
     if ranks:
@@ -370,47 +384,44 @@ def quantized_kind(catalog: Catalog, table: ResultTable, quantized: list[int], f
     return "quantized", "high", f"a quantized copy ({types}): the error is in the band of its type", facts, None, []
 
 
-def groups(catalog: Catalog, same: np.ndarray, equal: np.ndarray, moved: np.ndarray,
-           places: list) -> tuple[list[str], str]:
+def groups(parts: Parts, same: np.ndarray, equal: np.ndarray, moved: np.ndarray) -> tuple[list[str], str]:
     """(the groups left bit-identical while others moved, what moved in words).
 
     A group is the embeddings, a layer, the head or another part outside the layers; frozen
     when every tensor of it compared is equal (a tensor on one side only does not count) and
     it holds a matrix (a norm's vector that stayed put says little about freezing).
-    Where no whole group is frozen but a family (attention, MLP, norms) is equal in every
-    layer, that family is named.
+    Where no whole group is frozen but a family (attention, MLP) is equal in every layer,
+    that family is named.
     """
-    parts = parts_of(catalog.names, places)
-    weights = np.flatnonzero(same | moved).tolist()
-    still: dict[str, bool] = {}  # part -> every tensor equal
-    matrix: set[str] = set()
-    for i in weights:
-        still[parts.part[i]] = still.get(parts.part[i], True) and bool(equal[i])
-        if len(catalog.a.shape[i] or ()) >= 2:
-            matrix.add(parts.part[i])
-    if not moved.any() or all(still.values()):
+    weights = same | moved
+    size = len(parts.part_names)
+    present = any_per(parts.part, weights, size)
+    unequal = any_per(parts.part, weights & ~equal, size)
+    if not moved.any() or not unequal.any():
         return [], ""
 
-    def split(keys: list[str]) -> tuple[list[str], list[str]]:
+    def split(found: np.ndarray) -> tuple[list[str], list[str]]:
+        keys = [parts.part_names[k] for k in np.flatnonzero(found).tolist()]
         return [k for k in keys if not k.startswith("layer ")], [k.removeprefix("layer ") for k in keys
                                                                  if k.startswith("layer ")]
 
-    frozen_outside, frozen_rows = split([k for k, equal_ in still.items() if equal_ and k in matrix])
-    moved_outside, moved_rows = split([k for k, equal_ in still.items() if not equal_])
+    frozen_outside, frozen_rows = split(present & ~unequal & any_per(parts.part, weights & parts.matrix, size))
+    moved_outside, moved_rows = split(unequal)
     frozen = frozen_outside + ([layer_ranges(frozen_rows)] if frozen_rows else [])
     if not frozen:  # no whole group: families equal in every layer
-        family_equal: dict[str, bool] = {}
-        for i in weights:
-            if parts.family[i] in FAMILY_ORDER and len(catalog.a.shape[i] or ()) >= 2:
-                family_equal[parts.family[i]] = family_equal.get(parts.family[i], True) and bool(equal[i])
-        unmoved = [f for f in FAMILY_ORDER if family_equal.get(f)]
-        if unmoved and len(unmoved) < len(family_equal):
+        matrices = weights & parts.matrix
+        families = len(parts.family_names)
+        family_present = any_per(parts.family, matrices, families)
+        family_still = family_present & ~any_per(parts.family, matrices & ~equal, families)
+        named = {parts.family_names[k] for k in np.flatnonzero(family_present).tolist()} & set(FAMILY_ORDER)
+        unmoved = [f for f in FAMILY_ORDER if f in named and family_still[parts.family_names.index(f)]]
+        if unmoved and len(unmoved) < len(named):
             frozen = [f"{joined(unmoved)} of every layer"]
-    moved_families = {parts.family[i] for i in np.flatnonzero(moved & ~equal).tolist()}
+    moved_families = {parts.family_names[k] for k in np.unique(parts.family[moved & ~equal]).tolist()}
     words = []
     if moved_rows:
-        families = [f for f in FAMILY_ORDER if f in moved_families]
-        words.append(f"{joined(families) if families else 'tensors'} of {layer_ranges(moved_rows)}")
+        families_moved = [f for f in FAMILY_ORDER if f in moved_families]
+        words.append(f"{joined(families_moved) if families_moved else 'tensors'} of {layer_ranges(moved_rows)}")
     words += [f"the {k}" if k in ("embeddings", "output head", "final norm") else k for k in moved_outside]
     return frozen, joined(words)
 
@@ -474,10 +485,10 @@ def lora_flags(catalog: Catalog, table: ResultTable, side_notes) -> list[Flag]:
     return flags
 
 
-def tie_flags(catalog: Catalog, table: ResultTable, places: list) -> list[Flag]:
+def tie_flags(catalog: Catalog, table: ResultTable, parts: Parts) -> list[Flag]:
     """Embeddings and output head tied on one side (shared storage, or equal values) and not on the other."""
-    roles = {role(n): i for i, n in enumerate(catalog.names)
-             if places[i].row == OUTSIDE and n.endswith("weight") and role(n)}
+    roles = {role(catalog.names[i]): i for i in np.flatnonzero(parts.layer < 0).tolist()
+             if catalog.names[i].endswith("weight") and role(catalog.names[i])}
     embedding, head = roles.get("embeddings"), roles.get("output head")
     if embedding is None or head is None:
         return []
@@ -578,32 +589,29 @@ def outlier_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
     return flags
 
 
-def frozen_suspect_flags(catalog: Catalog, table: ResultTable, places: list) -> list[Flag]:
-    """A module type changed in most layers but bit-identical in a few, scattered ones: a
-    freezing mistake? Freezing the first or last layers on purpose leaves a run at one end,
-    which is not flagged (the verdict names it)."""
-    by_type: dict[str, dict[int, bool]] = {}
-    same = np.isin(table.status, SAME_SHAPE) & ~catalog.factor
-    for i in np.flatnonzero(same).tolist():
-        where = places[i]
-        if where.layer is None or len(catalog.a.shape[i] or ()) < 2:  # a norm's update can round away
-            continue
-        layers = by_type.setdefault(where.module, {})
-        layers[where.layer] = layers.get(where.layer, True) and table.status[i] in EQUAL
+def frozen_suspect_flags(catalog: Catalog, table: ResultTable, parts: Parts) -> list[Flag]:
+    """A module type's matrices changed in most layers but bit-identical in a few, scattered
+    ones: a freezing mistake? Freezing the first or last layers on purpose leaves a run at one
+    end, which is not flagged (the verdict names it). A norm's update can round away: vectors
+    are left out."""
+    mask = np.isin(table.status, SAME_SHAPE) & ~catalog.factor & parts.matrix & (parts.layer >= 0)
+    if not mask.any():
+        return []
+    span = int(parts.layer.max()) + 1
+    cells, cell_of = np.unique(parts.module[mask] * span + parts.layer[mask], return_inverse=True)
+    unequal = np.bincount(cell_of, weights=~np.isin(table.status[mask], EQUAL), minlength=len(cells)) > 0
     flags = []
-    for module, layers in by_type.items():
-        order = sorted(layers)
-        still = [n for n in order if layers[n]]
-        if not still or len(still) * 2 >= len(order):
-            continue
+    for module in np.unique(cells // span).tolist():
+        mine = cells // span == module
+        order, still = cells[mine] % span, (cells[mine] % span)[~unequal[mine]]
         k = len(still)
-        if still == order[:k] or still == order[-k:]:  # a run at one end: frozen on purpose
-            continue
-        names = [catalog.names[i] for i in np.flatnonzero(same).tolist()
-                 if places[i].module == module and places[i].layer in still]
-        flags.append(Flag("frozen_suspect", "warn", names,
-                          f"{module} changed in {len(order) - k} of {len(order)} layers but is bit-identical in "
-                          f"{layer_ranges([str(n) for n in still])}: frozen by mistake?"))
+        if not k or k * 2 >= len(order) or (still == order[:k]).all() or (still == order[-k:]).all():
+            continue  # none, most, or a run at one end (frozen on purpose)
+        found = np.flatnonzero(mask & (parts.module == module) & np.isin(parts.layer, still)).tolist()
+        name = parts.module_names[module]
+        flags.append(Flag("frozen_suspect", "warn", [catalog.names[i] for i in found],
+                          f"{name} changed in {len(order) - k} of {len(order)} layers but is bit-identical in "
+                          f"{layer_ranges([str(n) for n in still.tolist()])}: frozen by mistake?"))
     return flags
 
 
