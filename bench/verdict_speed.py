@@ -21,6 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from heads_speed import until  # noqa: E402
 from scan_speed import write_pair  # noqa: E402
 
 from weightscope.compare.results import ResultTable  # noqa: E402
@@ -31,28 +32,19 @@ from weightscope.engine.client import Engine  # noqa: E402
 TARGET = 0.10
 
 
-def expect(engine: Engine, *kinds):
-    while True:
-        message = engine.recv()
-        if isinstance(message, msg.Failed):
-            raise SystemExit(f"verdict_speed: {message.job} failed: {message.message}")
-        if isinstance(message, kinds):
-            return message
-
-
 def once(a: str, b: str) -> tuple[float, float, str]:
     """(scan seconds, verdict seconds, the verdict's kind) in a fresh engine."""
     start = time.perf_counter()
     engine = Engine(msg.Job(a, b, options=ScanOptions(), use_cache=False))
     try:
-        table = ResultTable(len(expect(engine, msg.Opened).catalog))
+        table = ResultTable(len(until(engine, msg.Opened).catalog))
         engine.send(msg.Scan())
-        while not isinstance(message := expect(engine, msg.Results, msg.ScanDone), msg.ScanDone):
+        while not isinstance(message := until(engine, (msg.Results, msg.ScanDone)), msg.ScanDone):
             table.add(message.batch)
             engine.send(msg.Ack(message.number))
         scanned = time.perf_counter()
         ticket = engine.ask("verdict")
-        while (reply := expect(engine, msg.Reply)).ticket != ticket:
+        while (reply := until(engine, msg.Reply)).ticket != ticket:
             pass
         return scanned - start, time.perf_counter() - scanned, reply.content.kind
     finally:

@@ -196,7 +196,8 @@ class Anomaly:
     reason: str
 
 
-def anomalies(catalog: Catalog, table: ResultTable, outlier_factor: float = 4.0) -> list[Anomaly]:
+def anomalies(catalog: Catalog, table: ResultTable, outlier_factor: float = 4.0,
+              places: list[Place] | None = None) -> list[Anomaly]:
     """What deserves a look, most serious first: NaN/Inf, shape changes, dtype changes, tensors
     on one side only, unreadable tensors, and tensors whose rel_l2 lies far outside the typical
     change of their module type across layers.
@@ -209,6 +210,9 @@ def anomalies(catalog: Catalog, table: ResultTable, outlier_factor: float = 4.0)
     and its log10(rel_l2) is more than 3.5 robust standard deviations (MAD) from the median's.
     The factor keeps a tight spread (every layer at 2.5%, one at 2.6%) quiet; the MAD keeps a
     wide but ordinary one quiet (rel_l2 falling steadily with depth).
+
+    Args:
+        places: every pair's `place`, where the caller has them already.
     """
     read = np.flatnonzero(table.status != results.UNREAD)
     badge = badges(catalog, table, read)
@@ -227,7 +231,8 @@ def anomalies(catalog: Catalog, table: ResultTable, outlier_factor: float = 4.0)
     moved = read[np.nan_to_num(rel) > 0]
     by_module: dict[str, list[int]] = {}
     for i in moved.tolist():
-        by_module.setdefault(place(catalog.names[i]).module, []).append(i)
+        where = places[i] if places is not None else place(catalog.names[i])
+        by_module.setdefault(where.module, []).append(i)
     for module, members in by_module.items():
         if len(members) < 3:  # with two, neither is the odd one out
             continue

@@ -22,6 +22,7 @@ from weightscope.compare import columns as c
 from weightscope.compare import results
 from weightscope.compare.catalog import DTYPE, Catalog
 from weightscope.compare.results import ResultTable
+from weightscope.report.diff import nonfinite_text, resized_gist
 from weightscope.sources.dtypes import FLOATING, ITEMSIZE
 
 KINDS = ("identical", "cast", "quantized", "low_rank", "partial", "full", "unrelated")
@@ -251,7 +252,7 @@ def decide(catalog: Catalog, table: ResultTable, spectra: dict[int, object] | No
     flags = (nonfinite_flags(catalog, table) + nothing_changed_flags(catalog, kind, confidence) +
              lora_flags(catalog, table, side_notes) + tie_flags(catalog, table, parts) +
              resized_flags(catalog, table) + upcast_flags(catalog, table) +
-             outlier_flags(catalog, table) + frozen_suspect_flags(catalog, table, parts))
+             outlier_flags(catalog, table, places) + frozen_suspect_flags(catalog, table, parts))
     flags.sort(key=lambda f: -SEVERITIES.index(f.severity))
     return Verdict(kind, confidence, summary, facts, rank, frozen, flags)
 
@@ -446,7 +447,7 @@ def nonfinite_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
         return []
     names = [catalog.names[i] for i in new]
     first = new[0]
-    counts = ", ".join(f"{n:,} {w}" for n, w in zip(in_b[first].tolist(), ("NaN", "+Inf", "-Inf")) if n)
+    counts = nonfinite_text(*in_b[first].tolist())
     total = int(in_b[new].sum())
     return [Flag("nonfinite", "error", names,
                  f"NaN/Inf in B that A did not have: {len(new):,} tensor{'s' if len(new) > 1 else ''}, "
@@ -522,8 +523,6 @@ def resized_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
     did and the audit of their new rows: a warning when a new row holds NaN/Inf, is all zero
     or has a norm far from the old rows' (other than the old rows' mean, which is short by
     design), or the common part could not be read."""
-    from weightscope.report.diff import resized_gist
-
     flags = []
     for i in np.flatnonzero(table.status == results.SHAPE_MISMATCH).tolist():
         name = catalog.names[i]
@@ -562,13 +561,13 @@ def upcast_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
 
 
 
-def outlier_flags(catalog: Catalog, table: ResultTable) -> list[Flag]:
+def outlier_flags(catalog: Catalog, table: ResultTable, places: list) -> list[Flag]:
     """Changes far larger than their module type's across layers (the overview's anomaly rule;
     one flag per module type, its tensors most outlying first), and tensors whose absmax or
     std grew more than `GROWTH` times (one flag per figure). A change far smaller than its
     peers' (a rarely routed expert) is no alarm."""
     by_module: dict[str, list] = {}
-    for found in anomalies(catalog, table):
+    for found in anomalies(catalog, table, places=places):
         if found.reason.startswith("change ") and "× larger" in found.reason:
             by_module.setdefault(place(found.name).module, []).append(found)
     flags = [Flag("outlier", "warn", [f.name for f in found], f"{found[0].name}: {found[0].reason}" +
