@@ -225,8 +225,6 @@ class DetailPane(VerticalScroll):
         part, under a word on that part and on the rows only one side has."""
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
-        table = Table(box=None, padding=(0, 1), show_edge=False, expand=False)
-        table.add_column("", style="dim")
         resized = None if self.single else result.resized
         numel = (result.pair.a or result.pair.b).numel
         sides = [(label, s) for label, s in (("A", result.a), ("B", result.b)) if s is not None]
@@ -235,17 +233,21 @@ class DetailPane(VerticalScroll):
             sides, diff, numel = [("A", resized.a), ("B", resized.b)], resized.diff, math.prod(resized.shape)
         if self.single:
             sides = sides[:1]
-        for label, _ in sides:
-            table.add_column(label, justify="right")
+        # One Text rather than a Rich table: the pane is laid out and drawn line by line, and a
+        # table is measured again for each, a tenth of a second per tensor shown.
+        header = [Text(""), *(Text(label, "bold") for label, _ in sides)]
         if diff is not None:
-            table.add_column("", style="dim")
-            table.add_column("Δ = B − A", justify="right")
+            header += [Text(""), Text("Δ = B − A", "bold")]
         diff_rows = self.diff_rows(diff) if diff is not None else []
+        rows = [header]
         for i, (label, key) in enumerate(SIDE_ROWS):
-            row = [label] + [number(getattr(s, key)) for _, s in sides]
+            row = [Text(label, "dim")] + [number(getattr(s, key)) for _, s in sides]
             if diff is not None:
-                row += list(diff_rows[i]) if i < len(diff_rows) else ["", ""]
-            table.add_row(*row)
+                extra = diff_rows[i] if i < len(diff_rows) else ("", "")
+                row += [Text(extra[0], "dim"), extra[1]]
+            rows.append(row)
+        right = {k for k in range(1, len(header)) if k != len(sides) + 1}
+        table = aligned(rows, right=right)
         if result.error:
             stats.update(Text(result.error, "red"))
         elif resized is not None:
