@@ -855,6 +855,20 @@ async def test_a_filter_typed_while_opening_keeps_the_focus(demo):
         assert box.value == "norm"
 
 
+async def test_the_tree_has_the_focus_as_it_comes(demo):
+    """The tree is focused as it is mounted: a key pressed as it appears moves its cursor, and
+    never goes to the detail pane (next in line once the placeholder is gone)."""
+    app = open_app(*demo)
+    gate = hold_opening(app)
+    async with app.run_test(size=SIZE) as pilot:
+        gate.open()
+        await wait_for(pilot, lambda: bool(app.query(DiffTree)))
+        assert app.focused is app.query_one(DiffTree)
+        before = app.query_one(DiffTree).cursor_line
+        await pilot.press("down")
+        assert app.query_one(DiffTree).cursor_line == before + 1
+
+
 # Smaller findings
 
 

@@ -298,10 +298,13 @@ class WeightscopeApp(App[None]):
                                          id="tree")
         self.query_one(DetailPane).single = self.single
         area = self.query_one("#tree-area")
-        area.query_one("#placeholder").remove()
-        area.mount(tree)
+        placeholder = area.query_one("#placeholder")
+        area.mount(tree, before=placeholder)
         if self.filter_submitted_early or not self.query_one("#filter", Input).has_focus:
-            tree.focus()  # unless a filter is being typed: its keys stay in the box
+            # Focused before the placeholder goes (else the detail pane, next in line, takes the
+            # focus, and the first keys scroll it while the tree is drawn): a key is never lost.
+            self.screen.set_focus(tree)
+        placeholder.remove()
         pattern = self.query_one("#filter", Input).value
         if pattern:  # typed while the headers were read
             self.build_filtered(pattern)
