@@ -869,6 +869,21 @@ async def test_the_tree_has_the_focus_as_it_comes(demo):
         assert app.query_one(DiffTree).cursor_line == before + 1
 
 
+async def test_a_key_right_after_expanding_moves_among_the_new_lines(demo):
+    """→ then ↓ at once, as a terminal sends them: ↓ goes to the first child, not nowhere (the
+    children were added only when the expansion's message came, after ↓ found no line)."""
+    app = open_app(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tree = app.query_one(DiffTree)
+        node = tree.cursor_node
+        assert node.allow_expand and not node.is_expanded
+        for key in ("right", "down"):
+            app._driver.send_message(events.Key(key, None))  # queued together, as typed
+        await wait_for(pilot, lambda: tree.cursor_node is not node)
+        assert tree.cursor_node.parent is node
+
+
 # Smaller findings
 
 

@@ -154,6 +154,7 @@ class DiffTree(Tree[int]):
         if node is None or not node.allow_expand:
             return
         if not node.is_expanded:
+            self.populate(node)  # now, not when the expansion's message comes: a key pressed next moves among them
             node.expand()
         elif node.children:
             self.move_cursor(node.children[0])
