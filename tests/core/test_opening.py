@@ -96,22 +96,49 @@ def opened_by_engine(path_a: str, path_b: str, helpers: int) -> msg.Opened | msg
 
 @pytest.fixture
 def wide(ck, tmp_path):
-    """A pair of 10,000 small tensors: headers of over 1 MB, which a worker opens."""
+    """A pair of 10,000 small tensors: headers of over 1 MB, which a worker opens (one of B's
+    shaped otherwise: not the same header bytes as A's)."""
     names = [f"model.layers.{i // 100}.mlp.experts.{i % 100}.down_proj.weight" for i in range(10_000)]
     a = ck.write_safetensors(tmp_path / "a.safetensors", {n: torch.full((2,), float(i)) for i, n in enumerate(names)})
-    b = ck.write_safetensors(tmp_path / "b.safetensors", {n: torch.full((2,), float(i % 7)) for i, n in enumerate(names)})
+    b = ck.write_safetensors(tmp_path / "b.safetensors",
+                             {n: torch.full((2 + (i == 0),), float(i % 7)) for i, n in enumerate(names)})
     return a, b
+
+
+@pytest.fixture
+def tuned(ck, tmp_path, wide):
+    """A's tensors with other values, written as a fine-tune is: its header the very bytes of A's."""
+    from safetensors import safe_open
+
+    with safe_open(wide[0], "pt") as f:
+        values = {n: f.get_tensor(n) + 1 for n in f.keys()}
+    return ck.write_safetensors(tmp_path / "tuned.safetensors", values)
 
 
 class TestOpeningAtOnce:
     """With a worker process, the engine opens a B of large headers there while it opens A and
-    builds A's tree; a small B opens at once, here."""
+    builds A's tree; a small B, or one whose headers are the very bytes of A's, opens at once,
+    here."""
 
-    def test_large_headers_open_elsewhere_small_ones_here(self, wide, pair):
-        from weightscope.engine.opening import opens_elsewhere
+    def test_large_headers_open_elsewhere_small_or_same_ones_here(self, wide, tuned, pair):
+        from weightscope.engine.opening import headers, opens_elsewhere
 
         assert opens_elsewhere(msg.Job(str(wide[0]), str(wide[1]))) == str(wide[1])
+        assert headers(str(tuned)) == headers(str(wide[0]))
+        assert opens_elsewhere(msg.Job(str(wide[0]), str(tuned))) is None
         assert opens_elsewhere(msg.Job(str(pair[0]), str(pair[1]))) is None
+
+    def test_headers_of_the_same_bytes_are_parsed_once(self, wide, tuned, opened):
+        """B's header, the very bytes of A's, is not parsed again; B's tensors are still read
+        from B's file."""
+        from weightscope.sources.formats import safetensors as st
+
+        st.well_formed_columns.cache_clear()
+        a, b = opened(wide[0]), opened(tuned)
+        assert st.well_formed_columns.cache_info().hits == 1
+        assert set(b.tensors.file) == {str(tuned)} and list(b.tensors) == list(a.tensors)
+        name = a.tensors.names[123]
+        assert torch.equal(b.load(name), a.load(name) + 1)
 
     def test_the_same_catalog_and_tree_either_way(self, wide):
         at_once, alone = (opened_by_engine(str(wide[0]), str(wide[1]), helpers) for helpers in (1, 0))

@@ -136,12 +136,16 @@ def build_app_parser() -> argparse.ArgumentParser:
 # The app
 
 
-def run_app(job) -> int:
+def run_app(job, engine=None) -> int:
+    """The app on `job`, with `engine` where one was started before the job was known."""
     from dataclasses import replace
 
     from weightscope.engine.client import Engine
 
-    engine = Engine(replace(job, tree=True))  # starts reading the headers while Textual loads
+    job = replace(job, tree=True)
+    if engine is None:
+        engine = Engine()
+    engine.begin(job)  # it reads the headers while Textual loads
     from weightscope.ui.app import WeightscopeApp
 
     app = WeightscopeApp(job, engine)
@@ -445,8 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     args = (build_app_parser() if opens_app else build_parser()).parse_args(argv)
     try:
         if opens_app:
-            return run_app(job_of(args, args.b, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling,
-                                  tree=True))
+            from weightscope.engine.client import Engine
+
+            engine = Engine()  # started first: its imports overlap ours
+            try:
+                job = job_of(args, args.b, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling)
+            except BaseException:
+                engine.close()
+                raise
+            return run_app(job, engine)
         return COMMANDS[args.command](args)
     except Failure as exc:
         print(f"weightscope: {exc}", file=sys.stderr)

@@ -3,7 +3,9 @@
 `Engine(job)` starts the engine in a fresh interpreter (`python -m weightscope.engine.server`,
 never a fork of a process that runs threads, and never a re-import of the caller's main
 module) and gives the caller one pipe to it: `send` a request, `recv` what comes back. The
-engine starts its worker processes the same way. All of them end when the caller closes the
+engine starts its worker processes the same way. `Engine()` starts it before the job is
+known, `begin(job)` gives it: the engine's imports then overlap the caller's own (this
+module imports nothing heavy before then). All of them end when the caller closes the
 engine or goes away: each one reads end-of-file from its pipe.
 """
 
@@ -14,8 +16,10 @@ import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
-from weightscope.engine import protocol as msg
+if TYPE_CHECKING:
+    from weightscope.engine import protocol as msg
 
 
 def cores() -> int:
@@ -44,16 +48,23 @@ def start(module: str, quiet: bool = True, *args: str) -> tuple[subprocess.Popen
 class Engine:
     """A running engine, and the pipe to it."""
 
-    def __init__(self, job: msg.Job, helpers: int | None = None, quiet: bool = True):
+    def __init__(self, job: msg.Job | None = None, helpers: int | None = None, quiet: bool = True):
         """
         Args:
+            job: what to compare; None: given later by `begin` (the engine imports meanwhile).
             helpers: worker processes beside the engine's own worker thread (default: one per
                 further core).
             quiet: the engine's processes write nothing to this terminal.
         """
         self.process, self.conn = start("weightscope.engine.server", quiet)
-        self.conn.send((job, max(0, cores() - 1) if helpers is None else helpers, quiet))
+        self.helpers, self.quiet = max(0, cores() - 1) if helpers is None else helpers, quiet
         self.tickets = 0
+        self.early_tree = None  # (A's names, their tree), built while the engine opens B
+        if job is not None:
+            self.begin(job)
+
+    def begin(self, job: msg.Job) -> None:
+        self.conn.send((job, self.helpers, self.quiet))
 
     def ticket(self) -> int:
         self.tickets += 1
@@ -64,14 +75,27 @@ class Engine:
 
     def ask(self, kind: str, *args) -> int:
         """Ask a question; its answer comes back with the returned ticket."""
+        from weightscope.engine import protocol as msg
+
         ticket = self.ticket()
         self.conn.send(msg.Ask(ticket, kind, args))
         return ticket
 
     def recv(self):
-        """The next message from the engine; a fatal `Failed` when the engine process has ended."""
+        """The next message from the engine; a fatal `Failed` when the engine process has ended.
+        A's `Names` are taken here, not returned: their tree comes with `Opened`."""
+        from weightscope.engine import protocol as msg
+
         try:
-            return self.conn.recv()
+            message = self.conn.recv()
+            if isinstance(message, msg.Names):
+                from weightscope.analysis.hierarchy import of_names
+
+                self.early_tree = message.names, of_names(message.names)
+                message = self.conn.recv()
+            if isinstance(message, msg.Opened) and self.early_tree is not None:
+                return self.with_tree(message)
+            return message
         except (EOFError, OSError):
             try:
                 code = self.process.wait(2)
@@ -81,9 +105,21 @@ class Engine:
                 f"signal {-code}" if code is not None else "no exit status"
             return msg.Failed(None, "engine", f"the engine process stopped unexpectedly ({why})", fatal=True)
 
+    def with_tree(self, opened: msg.Opened) -> msg.Opened:
+        """`opened` with the tree of the pairs: A's, when A's names are the pairs' names."""
+        from dataclasses import replace
+
+        from weightscope.analysis.hierarchy import build
+
+        names, tree = self.early_tree
+        self.early_tree = None
+        return replace(opened, tree=tree if names == opened.catalog.names else build(opened.catalog))
+
     def close(self) -> None:
         """Ask the engine to stop, and make sure it has. A thread still reading the pipe gets
         end-of-file (the pipe is shut down, not closed under it)."""
+        from weightscope.engine import protocol as msg
+
         try:
             self.conn.send(msg.Close())
             with socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as ours:

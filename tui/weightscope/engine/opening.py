@@ -1,9 +1,11 @@
 """What an engine opens for a job: both checkpoints, their alignment and its catalog.
 
-Opening a 100,000-tensor side takes a few tenths of a second, all of it in one interpreter:
-the engine opens A while a worker process opens B's weights (`open_elsewhere`), and builds
-the name tree of A's names meanwhile, which is the tree of the pairs whenever both sides name
-the same tensors in the same order, as nearly always.
+Opening a 100,000-tensor side takes a few tenths of a second, all of it in one interpreter.
+B's headers are nearly always the very bytes of A's (a fine-tune saved by the same writer):
+then B opens from what opening A parsed, in a few hundredths. Otherwise the engine opens A
+while a worker process opens B's weights (`opens_elsewhere`). Meanwhile the client builds
+the name tree of A's names (`protocol.Names`), which is the tree of the pairs whenever both
+sides name the same tensors in the same order, as nearly always.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ LARGE_HEADERS = 1 << 20  # bytes of header (about 8,000 tensors) from which B op
 
 def open_job(job: Job, stored_b: Callable[[], Checkpoint | None] | None = None,
              meanwhile: Callable[[Checkpoint], object] | None = None
-             ) -> tuple[Checkpoint, Checkpoint | None, Alignment, cat.Catalog, object]:
-    """(A, B or None when A is browsed alone, the alignment, the catalog, what `meanwhile` made).
+             ) -> tuple[Checkpoint, Checkpoint | None, Alignment, cat.Catalog]:
+    """(A, B or None when A is browsed alone, the alignment, the catalog).
 
     Args:
         stored_b: gives B's weights where another process opened them (None: open them here);
             asked once A is open.
-        meanwhile: called with A before B is asked for.
+        meanwhile: called with A before B is opened.
 
     Raises:
         CheckpointError: a side cannot be opened at all.
@@ -38,52 +40,66 @@ def open_job(job: Job, stored_b: Callable[[], Checkpoint | None] | None = None,
 
     if job.path_b is None:
         a = open_checkpoint(job.path_a)
+        if meanwhile:
+            meanwhile(a)
         alignment = single_alignment(a)
-        return a, None, alignment, cat.build(a, None, alignment), meanwhile(a) if meanwhile else None
+        return a, None, alignment, cat.build(a, None, alignment)
     if job.adapter is not None:
         a, b = open_merge_check(job.path_a, job.path_b, job.adapter)
-        made = meanwhile(a) if meanwhile else None
+        if meanwhile:
+            meanwhile(a)
     else:
         a = open_checkpoint(job.path_a)
         try:
-            made = meanwhile(a) if meanwhile else None
+            if meanwhile:
+                meanwhile(a)
         except BaseException:
             a.close()
             raise
         a, b = open_pair(job.path_a, job.path_b, job.lora_alpha, job.lora_scaling, a, stored_b() if stored_b else None)
     alignment = align(a, b)
-    return a, b, alignment, cat.build(a, b, alignment), made
+    return a, b, alignment, cat.build(a, b, alignment)
 
 
 def opens_elsewhere(job: Job) -> str | None:
     """The weights of B that a worker process may open while the engine opens A (`open_weights`):
-    where their headers are large; small ones open here sooner than a worker starts."""
+    where their headers are large, and not the very bytes of A's headers (then B opens here
+    from what opening A parsed, sooner than a worker could send it); small ones open here
+    sooner than a worker starts."""
     from weightscope.sources.lora.adapters import locate
 
     if job.path_b is None or job.adapter is not None:
         return None
     weights = locate(job.path_b)[0]
-    return weights if header_bytes(weights) >= LARGE_HEADERS else None
+    found = headers(weights)
+    if found is None or sum(map(len, found)) < LARGE_HEADERS or found == headers(job.path_a):
+        return None
+    return weights
 
 
-def header_bytes(path: str) -> int:
-    """About how many bytes of safetensors header `path` holds, found cheaply: a sharded
-    directory's index size, else the header lengths its files begin with (0 where unknown;
-    only regular files are read: a FIFO would never answer)."""
+def headers(path: str) -> list[bytes] | None:
+    """The safetensors headers of `path` (a file, or a directory's files in name order, after
+    its index), read cheaply; None where there are none or they cannot be read (only regular
+    files are read: a FIFO would never answer)."""
     from weightscope.sources.errors import CheckpointError
-    from weightscope.sources.files import read_head, regular_size
+    from weightscope.sources.files import read_head, read_small
+    from weightscope.sources.formats.safetensors import MAX_HEADER
 
     try:
         if os.path.isdir(path):
+            files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if name.endswith(".safetensors")]
             index = os.path.join(path, "model.safetensors.index.json")
-            if os.path.lexists(index):
-                return regular_size(index)
-            files = [os.path.join(path, name) for name in os.listdir(path) if name.endswith(".safetensors")]
+            found = [read_small(index, MAX_HEADER)] if os.path.lexists(index) else []
         else:
-            files = [path]
-        return sum(int.from_bytes(read_head(file, 8), "little") for file in files)
+            files, found = [path], []
+        for file in files:
+            length = int.from_bytes(read_head(file, 8), "little")
+            if length > MAX_HEADER:
+                return None
+            found.append(read_head(file, 8 + length))
+        return found or None
     except (CheckpointError, OSError):
-        return 0
+        return None
 
 
 def open_weights(path: str) -> Checkpoint | None:

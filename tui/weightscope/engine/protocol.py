@@ -28,7 +28,7 @@ class Job:
     lora_scaling: float | None = None
     options: ScanOptions = ScanOptions()  # `device` may be "auto": the engine resolves it
     use_cache: bool = True
-    tree: bool = False  # send the name tree with the catalog (the app draws it first)
+    tree: bool = False  # `Opened` comes with the name tree (the app draws it first)
     heads: tuple[int, int] | None = None  # `--heads N,KV`: head counts that override any config
 
 
@@ -80,12 +80,20 @@ class Close:
 # Engine -> client
 
 
+@dataclass(frozen=True)
+class Names:
+    """A's names, as soon as A is open, when the job asks for the tree (`Job.tree`): the client
+    builds the tree from them while the engine opens B (`client.Engine.recv`)."""
+
+    names: tuple[str, ...]
+
+
 @dataclass
 class Opened:
     """Both sides' headers are read and their names aligned."""
 
     catalog: Catalog
-    tree: object | None = None  # analysis.hierarchy.NameTree when the job asked for it
+    tree: object | None = None  # analysis.hierarchy.NameTree when the job asked for it (made by the client)
 
 
 @dataclass

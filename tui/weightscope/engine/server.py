@@ -128,27 +128,22 @@ class Server:
     # Life
 
     def run(self) -> None:
-        from weightscope.analysis import hierarchy
         from weightscope.compare.device import resolve
         from weightscope.engine.opening import open_job, opens_elsewhere
 
         elsewhere = opens_elsewhere(self.job) if self.helper_count else None
-        self.start_helpers(elsewhere)  # the first may open B while this opens A; they load their compiled loops
+        if elsewhere:
+            self.start_helpers(elsewhere)  # the first opens B while this opens A
         try:
             fault("open")
-            self.options = replace(self.job.options, device=resolve(self.job.options.device))
 
-            def tree_of_a(a):  # the pairs' tree, whenever A's names are the pairs' names
-                names = tuple(a.tensors)
-                return names, hierarchy.of_names(names)
+            def names_of_a(a):  # the client builds the name tree from them while B opens
+                self.send(msg.Names(tuple(a.tensors)))
 
             with collector_paused():
-                a, b, _, self.catalog, early = open_job(self.job, self.stored_b if elsewhere else None,
-                                                        tree_of_a if self.job.tree else None)
-                tree = None
-                if self.job.tree:
-                    tree = early[1] if early[0] == self.catalog.names else hierarchy.build(self.catalog)
-        except (CheckpointError, ValueError) as exc:  # ValueError: options that cannot be honoured
+                a, b, _, self.catalog = open_job(self.job, self.stored_b if elsewhere else None,
+                                                 names_of_a if self.job.tree else None)
+        except CheckpointError as exc:
             self.send(msg.Failed(None, "open", str(exc), fatal=True))
             return
         except Exception as exc:  # noqa: BLE001  (a bug, or a file nobody foresaw: said, never a traceback)
@@ -156,7 +151,14 @@ class Server:
             return
         self.a, self.b = a, b or a
         self.table = ResultTable(len(self.catalog))
-        self.send(msg.Opened(self.catalog, tree))
+        self.send(msg.Opened(self.catalog))
+        if not elsewhere:
+            self.start_helpers(None)  # now: starting them sooner only slowed the opening down
+        try:  # after the tree: on a GPU box this imports torch
+            self.options = replace(self.job.options, device=resolve(self.job.options.device))
+        except ValueError as exc:  # a device that cannot be had
+            self.send(msg.Failed(None, "open", str(exc), fatal=True))
+            return
         os.nice(NICE)  # opened at full speed, the tree awaited; from now on the app's drawing goes first
         self.start_local_worker()
         self.loop()
@@ -556,7 +558,7 @@ def main(fd: int) -> None:
     conn = Connection(fd)
     try:
         job, helpers, quiet = conn.recv()
-    except (EOFError, OSError):
+    except (EOFError, OSError, TypeError):  # (TypeError: closed before it was given a job)
         return
     if isinstance(job, msg.RunJob):
         from weightscope.engine.runs import RunServer

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from itertools import compress, repeat
 from operator import eq, itemgetter
 
 from weightscope.sources import hub
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo, TensorTable
 from weightscope.sources.errors import CheckpointError, one_line
-from weightscope.sources.files import inside, read_json, sniff
+from weightscope.sources.files import inside, parse_json, parsed_json, read_small, sniff
 from weightscope.sources.formats import dcp, scaled
 from weightscope.sources.formats.gguf import GGUFFile
 from weightscope.sources.formats.pytorch import TorchLegacyFile, TorchZipFile
@@ -228,10 +229,20 @@ def open_dcp(path: str) -> Checkpoint:
 
 def read_index(index_path: str) -> dict[str, str]:
     """The index's `weight_map`: tensor name -> shard file name."""
-    index = read_json(index_path, MAX_INDEX)
+    weight_map = parsed_json(index_path, read_small(index_path, MAX_INDEX), weight_map_of)
+    if weight_map is None:
+        raise CheckpointError(index_path, "no weight_map of tensor names to file names")
+    return dict(weight_map)
+
+
+@lru_cache(maxsize=4)
+def weight_map_of(text: bytes) -> dict[str, str] | None:
+    """An index's `weight_map` (None where it has none of names to file names). Kept for the
+    last few indexes: B's is nearly always the very bytes of A's, and is then not parsed again."""
+    index = parse_json(text)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not set(map(type, weight_map.values())) <= {str}:
-        raise CheckpointError(index_path, "no weight_map of tensor names to file names")
+        return None
     return weight_map
 
 

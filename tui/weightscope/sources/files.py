@@ -159,16 +159,32 @@ def read_json(path: str, limit: int):
     Raises:
         CheckpointError: missing, too large, unreadable or not JSON (one line).
     """
+    return parsed_json(path, read_small(path, limit))
+
+
+def read_small(path: str, limit: int) -> bytes:
+    """A regular file of at most `limit` bytes, whole.
+
+    Raises:
+        CheckpointError: missing, too large or unreadable (one line).
+    """
     size = regular_size(path)
     if size > limit:
         raise CheckpointError(path, f"{size} bytes exceeds the {limit}-byte limit for this file")
     try:
         with open(path, "rb") as f:
-            return parse_json(f.read())
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(path, f"invalid JSON: {exc}") from None
+            return f.read()
     except OSError as exc:
         raise CheckpointError(path, exc.strerror or str(exc)) from None
+
+
+def parsed_json(path: str, text: bytes, parse=None):
+    """`text` (read from `path`) parsed by `parse` (default `parse_json`), a failure as a
+    CheckpointError naming the file."""
+    try:
+        return (parse or parse_json)(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(path, f"invalid JSON: {exc}") from None
 
 
 def open_for_writing(path: str):

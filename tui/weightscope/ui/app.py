@@ -40,7 +40,7 @@ from weightscope.ui.screens.help import HelpScreen
 from weightscope.ui.screens.notes import NotesScreen
 from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen
-from weightscope.ui.widgets.detail import DetailPane, Group
+from weightscope.ui.widgets.detail import DetailPane, Group, load_plots
 from weightscope.ui.widgets.diff_tree import DiffTree
 from weightscope.ui.widgets.verdict_text import pane_text, root_texts
 
@@ -206,6 +206,7 @@ class WeightscopeApp(App[None]):
         if self.engine is None:
             self.engine = Engine(self.job)
         threading.Thread(target=self.read_engine, name="weightscope-engine-reader", daemon=True).start()
+        self.call_after_refresh(threading.Thread(target=load_plots, name="weightscope-plots", daemon=True).start)
 
     def read_engine(self) -> None:
         """Pass on what the engine says, as messages, until it stops (in a thread of its own)."""

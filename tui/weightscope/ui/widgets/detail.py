@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Static
 
 from dataclasses import dataclass
@@ -20,10 +21,6 @@ from weightscope.compare.results import PairResult
 from weightscope.compare.stats import DiffStats
 from weightscope.report.diff import human, many, slice_unit, slices_text, where_added
 from weightscope.ui.widgets import badges
-from weightscope.ui.widgets.change_map_view import ChangeMapView, grid_size
-from weightscope.ui.widgets.heads_view import HeadsPlot, explain, render_grid
-from weightscope.ui.widgets.histogram import HistogramPlot
-from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
 
 SIDE_ROWS = [("min", "min"), ("max", "max"), ("mean", "mean"), ("std", "std"), ("absmax", "absmax"),
              ("L2 norm", "l2"), ("NaN", "nan"), ("+Inf", "posinf"), ("−Inf", "neginf"), ("zeros", "zeros")]
@@ -129,11 +126,30 @@ def aligned(rows: list[tuple], right: frozenset[int] | set[int] = frozenset(), g
     return out
 
 
+@dataclass
+class Plots:
+    """The detail pane's plots, and the switcher that shows one view of them at a time."""
+
+    values: Widget  # histogram.HistogramPlot (A and B)
+    deltas: Widget  # histogram.HistogramPlot (B − A)
+    spectrum: Widget  # spectrum_plot.SpectrumPlot
+    map: Widget  # change_map_view.ChangeMapView
+    heads: Widget  # heads_view.HeadsPlot
+    grid_text: Static  # a layer's heads × q, k, v, o, or why a tensor has no heads
+    switcher: ContentSwitcher
+
+
+def load_plots() -> None:
+    """Import the plots' modules (plotext), as a thread does once the first screen is drawn."""
+    from weightscope.ui.widgets import change_map_view, heads_view, histogram, spectrum_plot  # noqa: F401
+
+
 class DetailPane(VerticalScroll):
     """Names, dtypes, shapes and files at once; statistics and histograms when the worker is done."""
 
     single = False
     """One checkpoint browsed alone: only A's side is shown."""
+    _plots: Plots | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
@@ -142,15 +158,29 @@ class DetailPane(VerticalScroll):
             with Vertical(id="detail-figures"):
                 yield Static(id="detail-stats")
                 yield Static(id="detail-verdict")
-            with ContentSwitcher(id="detail-plots", initial="histograms"):
-                with Vertical(id="histograms"):
-                    yield HistogramPlot(id="hist-values")
-                    yield HistogramPlot(id="hist-diff")
-                yield SpectrumPlot(id="spectrum")
-                yield ChangeMapView(id="map")
-                yield HeadsPlot(id="heads")
-                with VerticalScroll(id="heads-grid"):
-                    yield Static(id="heads-grid-text")
+            yield ContentSwitcher(id="detail-plots")  # its plots come with `plots`
+
+    @property
+    def plots(self) -> Plots:
+        """The plots, mounted when first asked for: their modules (plotext) load once the first
+        screen is drawn (`load_plots`), not before it."""
+        if self._plots is None:
+            from weightscope.ui.widgets.change_map_view import ChangeMapView
+            from weightscope.ui.widgets.heads_view import HeadsPlot
+            from weightscope.ui.widgets.histogram import HistogramPlot
+            from weightscope.ui.widgets.spectrum_plot import SpectrumPlot
+
+            plots = Plots(HistogramPlot(id="hist-values"), HistogramPlot(id="hist-diff"), SpectrumPlot(id="spectrum"),
+                          ChangeMapView(id="map"), HeadsPlot(id="heads"), Static(id="heads-grid-text"),
+                          self.query_one(ContentSwitcher))
+            views = [Vertical(plots.values, plots.deltas, id="histograms"), plots.spectrum, plots.map, plots.heads,
+                     VerticalScroll(plots.grid_text, id="heads-grid")]
+            for view in views[1:]:
+                view.display = False
+            plots.switcher.mount(*views)
+            plots.switcher.current = "histograms"
+            self._plots = plots
+        return self._plots
 
     def show_pair(self, pair: Pair, status: str) -> None:
         """The header of a pair, with a loading indicator where the figures will go."""
@@ -175,14 +205,14 @@ class DetailPane(VerticalScroll):
         stats.loading = True
         self.query_one("#detail-verdict", Static).update("")
         self.query_one("#detail-plots").display = True
-        for plot in self.query(HistogramPlot):
-            plot.clear()
-        self.query_one(SpectrumPlot).message("")
-        self.query_one(ChangeMapView).update("")
-        self.query_one(HeadsPlot).message("")
-        switcher = self.query_one(ContentSwitcher)
-        if switcher.current == "heads-grid":  # a group's grid gives way to the pair's chart
-            switcher.current = "heads"
+        plots = self.plots
+        plots.values.clear()
+        plots.deltas.clear()
+        plots.spectrum.message("")
+        plots.map.update("")
+        plots.heads.message("")
+        if plots.switcher.current == "heads-grid":  # a group's grid gives way to the pair's chart
+            plots.switcher.current = "heads"
 
     def title_text(self, name: str, status: str) -> Text:
         text = Text(f"{badges.symbol(status)} {badges.words(status)}  ", badges.style(status))
@@ -195,8 +225,6 @@ class DetailPane(VerticalScroll):
         part, under a word on that part and on the rows only one side has."""
         stats = self.query_one("#detail-stats", Static)
         stats.loading = False
-        table = Table(box=None, padding=(0, 1), show_edge=False, expand=False)
-        table.add_column("", style="dim")
         resized = None if self.single else result.resized
         numel = (result.pair.a or result.pair.b).numel
         sides = [(label, s) for label, s in (("A", result.a), ("B", result.b)) if s is not None]
@@ -205,17 +233,21 @@ class DetailPane(VerticalScroll):
             sides, diff, numel = [("A", resized.a), ("B", resized.b)], resized.diff, math.prod(resized.shape)
         if self.single:
             sides = sides[:1]
-        for label, _ in sides:
-            table.add_column(label, justify="right")
+        # One Text rather than a Rich table: the pane is laid out and drawn line by line, and a
+        # table is measured again for each, a tenth of a second per tensor shown.
+        header = [Text(""), *(Text(label, "bold") for label, _ in sides)]
         if diff is not None:
-            table.add_column("", style="dim")
-            table.add_column("Δ = B − A", justify="right")
+            header += [Text(""), Text("Δ = B − A", "bold")]
         diff_rows = self.diff_rows(diff) if diff is not None else []
+        rows = [header]
         for i, (label, key) in enumerate(SIDE_ROWS):
-            row = [label] + [number(getattr(s, key)) for _, s in sides]
+            row = [Text(label, "dim")] + [number(getattr(s, key)) for _, s in sides]
             if diff is not None:
-                row += list(diff_rows[i]) if i < len(diff_rows) else ["", ""]
-            table.add_row(*row)
+                extra = diff_rows[i] if i < len(diff_rows) else ("", "")
+                row += [Text(extra[0], "dim"), extra[1]]
+            rows.append(row)
+        right = {k for k in range(1, len(header)) if k != len(sides) + 1}
+        table = aligned(rows, right=right)
         if result.error:
             stats.update(Text(result.error, "red"))
         elif resized is not None:
@@ -247,8 +279,7 @@ class DetailPane(VerticalScroll):
                 ("mismatched", number(diff.mismatched))]
 
     def draw_histograms(self, result: PairResult, log_counts: bool) -> None:
-        values = self.query_one("#hist-values", HistogramPlot)
-        deltas = self.query_one("#hist-diff", HistogramPlot)
+        values, deltas = self.plots.values, self.plots.deltas
         hists = result.histograms
         series = [(label, hists[key], colour) for key, label, colour in (("a", "A", "cyan"), ("b", "B", "orange"))
                   if key in hists and not (self.single and key == "b")]
@@ -294,8 +325,8 @@ class DetailPane(VerticalScroll):
 
     def clear_histograms(self, message: str) -> None:
         """No histograms, and why (an empty message: none)."""
-        for plot in self.query(HistogramPlot):
-            plot.clear(message)
+        self.plots.values.clear(message)
+        self.plots.deltas.clear(message)
 
     def show_nothing(self, message: str) -> None:
         """An empty pane with one line saying why."""
@@ -308,18 +339,18 @@ class DetailPane(VerticalScroll):
     def show_view(self, view: str) -> None:
         """Which figure the lower right shows: "histograms", "spectrum" or "map". In a narrow
         pane, where the plots sit below the figures, a spectrum or map takes the figures' place."""
-        self.query_one(ContentSwitcher).current = view
+        self.plots.switcher.current = view
         self.set_class(view != "histograms", "plot-view")
 
     def show_spectrum(self, spectrum, log_scale: bool) -> None:
-        plot = self.query_one(SpectrumPlot)
+        plot = self.plots.spectrum
         if spectrum is None:
             plot.message("no spectrum: it needs two sides of the same shape with 2 or more dimensions")
         else:
             plot.show(spectrum, log_scale)
 
     def show_map(self, cmap, name: str) -> None:
-        view = self.query_one(ChangeMapView)
+        view = self.plots.map
         if cmap is None:
             view.update(Text("no change map: it needs two sides of the same shape, or resized in one dimension",
                              "dim"))
@@ -328,17 +359,21 @@ class DetailPane(VerticalScroll):
 
     def show_heads(self, found, name: str) -> None:
         """A tensor's change by head or expert (or why it has none)."""
-        switcher = self.query_one(ContentSwitcher)
+        from weightscope.ui.widgets.heads_view import explain
+
+        plots = self.plots
         if found is None or not hasattr(found, "units"):  # in words that wrap: a plot's title would be cut
-            self.query_one("#heads-grid-text", Static).update(Text(explain(found), "dim"))
-            switcher.current = "heads-grid"
+            plots.grid_text.update(Text(explain(found), "dim"))
+            plots.switcher.current = "heads-grid"
         else:
-            self.query_one(HeadsPlot).show(found, name)
-            switcher.current = "heads"
+            plots.heads.show(found, name)
+            plots.switcher.current = "heads"
 
     def show_heads_grid(self, path: str, found: dict) -> None:
         """A layer's attention as heads × q, k, v, o, where its group's figures were."""
-        text = self.query_one("#heads-grid-text", Static)
+        from weightscope.ui.widgets.heads_view import explain, render_grid
+
+        text = self.plots.grid_text
         usable = {role: f for role, f in found.items() if hasattr(f, "units")}
         if usable:
             text.update(render_grid(path, usable))
@@ -346,10 +381,12 @@ class DetailPane(VerticalScroll):
             why = next((explain(f) for f in found.values()), "no attention projections here")
             text.update(Text(why, "dim"))
         self.query_one("#detail-plots").display = True
-        self.query_one(ContentSwitcher).current = "heads-grid"
+        self.plots.switcher.current = "heads-grid"
 
     def map_size(self) -> tuple[int, int]:
         """The grid a change map gets: the size of the figure area (known even while it is hidden)."""
+        from weightscope.ui.widgets.change_map_view import grid_size
+
         area = self.query_one("#detail-plots").size
         return grid_size(area.width, area.height)
 
