@@ -17,6 +17,7 @@ from weightscope import __version__
 
 USAGE = """\
 weightscope A [B]                 open the terminal app: A and B side by side (or A alone)
+weightscope [BASE] RUN_DIR/       the app on a training run: drift of every tensor across the steps
 weightscope diff A B [--json]     compare headless: a table, or one JSON document
 weightscope diff [BASE] RUN_DIR/  a training run's checkpoints: drift by group and step, and flags
 weightscope inspect A [--json]    statistics and a NaN/Inf scan of one checkpoint
@@ -120,11 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 def build_app_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weightscope", usage="weightscope A [B] [--heads N[,KV]] [--device auto|cpu|cuda] [--no-cache]\n"
+                                  "       weightscope [BASE] RUN_DIR/ [--watch [SECONDS]]   (or A B C ...: a run)\n"
                                   "       weightscope {diff,inspect,demo} ...",
         description="Open A and B side by side in the terminal app (or browse A alone). "
                     "Commands: diff (headless comparison), inspect (one checkpoint), demo.")
-    parser.add_argument("a", metavar="A", help="checkpoint file or directory")
-    parser.add_argument("b", metavar="B", nargs="?", help="checkpoint to compare with A")
+    parser.add_argument("paths", metavar="A [B]", nargs="+",
+                        help="checkpoint file or directory, and the checkpoint to compare with it; or a training "
+                             "run: BASE RUN_DIR/, RUN_DIR/, or three checkpoints or more in order")
+    parser.add_argument("--watch", metavar="SECONDS", nargs="?", type=float, const=3.0,
+                        help="a run directory: look for new checkpoints every SECONDS (default 3) and add each "
+                             "once it is complete")
     parser.add_argument("--heads", metavar="N[,KV]",
                         help="N query and KV key/value heads, for the heads views (default: from config.json "
                              "beside the weights, or GGUF metadata)")
@@ -149,6 +155,47 @@ def run_app(job, engine=None) -> int:
     from weightscope.ui.app import WeightscopeApp
 
     app = WeightscopeApp(job, engine)
+    app.run()
+    return app.return_code or 0
+
+
+def app_run(args):
+    """The run the app's paths name (`sources.runs.plan_run`), or None for a pair (then
+    `args.a` and `args.b` are set) as before.
+
+    Raises:
+        Failure: more than two paths that are no run, a run's option on a pair.
+    """
+    from weightscope.sources.errors import CheckpointError
+    from weightscope.sources.runs import plan_run
+
+    try:
+        spec = plan_run(args.paths)
+    except CheckpointError as exc:
+        raise Failure(str(exc)) from None
+    if spec is None:
+        if args.watch is not None:
+            raise Failure("--watch follows a training run's directory (weightscope BASE RUN_DIR/ --watch)")
+        args.a, args.b = args.paths[0], args.paths[1] if len(args.paths) > 1 else None
+        return None
+    given = [name for name in ("heads", "adapter", "lora_alpha", "lora_scaling") if getattr(args, name, None)]
+    if given:
+        raise Failure(f"--{given[0].replace('_', '-')} compares two checkpoints; it does not apply to a run")
+    return spec
+
+
+def run_run_app(args, spec, engine=None) -> int:
+    """The app on a training run."""
+    from weightscope.engine.client import Engine
+    from weightscope.engine.protocol import RunJob
+
+    job = RunJob(spec, use_cache=not args.no_cache)
+    if engine is None:
+        engine = Engine()
+    engine.begin(job)
+    from weightscope.ui.run_app import RunApp
+
+    app = RunApp(job, engine, paths=args.paths, watch=args.watch)
     app.run()
     return app.return_code or 0
 
@@ -453,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
 
             engine = Engine()  # started first: its imports overlap ours
             try:
+                spec = app_run(args)
+                if spec is not None:
+                    return run_run_app(args, spec, engine)
                 job = job_of(args, args.b, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling)
             except BaseException:
                 engine.close()

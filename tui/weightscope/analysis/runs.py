@@ -281,3 +281,51 @@ def stopped_flags(catalog: RunCatalog, table: RunTable) -> list[RunFlag]:
                            f"{described(catalog, rows)} stopped changing at {label(catalog, k + 1)} (identical from "
                            "there on) while other tensors still changed", k))
     return out
+
+
+# Layers × steps
+
+
+@dataclass(frozen=True)
+class LayerSteps:
+    """Drift of one module type per layer (rows) and step (columns): each cell's tensors' sums
+    added up, √(Σ‖S−R‖²/Σ‖R‖²), NaN where undefined; `pending`: some tensor of the cell not read
+    yet at that step; `members`: each row's tensors (catalog indices)."""
+
+    module: str
+    modules: list[str]
+    rows: list[str]
+    drift: np.ndarray
+    pending: np.ndarray
+    members: list[list[int]]
+
+
+def layer_modules(catalog: RunCatalog) -> list[str]:
+    """The module types found inside the layers, in the overview's column order."""
+    from weightscope.analysis.anatomy import COLUMN_ORDER, place
+
+    found = {place(name).module for name in catalog.names if place(name).layer is not None}
+    return sorted(found, key=lambda m: (COLUMN_ORDER.index(m) if m in COLUMN_ORDER else len(COLUMN_ORDER), m))
+
+
+def layer_steps(catalog: RunCatalog, table: RunTable, module: str | None = None) -> LayerSteps:
+    """The layers × steps grid of `module` (the first module type when None or not found)."""
+    from weightscope.analysis.anatomy import place
+    from weightscope.analysis.hierarchy import natural_key
+    from weightscope.compare.run_columns import PENDING
+
+    modules = layer_modules(catalog)
+    if module not in modules:
+        module = modules[0] if modules else ""
+    by_row: dict[str, list[int]] = {}
+    for i, name in enumerate(catalog.names):
+        where = place(name)
+        if where.layer is not None and where.module == module:
+            by_row.setdefault(where.row, []).append(i)
+    rows = sorted(by_row, key=natural_key)
+    sums = table.rollup_columns()
+    dd = np.array([sums["dd"][by_row[r]].sum(axis=0) for r in rows]).reshape(len(rows), table.steps)
+    rr = np.array([sums["rr"][by_row[r]].sum(axis=0) for r in rows]).reshape(len(rows), table.steps)
+    pending = np.array([(table.status[by_row[r]] == PENDING).any(axis=0) for r in rows], bool).reshape(
+        len(rows), table.steps)
+    return LayerSteps(module, modules, rows, ratio(dd, rr), pending, [by_row[r] for r in rows])
