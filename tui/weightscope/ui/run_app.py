@@ -4,8 +4,7 @@ its flags and its drift and update against step, and a layers × steps overview.
 
 As in the pair app, the engine (`engine.runs.RunServer`) reads and scans in processes of its
 own; the app takes its `RunResults` into a `RunTable` and draws. `[` and `]` choose the step
-the figures and the pair views are at: the engine opens the reference and that step as a
-pair and answers the pair app's questions on it (statistics and histograms, spectrum, map).
+the figures are at (the pair views on two steps are not here yet).
 With `--watch`, the run directory is looked at every few seconds and a checkpoint that is
 complete (whole by `sources.runs.incomplete`, its files unchanged since the look before) is
 added: the run is opened again with it, every earlier step coming from the per-step cache.
@@ -64,7 +63,7 @@ class RunApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "weightscope"
     BINDINGS = [
-        Binding("left_square_bracket", "step(-1)", "Step ←", tooltip="The step before (figures and pair views)"),
+        Binding("left_square_bracket", "step(-1)", "Step ←", tooltip="The step before (the figures and the column of drift)"),
         Binding("right_square_bracket", "step(1)", "Step →", tooltip="The step after"),
         Binding("o", "overview", "Overview", tooltip="Layers × steps heatmap of drift for a module type"),
         Binding("L", "toggle_log", "Log y", tooltip="Drift and update plots on a log scale"),
@@ -313,8 +312,10 @@ class RunApp(App[None]):
         self.query_one(RunDetail).show(title, rows, self.flags_of(node) if self.scan_done else [], x, drift, update,
                                        pending, self.log_scale, x[t])
         reference = os.path.basename(os.path.normpath(self.catalog.points[0].path))
+        before = reference if t == 0 else step_labels(self.catalog.points)[t - 1]
         self.query_one(RunDetail).show_pair(Text.assemble(
-            ("compared: ", "dim"), f"reference {reference} ↔ step {label}"))
+            ("at step ", "dim"), label, (": drift against the reference ", "dim"), reference,
+            (", update against ", "dim"), before))
 
     # Actions
 
