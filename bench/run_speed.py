@@ -138,7 +138,11 @@ def main() -> None:
     eleventh = os.path.join(args.keep, f"checkpoint-{100 * (STEPS + 1)}")
     if os.path.isdir(eleventh):
         shutil.rmtree(eleventh)
-    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="weightscope-run-bench-")  # a cache of its own
+    from weightscope.paths import cache_dir
+
+    # The compiled loops keep their cache (a first compile is not the scan); the results get one of their own.
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="weightscope-run-bench-")
     try:
         read_once(paths)  # warm the page cache
         floor, nbytes = read_once(paths)

@@ -31,6 +31,72 @@ def moved(r, p, s):
     return sq, rs, dd, uu
 
 
+@fast
+def moved_bf16(r, p, s):
+    """`moved` and max |s| of bfloat16 bits (uint16), each value decoded in the loop: one pass
+    over the bytes, no scratch (max |s| from the bits: exact where every value is finite)."""
+    sq = rs = dd = uu = 0.0
+    top = np.uint16(0)
+    for i in range(s.size):
+        vs = np.float64(np.uint32(np.uint32(s[i]) << np.uint32(16)).view(np.float32))
+        vr = np.float64(np.uint32(np.uint32(r[i]) << np.uint32(16)).view(np.float32))
+        vp = np.float64(np.uint32(np.uint32(p[i]) << np.uint32(16)).view(np.float32))
+        sq += vs * vs
+        rs += vr * vs
+        d = vs - vr
+        dd += d * d
+        u = vs - vp
+        uu += u * u
+        m = s[i] & np.uint16(0x7FFF)
+        top = m if m > top else top
+    return sq, rs, dd, uu, np.float64(np.uint32(np.uint32(top) << np.uint32(16)).view(np.float32))
+
+
+@fast
+def moved_f32(r, p, s):
+    """`moved` and max |s| of float32 values, in one pass."""
+    sq = rs = dd = uu = top = 0.0
+    for i in range(s.size):
+        vs, vr, vp = np.float64(s[i]), np.float64(r[i]), np.float64(p[i])
+        sq += vs * vs
+        rs += vr * vs
+        d = vs - vr
+        dd += d * d
+        u = vs - vp
+        uu += u * u
+        a = abs(vs)
+        top = a if a > top else top
+    return sq, rs, dd, uu, top
+
+
+@exact
+def fused(buf, r_off, p_off, s_off, n, code, row, r_sq, p_sq):
+    """A step's sums against the reference and its predecessor straight from the bytes, where
+    all three are bfloat16 or float32 (nearly always); False where another loop must do it, or
+    some value is not finite (the exact loop counts those)."""
+    if code == 2:
+        sq, rs, dd, uu, top = moved_bf16(buf[r_off:r_off + 2 * n].view(np.uint16),
+                                         buf[p_off:p_off + 2 * n].view(np.uint16),
+                                         buf[s_off:s_off + 2 * n].view(np.uint16))
+    elif code == 0:
+        sq, rs, dd, uu, top = moved_f32(buf[r_off:r_off + 4 * n].view(np.float32),
+                                        buf[p_off:p_off + 4 * n].view(np.float32),
+                                        buf[s_off:s_off + 4 * n].view(np.float32))
+    else:
+        return False
+    if not (abs(sq) < np.inf and abs(rs) < np.inf and abs(dd) < np.inf and abs(uu) < np.inf):
+        return False
+    row[SQ] += sq
+    row[ABSMAX] = max(row[ABSMAX], top)
+    row[RS] += rs
+    row[DD] += dd
+    row[RR] += r_sq
+    row[SS] += sq
+    row[UU] += uu
+    row[PP] += p_sq
+    return True
+
+
 @finite_only
 def largest(x):
     out = 0.0
@@ -117,7 +183,7 @@ def run_pieces(buf, count, codes, offs, decoded, wanted, sums, same, scratch, ta
                 decode_narrow(buf, offs[k, 0], n, codes[k, 0], scratch[0], tables)
                 x = scratch[0, :n]
                 accumulate(x, x, x, False, False, True, sums[k, 0], 0.0, 0.0)
-        has_p, slot = has_r, 0  # the predecessor's slot
+        has_p, slot = has_r, 0  # the predecessor's slot (-1: its values are not decoded)
         for t in range(1, checkpoints):
             off, code = offs[k, t], codes[k, t]
             if off < 0:
@@ -129,9 +195,17 @@ def run_pieces(buf, count, codes, offs, decoded, wanted, sums, same, scratch, ta
                 (same_r and slot == 0) or same_bytes(buf, off, buf, offs[k, t - 1], nbytes))
             same[k, t] = READ | (SAME_REF if same_r else 0) | (SAME_PREV if same_p else 0)
             if not decoded[k]:
-                has_p = True
+                has_p, slot = True, -1
                 continue
             row = sums[k, t]
+            if (wanted[t] and has_r and has_p and not (same_r or same_p) and code == codes[k, 0]
+                    and code == codes[k, t - 1]
+                    and fused(buf, offs[k, 0], offs[k, t - 1], off, n, code, row, sums[k, 0, SQ], sums[k, t - 1, SQ])):
+                has_p, slot = True, -1  # summed straight from the bytes: nothing decoded
+                continue
+            if has_p and slot < 0 and (same_p or wanted[t]):  # the predecessor's values, needed
+                slot = 1
+                decode_narrow(buf, offs[k, t - 1], n, codes[k, t - 1], scratch[slot], tables)
             if same_r or same_p:  # its values are decoded already: the reference's, or the predecessor's
                 source = sums[k, 0] if same_r else sums[k, t - 1]
                 row[SQ], row[ABSMAX], row[NONFINITE] = source[SQ], source[ABSMAX], source[NONFINITE]
@@ -147,11 +221,11 @@ def run_pieces(buf, count, codes, offs, decoded, wanted, sums, same, scratch, ta
                 own = not (same_r or same_p)
                 vs_r, vs_p = has_r and not same_r, has_p and not same_p
                 if own or vs_r or vs_p:
-                    accumulate(scratch[0, :n], scratch[slot, :n], scratch[here, :n], vs_r, vs_p, own, row,
+                    accumulate(scratch[0, :n], scratch[max(slot, 0), :n], scratch[here, :n], vs_r, vs_p, own, row,
                                sums[k, 0, SQ], sums[k, t - 1, SQ])
             elif not (same_r or same_p):
-                s = scratch[here, :n]
-                accumulate(s, s, s, False, False, True, row, 0.0, 0.0)
+                x = scratch[here, :n]
+                accumulate(x, x, x, False, False, True, row, 0.0, 0.0)
             has_p, slot = True, here
 
 
