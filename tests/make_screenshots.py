@@ -85,6 +85,74 @@ def write_moe(root: Path) -> tuple[str, str]:
     return "moe-base", "moe-finetune"
 
 
+RUN_VIEWS = {
+    # file name: (tensor to select, keys)
+    "run-drift.svg": ("model.layers.3.self_attn.q_proj.weight", []),
+    "run-heatmap.svg": ("model.layers.3.self_attn.q_proj.weight", ["o", "right", "right", "down"]),
+}
+RUN_STEPS = 8
+
+
+def write_run(root: Path) -> tuple[str, str]:
+    """A small Llama-shaped base and a run of `RUN_STEPS` checkpoints (checkpoint-250 … 2000):
+    every layer drifts like √step, the deeper ones and the query projections more; the
+    embeddings are frozen; checkpoint-1250 is saved twice (identical to 1000: stalled)."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    hidden, layers = 64, 4
+    base = {"model.embed_tokens.weight": torch.randn(256, hidden, generator=gen) * 0.02}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            base[f"{p}.self_attn.{proj}.weight"] = torch.randn(hidden, hidden, generator=gen) * 0.02
+        for proj, shape in (("gate_proj", (128, hidden)), ("up_proj", (128, hidden)), ("down_proj", (hidden, 128))):
+            base[f"{p}.mlp.{proj}.weight"] = torch.randn(*shape, generator=gen) * 0.02
+        base[f"{p}.input_layernorm.weight"] = torch.ones(hidden)
+    base["model.norm.weight"] = torch.ones(hidden)
+    base["lm_head.weight"] = torch.randn(256, hidden, generator=gen) * 0.02
+    noise = {name: torch.randn(*w.shape, generator=gen) for name, w in base.items()}
+    (root / "run-base").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.bfloat16) for k, v in base.items()}, str(root / "run-base" / "model.safetensors"))
+    for k in range(1, RUN_STEPS + 1):
+        step = 250 * k
+        t = (k - 1 if k == 5 else k) / RUN_STEPS  # 1250 saved as 1000 was
+        weights = {}
+        for name, w in base.items():
+            if name.startswith("model.embed_tokens"):
+                weights[name] = w
+                continue
+            layer = int(name.split(".")[2]) if ".layers." in name else layers
+            rate = 0.02 * (1 + layer) * (3 if "q_proj" in name else 1)
+            weights[name] = w + noise[name] * w.abs().mean() * rate * t ** 0.5
+        out = root / "run" / f"checkpoint-{step}"
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(out / "model.safetensors"))
+    return "run-base", "run"
+
+
+async def shoot_run(paths: list[str], name: str, select: str, keys: list[str]) -> None:
+    from ui.helpers import wait_for
+
+    from weightscope.engine import protocol as msg
+    from weightscope.sources.runs import plan_run
+    from weightscope.ui.run_app import RunApp
+
+    app = RunApp(msg.RunJob(plan_run(paths), use_cache=False), paths=paths)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.scan_done and app.ready)
+        app.show_in_tree(select)
+        await pilot.pause(0.3)
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause(0.2)
+        await pilot.pause(0.5)
+        app.clear_notifications()
+        await pilot.pause()
+        app.save_screenshot(str(SCREENSHOTS / name))
+
+
 async def shoot(base: str, tuned: str, name: str, keys: list[str], select: str | None = None,
                 inside: list[str] = ()) -> None:
     from ui.helpers import open_app, settle, wait_for
@@ -111,6 +179,9 @@ async def shoot(base: str, tuned: str, name: str, keys: list[str], select: str |
 
 
 def main() -> None:
+    """Every screenshot; `make_screenshots.py runs`: those of a training run only."""
+    import sys
+
     from weightscope.paths import cache_dir
 
     # A private result cache; the compiled loops keep theirs (compiling them takes half a minute).
@@ -122,6 +193,12 @@ def main() -> None:
         write_demo(Path(cache) / "demo")
         os.chdir(Path(cache) / "demo")  # relative paths: the title bar reads "A base   B finetune"
         SCREENSHOTS.mkdir(exist_ok=True)
+        run = write_run(Path(cache) / "demo")
+        for name, (select, keys) in RUN_VIEWS.items():
+            asyncio.run(shoot_run(list(run), name, select, keys))
+            print(SCREENSHOTS / name)
+        if sys.argv[1:] == ["runs"]:
+            return
         for name, keys in VIEWS.items():
             asyncio.run(shoot("base", "finetune", name, keys))
             print(SCREENSHOTS / name)

@@ -17,7 +17,9 @@ from weightscope import __version__
 
 USAGE = """\
 weightscope A [B]                 open the terminal app: A and B side by side (or A alone)
+weightscope [BASE] RUN_DIR/       the app on a training run: drift of every tensor across the steps
 weightscope diff A B [--json]     compare headless: a table, or one JSON document
+weightscope diff [BASE] RUN_DIR/  a training run's checkpoints: drift by group and step, and flags
 weightscope inspect A [--json]    statistics and a NaN/Inf scan of one checkpoint
 weightscope demo                  write a small base/fine-tune pair once and open it
 weightscope cache [--clear]       where results are cached, how much, the cap; or empty it"""
@@ -67,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "else goes wrong. With an --expect-* or --fail-on-nonfinite check, exit 0 when every check "
                     "holds and 1 when one fails.",
         epilog="example: weightscope diff base/ out/ --expect-identical 'model.embed_tokens.*' --fail-on-nonfinite")
-    diff.add_argument("a", metavar="A", help="checkpoint file or directory")
-    diff.add_argument("b", metavar="B", help="checkpoint file or directory")
+    diff.add_argument("paths", nargs="+", metavar="A B",
+                      help="two checkpoints (files or directories); or a training run: BASE RUN_DIR/, RUN_DIR/, "
+                           "or three checkpoints or more in order (the first is the reference)")
     diff.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     diff.add_argument("--histograms", action="store_true", help="add histogram bins to the JSON (a second pass)")
     diff.add_argument("--spectrum", action="store_true",
@@ -118,11 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 def build_app_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weightscope", usage="weightscope A [B] [--heads N[,KV]] [--device auto|cpu|cuda] [--no-cache]\n"
+                                  "       weightscope [BASE] RUN_DIR/ [--watch [SECONDS]]   (or A B C ...: a run)\n"
                                   "       weightscope {diff,inspect,demo} ...",
         description="Open A and B side by side in the terminal app (or browse A alone). "
                     "Commands: diff (headless comparison), inspect (one checkpoint), demo.")
-    parser.add_argument("a", metavar="A", help="checkpoint file or directory")
-    parser.add_argument("b", metavar="B", nargs="?", help="checkpoint to compare with A")
+    parser.add_argument("paths", metavar="A [B]", nargs="+",
+                        help="checkpoint file or directory, and the checkpoint to compare with it; or a training "
+                             "run: BASE RUN_DIR/, RUN_DIR/, or three checkpoints or more in order")
+    parser.add_argument("--watch", metavar="SECONDS", nargs="?", type=float, const=3.0,
+                        help="a run directory: look for new checkpoints every SECONDS (default 3) and add each "
+                             "once it is complete")
     parser.add_argument("--heads", metavar="N[,KV]",
                         help="N query and KV key/value heads, for the heads views (default: from config.json "
                              "beside the weights, or GGUF metadata)")
@@ -147,6 +155,47 @@ def run_app(job, engine=None) -> int:
     from weightscope.ui.app import WeightscopeApp
 
     app = WeightscopeApp(job, engine)
+    app.run()
+    return app.return_code or 0
+
+
+def app_run(args):
+    """The run the app's paths name (`sources.runs.plan_run`), or None for a pair (then
+    `args.a` and `args.b` are set) as before.
+
+    Raises:
+        Failure: more than two paths that are no run, a run's option on a pair.
+    """
+    from weightscope.sources.errors import CheckpointError
+    from weightscope.sources.runs import plan_run
+
+    try:
+        spec = plan_run(args.paths)
+    except CheckpointError as exc:
+        raise Failure(str(exc)) from None
+    if spec is None:
+        if args.watch is not None:
+            raise Failure("--watch follows a training run's directory (weightscope BASE RUN_DIR/ --watch)")
+        args.a, args.b = args.paths[0], args.paths[1] if len(args.paths) > 1 else None
+        return None
+    given = [name for name in ("heads", "adapter", "lora_alpha", "lora_scaling") if getattr(args, name, None)]
+    if given:
+        raise Failure(f"--{given[0].replace('_', '-')} compares two checkpoints; it does not apply to a run")
+    return spec
+
+
+def run_run_app(args, spec, engine=None) -> int:
+    """The app on a training run."""
+    from weightscope.engine.client import Engine
+    from weightscope.engine.protocol import RunJob
+
+    job = RunJob(spec, use_cache=not args.no_cache)
+    if engine is None:
+        engine = Engine()
+    engine.begin(job)
+    from weightscope.ui.run_app import RunApp
+
+    app = RunApp(job, engine, paths=args.paths, watch=args.watch)
     app.run()
     return app.return_code or 0
 
@@ -289,7 +338,78 @@ def write_lines(lines) -> None:
         write("\n".join(chunk))
 
 
+RUN_ONLY_PAIRS = ("histograms", "spectrum", "heads", "adapter", "lora_alpha", "lora_scaling", "atol", "rtol",
+                  "expect_identical", "expect_changed", "fail_on_nonfinite")
+
+
 def run_diff(args) -> int:
+    from weightscope.sources.errors import CheckpointError
+    from weightscope.sources.runs import plan_run
+
+    try:
+        spec = plan_run(args.paths)
+    except CheckpointError as exc:
+        raise Failure(str(exc)) from None
+    if spec is not None:
+        return run_training(args, spec)
+    if len(args.paths) != 2:
+        raise Failure(f"{args.paths[0]}: diff compares two checkpoints, or a training run "
+                      "(BASE RUN_DIR/, RUN_DIR/, or three checkpoints or more)")
+    args.a, args.b = args.paths
+    return run_pair(args)
+
+
+def run_training(args, spec) -> int:
+    """`diff` of a training run: groups × steps and the flags, or the JSON document."""
+    from weightscope.analysis.runs import failing, groups
+    from weightscope.compare.run_results import RunTable
+    from weightscope.engine import protocol as msg
+    from weightscope.engine.client import Engine
+    from weightscope.report.runs import exit_status, text_lines, write_document
+
+    given = [option for option in RUN_ONLY_PAIRS if getattr(args, option) not in (None, False, [])]
+    if given:
+        raise Failure(f"--{given[0].replace('_', '-')} compares two checkpoints; it does not apply to a run")
+    engine = Engine(msg.RunJob(spec, use_cache=not args.no_cache))
+    problems = []
+    progress = Progress("scanning the run")
+    try:
+        while True:
+            message = engine.recv()
+            if isinstance(message, msg.Failed):
+                if message.fatal:
+                    raise Failure(message.message)
+                problems.append(f"{message.job} failed: {message.message}")
+                print(f"weightscope: {problems[-1]}", file=sys.stderr)
+            elif isinstance(message, msg.RunOpened):
+                catalog = message.catalog
+                table = RunTable(catalog)
+                engine.send(msg.Scan())
+            elif isinstance(message, msg.RunResults):
+                table.add(message.rows, message.sums, message.same, message.status)
+                engine.send(msg.Ack(message.number))
+                progress(message.done, message.total)
+            elif isinstance(message, msg.RunDone):
+                break
+    finally:
+        progress.close()
+        engine.close()
+    flags, rolled = message.flags, groups(catalog, table)
+    if args.json:
+        write_document(write, catalog, table, rolled, flags)
+    else:
+        write_lines(text_lines(catalog, table, rolled, flags))
+    if problems:
+        return 2
+    if args.fail_on:
+        bad = failing(flags, args.fail_on)
+        for flag in bad:
+            print(f"FLAG {flag.severity} {flag.code}: {flag.message}", file=sys.stderr)
+        return 1 if bad else 0
+    return exit_status(table)
+
+
+def run_pair(args) -> int:
     from weightscope.analysis.verdict import text_lines as verdict_lines
     from weightscope.compare.checks import Expectations, failures
     from weightscope.report.diff import exit_status, text_lines, write_document
@@ -380,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
 
             engine = Engine()  # started first: its imports overlap ours
             try:
+                spec = app_run(args)
+                if spec is not None:
+                    return run_run_app(args, spec, engine)
                 job = job_of(args, args.b, lora_alpha=args.lora_alpha, lora_scaling=args.lora_scaling)
             except BaseException:
                 engine.close()

@@ -159,3 +159,51 @@ def evict(cap: int) -> int:
         except OSError:
             pass
     return removed
+
+
+# A training run: one entry per step, so that a run with one more checkpoint reads only what
+# the new step needs. A step's figures depend on its own bytes, the reference's and its
+# predecessor's, and on nothing else: those three checkpoints' files are its key.
+
+RUN_SCHEMA = 1
+
+
+def step_key(reference: list[str], step: list[str], predecessor: list[str]) -> str | None:
+    """The entry of one step of a run, from each checkpoint's files; None when a file cannot be stat'ed."""
+    try:
+        identity = {"schema": RUN_SCHEMA, "version": __version__, "kind": "run step",
+                    "reference": [file_identity(f) for f in reference], "step": [file_identity(f) for f in step],
+                    "predecessor": [file_identity(f) for f in predecessor]}
+    except OSError:
+        return None
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def load_step(cache_key: str, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(rows, the step's sums, its flags, the reference's sums) of the tensors the entry holds,
+    as rows of a run whose tensors are `names`; None on any miss."""
+    path = path_for(cache_key)
+    try:
+        with np.load(path, allow_pickle=False) as entry:
+            stored = json.loads(bytes(entry["names"]))
+            sums, same, reference = entry["sums"], entry["same"], entry["reference"]
+        index = {name: i for i, name in enumerate(names)}
+        if not set(stored) <= index.keys() or not (len(stored) == len(sums) == len(same) == len(reference)):
+            return None
+        os.utime(path)
+        return np.fromiter(map(index.__getitem__, stored), np.int64, len(stored)), sums, same, reference
+    except Exception:  # noqa: BLE001  (damaged, cut short or foreign: any problem is a miss)
+        return None
+
+
+def save_step(cache_key: str, names: list[str], sums: np.ndarray, same: np.ndarray, reference: np.ndarray) -> None:
+    """Store one step's sums and flags (and the reference's own sums) of the tensors `names`."""
+    path = path_for(cache_key)
+    try:
+        os.makedirs(folder(), exist_ok=True)
+        partial = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(partial, names=encoded(names), sums=sums, same=same, reference=reference)
+        os.replace(partial, path)
+        evict(limit())
+    except OSError:
+        pass

@@ -141,3 +141,51 @@ class Failed:
     job: str
     message: str
     fatal: bool = False  # the engine cannot go on (nothing could be opened)
+
+
+# A training run (`weightscope diff BASE RUN_DIR/`): the engine opens every checkpoint, then
+# answers `Scan` with `RunResults` (acknowledged as `Results` are) and `RunDone`.
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """A run to scan: `spec` from `sources.runs.plan_run`."""
+
+    spec: object  # sources.runs.RunSpec
+    use_cache: bool = True
+
+
+@dataclass
+class RunOpened:
+    """Every checkpoint's headers are read (`compare.run_plan.RunCatalog`; its notes say which were skipped)."""
+
+    catalog: object
+
+
+@dataclass
+class RunResults:
+    """Tensors complete at every step the scan works out: their rows of `RunTable` (`add` takes them)."""
+
+    number: int
+    rows: object  # np.ndarray of tensor indices
+    sums: object
+    same: object
+    status: object
+    done: int
+    total: int
+
+
+@dataclass
+class RunDone:
+    """The run's scan is over. `complete` is false when some unit failed (said in a `Failed`).
+
+    Attributes:
+        flags: `analysis.runs.RunFlag`s over the run.
+        read: bytes read per checkpoint (0 for those answered from the cache).
+        cached: the steps answered from the cache (run indices).
+    """
+
+    complete: bool
+    flags: list = field(default_factory=list)
+    read: list[int] = field(default_factory=list)
+    cached: list[int] = field(default_factory=list)

@@ -337,7 +337,7 @@ class Server:
             self.lost(worker)
             return
         task, worker.busy = worker.busy, None
-        if task.kind == "unit":
+        if task.kind in ("unit", "run_unit"):
             self.scan.unit_done(task.args[0], done.content if done.error is None else None, done.error)
         elif task.kind == "histograms" and task.ticket == SCAN:
             self.scan.histograms_done(task.args[0].index, done.content if done.error is None else {})
@@ -394,7 +394,7 @@ class Server:
         worker.alive = False
         task, worker.busy = worker.busy, None
         why = "a worker process stopped unexpectedly"
-        if task is not None and task.kind == "unit":
+        if task is not None and task.kind in ("unit", "run_unit"):
             self.scan.unit_done(task.args[0], None, why)
         elif task is not None and task.kind == "histograms" and task.ticket == SCAN:
             self.scan.histograms_done(task.args[0].index, {})
@@ -560,7 +560,12 @@ def main(fd: int) -> None:
         job, helpers, quiet = conn.recv()
     except (EOFError, OSError, TypeError):  # (TypeError: closed before it was given a job)
         return
-    Server(conn, job, helpers, quiet).run()
+    if isinstance(job, msg.RunJob):
+        from weightscope.engine.runs import RunServer
+
+        RunServer(conn, job, helpers, quiet).run()
+    else:
+        Server(conn, job, helpers, quiet).run()
 
 
 if __name__ == "__main__":

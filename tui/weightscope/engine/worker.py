@@ -31,8 +31,8 @@ def fault(kind: str) -> None:
 
 @dataclass(frozen=True)
 class Task:
-    """One thing for a worker to do: `kind` names it ("unit", "detail", "histograms", "resized", "spectrum", "map",
-    "heads")."""
+    """One thing for a worker to do: `kind` names it ("unit", "run_unit", "detail", "histograms", "resized",
+    "spectrum", "map", "heads")."""
 
     ticket: int
     kind: str
@@ -79,6 +79,10 @@ def execute(task: Task, opened: Opened, should_cancel: Callable[[], bool]) -> ob
     if task.kind == "unit":
         (unit,) = task.args
         return scan.run_unit(unit, opened, options, should_cancel)
+    if task.kind == "run_unit":  # a training run's: plain spans of every checkpoint, read here
+        from weightscope.compare.run_scan import run_unit
+
+        return run_unit(task.args[0], should_cancel)
     job: scan.PairJob = task.args[0]
     if task.kind == "detail":  # (job, and whether to work out a resized pair's common and added parts)
         return scan.compare_pair(job, opened, options, should_cancel, resized=len(task.args) > 1 and task.args[1])

@@ -1,0 +1,249 @@
+"""The app on a training run: runs written with safetensors' own writer in checkpoint-<n>
+directories, driven with Pilot. Sparklines, the detail pane's figures and plots, the layers ×
+steps heatmap, `[`/`]` and `--watch` are checked against `RunTable` and against float64
+figures of the saved tensors."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from rich.style import Style
+from safetensors.torch import save_file
+
+from weightscope.engine import protocol as msg
+from weightscope.sources.runs import plan_run
+from weightscope.ui.run_app import RunApp
+from weightscope.ui.widgets.run_tree import BARS, RunTree
+
+from .helpers import screen_text, wait_for
+
+SIZE = (120, 40)
+SMALL = (80, 24)
+LAYERS = 3
+STEPS = (100, 200, 300, 400, 500)
+
+
+def scale_of(name: str, k: int) -> float:
+    """Step k's weights are the reference's times this: layer l drifts (l + 1)·k %; the norm never moves."""
+    if "norm" in name:
+        return 1.0
+    layer = int(name.split(".")[2]) if ".layers." in name else 0
+    return 1 + 0.01 * k * (layer + 1)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """base/ and run/checkpoint-100 … 500, as relative paths from tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    base = {f"model.layers.{l}.mlp.{m}.weight": torch.randn(16, 16, generator=gen)
+            for l in range(LAYERS) for m in ("up_proj", "down_proj")}
+    base["model.embed_tokens.weight"] = torch.randn(32, 16, generator=gen)
+    base["model.norm.weight"] = torch.ones(16)
+    os.makedirs("base")
+    save_file(base, "base/model.safetensors")
+    saved = {}
+    for k, step in enumerate(STEPS, 1):
+        saved[step] = {n: (t * scale_of(n, k)).contiguous() for n, t in base.items()}
+        write_step(f"run/checkpoint-{step}", saved[step])
+    return base, saved
+
+
+def write_step(directory: str, weights: dict) -> None:
+    os.makedirs(directory)
+    save_file(weights, os.path.join(directory, "model.safetensors"))
+
+
+def drift64(base: dict, steps: list[dict], names: list[str]) -> list[float]:
+    """The drift of these tensors together at each step, in float64."""
+    out = []
+    for sd in steps:
+        dd = sum(float(((sd[n].double() - base[n].double()) ** 2).sum()) for n in names)
+        rr = sum(float((base[n].double() ** 2).sum()) for n in names)
+        out.append(math.sqrt(dd / rr))
+    return out
+
+
+def open_run(paths: list[str], watch: float | None = None) -> RunApp:
+    return RunApp(msg.RunJob(plan_run(paths), use_cache=True), paths=paths, watch=watch)
+
+
+async def scanned(pilot) -> None:
+    await wait_for(pilot, lambda: pilot.app.scan_done and pilot.app.ready)
+    await pilot.pause(0.2)
+
+
+def line_text(tree: RunTree, line: int) -> str:
+    return tree.render_label(tree.get_node_at_line(line), Style(), Style()).plain
+
+
+def node_at(app: RunApp, path: str) -> int:
+    return next(node for node in range(len(app.names)) if app.names.path(node) == path)
+
+
+async def test_title_tree_and_sparklines(run_dir):
+    base, saved = run_dir
+    app = open_run(["base", "run"])
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        text = screen_text(app)
+        assert "run: 6 checkpoints, reference base" in text
+        tree = app.query_one(RunTree)
+        tree.reveal(node_at(app, "model.layers.2.mlp.up_proj.weight"))
+        await pilot.pause()
+        lines = [line_text(tree, k) for k in range(tree.last_line + 1)]
+        by_path = {app.names.path(tree.get_node_at_line(k).data) or "all tensors": lines[k]
+                   for k in range(len(lines))}
+        scale = tree.figures.scale
+        # The shared scale runs from the smallest tensor drift (layer 0 and embed at step 100: 1%)
+        # to the largest (layer 2 at step 500: 15%).
+        assert math.isclose(scale.low, 0.01, rel_tol=1e-4) and math.isclose(scale.high, 0.15, rel_tol=1e-4)
+        steps = [saved[s] for s in STEPS]
+        for path, names in (("model.layers.2.mlp.up_proj.weight", ["model.layers.2.mlp.up_proj.weight"]),
+                            ("model.layers", [n for n in base if ".layers." in n]),
+                            ("all tensors", list(base))):
+            want = "".join(scale.bar(v) for v in drift64(base, steps, names))
+            assert want in by_path[path], (path, want, by_path[path])
+        # Layer 2 ends at the top of the scale; the norm never moved: "=" at every step.
+        assert BARS[-1] * 1 in by_path["model.layers.2.mlp.up_proj.weight"]
+        tree.reveal(node_at(app, "model.norm.weight"))
+        await pilot.pause()
+        norm_line = line_text(tree, tree.cursor_line)
+        assert "=====" in norm_line and norm_line.rstrip().endswith("0%")
+        assert "nan" not in text.lower()
+
+
+async def test_pending_steps_look_pending(run_dir):
+    from textual.message import Message  # noqa: F401
+
+    app = open_run(["base", "run"])
+    async with app.run_test(size=SIZE) as pilot:
+        from weightscope.ui.run_app import FromRunEngine
+
+        held = []
+        post = app.post_message
+
+        def holding(message) -> bool:  # results held back: the scan has not got there
+            if isinstance(message, FromRunEngine) and isinstance(message.message, (msg.RunResults, msg.RunDone)):
+                held.append(message)
+                return True
+            return post(message)
+
+        app.post_message = holding
+        await wait_for(pilot, lambda: app.ready)
+        await pilot.pause(0.3)
+        tree = app.query_one(RunTree)
+        assert "·····" in line_text(tree, 0) and line_text(tree, 0).rstrip().endswith("…")
+        assert "5 steps pending" in screen_text(app)
+        app.post_message = post
+        for message in held:
+            post(message)
+        await scanned(pilot)
+        assert "·" not in line_text(tree, 1).split("model")[-1]
+
+
+async def test_detail_plots_and_figures_equal_the_table(run_dir):
+    base, saved = run_dir
+    app = open_run(["base", "run"])
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        name = "model.layers.1.mlp.down_proj.weight"
+        app.query_one(RunTree).reveal(node_at(app, name))
+        await pilot.pause(0.2)
+        from weightscope.ui.widgets.step_plot import StepPlot
+
+        i = app.catalog.names.index(name)
+        drift_plot, update_plot = app.query_one("#plot-drift", StepPlot), app.query_one("#plot-update", StepPlot)
+        assert drift_plot.series[0] == [float(s) for s in STEPS]
+        assert drift_plot.series[1] == app.table.drift()[i].tolist()
+        assert update_plot.series[1] == app.table.update()[i].tolist()
+        want = drift64(base, [saved[s] for s in STEPS], [name])
+        assert np.allclose(drift_plot.series[1], want, rtol=1e-9)
+        figures = screen_text(app)
+        assert re.search(rf"drift +{100 * want[-1]:.0f}% ", figures)  # 10% at the last step, the one selected
+        await pilot.press("L")
+        assert drift_plot.drawn[2] is True  # log scale
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        assert app.selected == 2
+        assert re.search(r"step +300 ", screen_text(app))
+        assert re.search(rf"drift +{100 * want[2]:.2g}% ", screen_text(app))
+        # A group: its figures add up its tensors' sums.
+        app.query_one(RunTree).reveal(node_at(app, "model.layers.1"))
+        await pilot.pause(0.2)
+        layer = [n for n in base if n.startswith("model.layers.1.")]
+        assert np.allclose(drift_plot.series[1], drift64(base, [saved[s] for s in STEPS], layer), rtol=1e-9)
+
+
+async def test_flags_marked_and_listed(run_dir):
+    app = open_run(["base", "run"])
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        assert [f.code for f in app.flags] == ["frozen"]
+        tree = app.query_one(RunTree)
+        tree.reveal(node_at(app, "model.norm.weight"))
+        await pilot.pause(0.2)
+        assert "• " in line_text(tree, tree.cursor_line)
+        assert "frozen model.norm never changed" in screen_text(app)
+        tree.reveal(node_at(app, "model.embed_tokens.weight"))
+        await pilot.pause(0.2)
+        assert "no flag names it" in screen_text(app)
+
+
+async def test_layers_by_steps_heatmap(run_dir):
+    base, saved = run_dir
+    app = open_run(["base", "run"])
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        app.query_one(RunTree).reveal(node_at(app, "model.layers.0.mlp.down_proj.weight"))
+        await pilot.press("o")
+        from weightscope.ui.screens.run_overview import RunOverviewScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, RunOverviewScreen))
+        screen = app.screen
+        assert screen.grid.module == "down" and screen.grid.rows == ["0", "1", "2"]
+        for r in range(LAYERS):
+            want = drift64(base, [saved[s] for s in STEPS], [f"model.layers.{r}.mlp.down_proj.weight"])
+            assert np.allclose(screen.grid.drift[r], want, rtol=1e-9)
+        text = screen_text(app)
+        assert " 2 " in text and "15%" in text and "down" in text
+        await pilot.press("m")
+        assert screen.grid.module == "up"
+        await pilot.press("down", "down", "enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RunOverviewScreen))
+        assert app.names.path(app.shown) == "model.layers.2.mlp.up_proj.weight"
+
+
+async def test_small_terminal(run_dir):
+    app = open_run(["base", "run"])
+    async with app.run_test(size=SMALL) as pilot:
+        await scanned(pilot)
+        await pilot.press("down", "right", "down")
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        lines = text.splitlines()
+        assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
+        assert "run: 6 checkpoints" in lines[0]
+        assert "%" in text and "nan" not in text.lower()
+
+
+async def test_watch_adds_a_complete_checkpoint(run_dir):
+    base, saved = run_dir
+    app = open_run(["base", "run"], watch=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        assert app.catalog.steps == 5
+        weights = {n: (t * scale_of(n, 6)).contiguous() for n, t in base.items()}
+        write_step("run/checkpoint-600", weights)
+        await wait_for(pilot, lambda: app.catalog.steps == 6 and app.scan_done, timeout=60)
+        await pilot.pause(0.2)
+        assert app.selected == 5  # the newest step, as before
+        name = "model.layers.2.mlp.up_proj.weight"
+        i = app.catalog.names.index(name)
+        want = drift64(base, [weights], [name])[0]
+        assert math.isclose(app.table.drift()[i, 5], want, rel_tol=1e-9)
+        assert "run: 7 checkpoints" in screen_text(app)
