@@ -69,6 +69,17 @@ def lit(found: hd.Breakdown, part: str | None = None) -> list[int]:
     return [u.unit.index for u in found.units if u.delta_sq > 0 and (part is None or u.unit.part == part)]
 
 
+def lit_parts(found: hd.Breakdown) -> list[tuple[str, int]]:
+    """(part, index) of the units whose slice changed."""
+    return [(u.unit.part, u.unit.index) for u in found.units if u.delta_sq > 0]
+
+
+def scanned(ck, tmp_path, diff, a: dict, b: dict, config: dict) -> dict:
+    """Every tensor's breakdown of a pair written with safetensors beside `config`."""
+    result = diff(write_model(tmp_path / "a", a, config, ck), write_model(tmp_path / "b", b, config, ck))
+    return breakdowns(result)[1]
+
+
 def reference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     """rel L2, max |Δ|, cosine of one slice, in float64."""
     a, b = a.double(), b.double()
@@ -217,6 +228,47 @@ def test_phi3_qkv_proj_blocks(ck, tmp_path, diff):
         [("v", 1, (2, 3))]
 
 
+class TestMultimodal:
+    """A LLaVA-style config: the text model's counts in `text_config`, the vision tower's in
+    `vision_config`; neither's applies to the other's tensors."""
+
+    TEXT = "language_model.model.layers.0.self_attn.q_proj.weight"
+    VISION = "vision_tower.vision_model.encoder.layers.0.self_attn.{}_proj.weight"
+
+    def pair(self):
+        gen = torch.Generator().manual_seed(11)
+        a = {self.TEXT: torch.randn(HIDDEN, HIDDEN, generator=gen),
+             **{self.VISION.format(p): torch.randn(32, 32, generator=gen) for p in "qk"}}
+        b = {k: v.clone() for k, v in a.items()}
+        b[self.VISION.format("q")][8:16] += 1  # vision head 1 (4 heads of 8)
+        b[self.TEXT][5 * D:6 * D] += 1  # text head 5
+        return a, b
+
+    def test_vision_head_one_lights_vision_head_one_alone(self, ck, tmp_path, diff):
+        config = {"model_type": "llava_next",
+                  "text_config": {"model_type": "mistral", "num_attention_heads": H, "num_key_value_heads": KV,
+                                  "hidden_size": HIDDEN},
+                  "vision_config": {"model_type": "clip_vision_model", "num_attention_heads": 4, "hidden_size": 32}}
+        found = scanned(ck, tmp_path, diff, *self.pair(), config)
+        vision = found[self.VISION.format("q")]
+        assert (vision.heads, vision.kv_heads, len(vision.units)) == (4, 4, 4)
+        assert lit_parts(vision) == [("q", 1)] and vision.source == "vision_config in config.json beside the weights"
+        assert len(found[self.VISION.format("k")].units) == 4
+        text = found[self.TEXT]
+        assert (text.heads, text.kv_heads) == (H, KV) and lit_parts(text) == [("q", 5)]
+
+    def test_a_tower_without_counts_says_so_per_tensor(self, ck, tmp_path, diff):
+        config = {"model_type": "llava", "text_config": {"num_attention_heads": H, "num_key_value_heads": KV}}
+        found = scanned(ck, tmp_path, diff, *self.pair(), config)
+        why = found[self.VISION.format("q")]
+        assert isinstance(why, hd.Unavailable) and why.why.startswith("head count unknown for the vision tower: ")
+        assert "has no vision_config" in why.why
+        assert lit_parts(found[self.TEXT]) == [("q", 5)]
+
+    def test_a_vision_model_alone_keeps_its_own_counts(self):
+        assert hd.towers_of({"model_type": "clip_vision_model", "num_attention_heads": 12}, "config.json") == ()
+
+
 class TestExperts:
     def test_fused_gate_up_proj_splits_along_the_first_dimension(self, ck, tmp_path, diff):
         experts = 4
@@ -357,7 +409,8 @@ class TestDiffHeads:
         assert main(["diff", models[0], models[1], "--json", "--heads", "--no-cache"]) == 1
         doc = json.loads(capsys.readouterr().out)
         assert doc["head_counts"] == {"heads": H, "kv_heads": KV, "head_dim": None,
-                                      "source": "config.json beside the weights", "unknown": None, "notes": []}
+                                      "source": "config.json beside the weights", "unknown": None, "notes": [],
+                                      "towers": []}
         tensors = {t["name"]: t for t in doc["tensors"]}
         q = tensors["model.layers.1.self_attn.q_proj.weight"]["heads"]
         assert [h["head"] for h in q if h["rel_l2"] > 0] == [3]

@@ -11,7 +11,11 @@ owns, and each run gets the figures of the whole tensor's difference:
 over the positions finite on both sides (the others are counted), summed in float64.
 
 Head counts come from `config.json` beside the weights (A's, else B's), from GGUF metadata
-(`{arch}.attention.head_count`, `head_count_kv`), or from `--heads N[,KV]`, which wins.
+(`{arch}.attention.head_count`, `head_count_kv`), or from `--heads N[,KV]`, which wins. A
+multimodal config's vision (or audio) tower has counts of its own, from its `vision_config`:
+its tensors (under `vision_tower`, `vision_model`, `visual`, ...) never take the text model's,
+and where that sub-config gives none, they say so.
+
 The layouts, for H query heads, K key/value heads and head size d (a query head h reads
 key/value head h // (H / K)):
 
@@ -38,7 +42,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -56,6 +60,12 @@ HEAD_DIM_KEYS = ("head_dim",)
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 # Models whose `c_attn`/`c_proj` are nn.Linear (rows out), not GPT-2's Conv1D (columns out).
 LINEAR_C_ATTN = {"qwen", "gpt_bigcode"}
+# A multimodal config's encoders whose heads its sub-configs count, and the modules they live in.
+TOWERS = {
+    "vision": ("vision_config", ("vision_tower", "vision_model", "visual", "vision_encoder", "vision", "vpm",
+                                 "vision_backbone", "image_encoder", "img_processor")),
+    "audio": ("audio_config", ("audio_tower", "audio_model", "audio_encoder")),
+}
 BLOCKED_QUERY_KEY_VALUE = {"chatglm"}
 
 # The projection a tensor is, from the last parts of its name (parameter suffix removed).
@@ -118,6 +128,35 @@ class Known:
     why: str = ""
     notes: tuple[str, ...] = ()
     experts: int | None = None
+    towers: tuple[Tower, ...] = ()
+
+    def counts(self, name: str) -> tuple[HeadConfig | None, str]:
+        """The head counts for one tensor, or why it has none: a multimodal model's vision (or
+        audio) tower has counts of its own (never the text model's)."""
+        if self.towers:
+            parts = name.split(".")
+            for tower in self.towers:
+                if any(part in tower.modules for part in parts):
+                    return tower.config, tower.why
+        return self.config, self.why
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A multimodal model's encoder (its vision tower) with head counts of its own.
+
+    Attributes:
+        modules: a tensor with one of these names among its parts is the tower's.
+        config: its sub-config's counts; None when the config gives none (then `why` says so).
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    config: HeadConfig | None
+    why: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name} tower: {self.config.describe()}" if self.config else self.why
 
 
 # Where head counts come from
@@ -186,6 +225,24 @@ def from_config(config: dict, path: str) -> tuple[HeadConfig | None, int | None,
                       f"{CONFIG} beside the weights"), experts, ""
 
 
+def towers_of(config: dict, path: str) -> tuple[Tower, ...]:
+    """A multimodal config's towers (a `text_config`, `vision_config` or `audio_config` in it):
+    each with its sub-config's counts, or why it has none. None for any other config."""
+    if not any(isinstance(config.get(key), dict) for key in ("text_config", *(k for k, _ in TOWERS.values()))):
+        return ()
+    out = []
+    for name, (key, modules) in TOWERS.items():
+        sub = config.get(key)
+        if not isinstance(sub, dict):
+            out.append(Tower(name, modules, None, f"head count unknown for the {name} tower: {path} has no {key}"))
+            continue
+        found, _, why = from_config({k: v for k, v in sub.items() if k != "text_config"}, f"{path}'s {key}")
+        source = f"{key} in {CONFIG} beside the weights"
+        out.append(Tower(name, modules, found and replace(found, source=source, experts=None),
+                         "" if found else f"head count unknown for the {name} tower: {why}"))
+    return tuple(out)
+
+
 def config_paths(path: str, files: list[str]) -> list[str]:
     """Where a checkpoint's config.json would be: in its directory, or beside its file."""
     folders = [path] if os.path.isdir(path) else [os.path.dirname(path)] if os.path.isfile(path) else []
@@ -234,6 +291,7 @@ def known_heads(sides: list, override: tuple[int, int] | None = None) -> Known:
     notes: list[str] = []
     whys: list[str] = []
     experts = None
+    towers: tuple[Tower, ...] | None = None
     for side in sides:
         if side is None:
             continue
@@ -242,11 +300,14 @@ def known_heads(sides: list, override: tuple[int, int] | None = None) -> Known:
             if not os.path.exists(path):
                 continue
             try:
-                config, count, why = from_config(read_config(path), path)
+                parsed = read_config(path)
+                config, count, why = from_config(parsed, path)
             except ValueError as exc:
                 notes.append(f"head counts: {exc}")
                 break
             experts = experts or count
+            if towers is None:
+                towers = towers_of(parsed, path)
             if config is None:
                 whys.append(why)
             break
@@ -262,11 +323,11 @@ def known_heads(sides: list, override: tuple[int, int] | None = None) -> Known:
     if override is not None:
         heads, kv = override
         return Known(HeadConfig(heads, kv, None, found[0].experts if found else experts, model_type, "--heads"),
-                     notes=tuple(notes), experts=experts)
+                     notes=tuple(notes), experts=experts, towers=towers or ())
     if found:
-        return Known(found[0], notes=tuple(notes), experts=found[0].experts or experts)
+        return Known(found[0], notes=tuple(notes), experts=found[0].experts or experts, towers=towers or ())
     why = whys[0] if whys else f"no {CONFIG} beside the weights"
-    return Known(None, f"head count unknown: {why} (use --heads N[,KV])", tuple(notes), experts)
+    return Known(None, f"head count unknown: {why} (use --heads N[,KV])", tuple(notes), experts, towers or ())
 
 
 # How a tensor splits
@@ -529,15 +590,16 @@ def pair_breakdown(name: str, shapes: tuple, dtypes: tuple, sides: tuple, known:
         return Unavailable("a breakdown needs both sides, of one shape")
     if role in ("o", "c_proj") and name.endswith(".bias"):
         return None  # added after the heads are summed
-    if role not in ("experts", "router") and known.config is None:
-        return Unavailable(known.why)
+    config, why = known.counts(name)
+    if role not in ("experts", "router") and config is None:
+        return Unavailable(why)
     try:
-        split = split_of(name, shape_a, known.config, known.experts)
+        split = split_of(name, shape_a, config, known.experts)
     except SplitError as exc:
         return Unavailable(str(exc))
     if split is None:
         return None
-    return breakdown(sides[0], dtypes[0], sides[1], dtypes[1], split, known.config, should_cancel)
+    return breakdown(sides[0], dtypes[0], sides[1], dtypes[1], split, config, should_cancel)
 
 
 def undefined_why(figures: UnitFigures) -> dict[str, str]:
@@ -618,12 +680,17 @@ def fused_rollups(catalog, breakdowns: dict) -> dict[str, list[ExpertRollup]]:
 
 def split_pairs(catalog, known: Known) -> list[int]:
     """The pairs that may split by head or expert: attention projections (when head counts
-    are known) and expert tensors, on both sides in one shape."""
+    are known, or a multimodal tower's are not: each says so) and expert tensors, on both
+    sides in one shape."""
     out = []
     for i, name in enumerate(catalog.names):
         role = role_of(name)
-        if role is None or (known.config is None and role not in ("experts", "router")):
+        if role is None:
             continue
+        if role not in ("experts", "router"):
+            config, why = known.counts(name)
+            if config is None and why == known.why:  # said once for all; a tower's own why, per tensor
+                continue
         if catalog.a.shape[i] is not None and catalog.a.shape[i] == catalog.b.shape[i]:
             out.append(i)
     return out
