@@ -228,6 +228,51 @@ def test_phi3_qkv_proj_blocks(ck, tmp_path, diff):
         [("v", 1, (2, 3))]
 
 
+class TestLayouts:
+    """One changed slice of each layout; it alone lights."""
+
+    H, D = 4, 8
+    HID = H * D
+
+    def rand(self, *shape, seed=10):
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(seed + sum(shape)))
+
+    def test_starcoder_multi_query_c_attn(self, ck, tmp_path, diff):
+        """gpt_bigcode (StarCoder): `multi_query` means one key/value head; its Linear c_attn is
+        q (H·d) | k (d) | v (d) by rows."""
+        name = "transformer.h.0.attn.c_attn.weight"
+        a = {name: self.rand(self.HID + 2 * self.D, self.HID)}
+        b = {name: a[name].clone()}
+        b[name][self.HID:self.HID + self.D] += 1  # the k head
+        b[name][2 * self.D:3 * self.D] += 1  # query head 2
+        config = {"model_type": "gpt_bigcode", "n_head": self.H, "n_embd": self.HID, "multi_query": True}
+        found = scanned(ck, tmp_path, diff, a, b, config)[name]
+        assert (found.heads, found.kv_heads) == (self.H, 1)
+        assert lit_parts(found) == [("q", 2), ("k", 0)]
+
+    def test_t5_attention_splits_and_its_feed_forward_wo_does_not(self, ck, tmp_path, diff):
+        """T5: `SelfAttention.q/k/v/o` and `EncDecAttention.*` by `num_heads` heads of `d_kv`
+        (their inner size apart from d_model); `DenseReluDense.wo` is a feed-forward matrix."""
+        model, inner = 48, self.HID  # d_model 48, 4 heads of d_kv 8
+        enc, dec = "encoder.block.0.layer.", "decoder.block.0.layer."
+        a = {enc + "0.SelfAttention.q.weight": self.rand(inner, model), enc + "0.SelfAttention.o.weight":
+             self.rand(model, inner), dec + "1.EncDecAttention.k.weight": self.rand(inner, model),
+             enc + "1.DenseReluDense.wo.weight": self.rand(model, 128), enc + "1.DenseReluDense.wi.weight":
+             self.rand(128, model)}
+        b = {k: v.clone() for k, v in a.items()}
+        b[enc + "0.SelfAttention.q.weight"][2 * self.D:3 * self.D] += 1
+        b[enc + "0.SelfAttention.o.weight"][:, self.D:2 * self.D] += 1
+        b[dec + "1.EncDecAttention.k.weight"][3 * self.D:] += 1
+        b[enc + "1.DenseReluDense.wo.weight"][:, :16] += 1
+        config = {"model_type": "t5", "num_heads": self.H, "d_model": model, "d_kv": self.D, "d_ff": 128}
+        found = scanned(ck, tmp_path, diff, a, b, config)
+        assert lit_parts(found[enc + "0.SelfAttention.q.weight"]) == [("q", 2)]
+        assert lit_parts(found[enc + "0.SelfAttention.o.weight"]) == [("o", 1)]
+        assert lit_parts(found[dec + "1.EncDecAttention.k.weight"]) == [("k", 3)]
+        assert found[enc + "1.DenseReluDense.wo.weight"] is None
+        assert hd.role_of("layers.0.attention.wo.weight") == "o"  # Meta's Llama: wo inside attention
+
+
 class TestMultimodal:
     """A LLaVA-style config: the text model's counts in `text_config`, the vision tower's in
     `vision_config`; neither's applies to the other's tensors."""
@@ -357,6 +402,9 @@ class TestHeadCounts:
           "hidden_size": 3072}, (8, 1, 256)),
         ({"model_type": "falcon", "num_attention_heads": 71, "hidden_size": 4544}, (71, 1, None)),
         ({"model_type": "qwen2", "num_attention_heads": 28, "num_key_value_heads": 4}, (28, 4, None)),
+        ({"model_type": "gpt_bigcode", "n_head": 48, "n_embd": 6144, "multi_query": True}, (48, 1, None)),
+        ({"model_type": "gpt_bigcode", "n_head": 12, "n_embd": 768, "multi_query": False}, (12, 12, None)),
+        ({"model_type": "t5", "num_heads": 12, "d_model": 768, "d_kv": 64}, (12, 12, 64)),
         ({"model_type": "llava", "text_config": {"num_attention_heads": 32, "num_key_value_heads": 8}}, (32, 8, None)),
     ])
     def test_config_spellings(self, config, counts):

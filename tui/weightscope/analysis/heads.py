@@ -19,9 +19,11 @@ and where that sub-config gives none, they say so.
 The layouts, for H query heads, K key/value heads and head size d (a query head h reads
 key/value head h // (H / K)):
 
-- q, k, v (`q_proj`, BERT's `query`, ...): rows, d per head; o (`o_proj`, `dense`, ...):
-  columns, d per query head (GPT-2's `attn.c_proj` is a Conv1D, stored transposed: rows).
-- fused blocks (`qkv_proj`, `Wqkv`, `c_attn` stored as a Linear): rows q (H·d) | k (K·d) | v (K·d);
+- q, k, v (`q_proj`, BERT's `query`, T5's `SelfAttention.q`, ...): rows, d per head; o
+  (`o_proj`, `dense`, `attention.wo`, ...): columns, d per query head (GPT-2's `attn.c_proj`
+  is a Conv1D, stored transposed: rows). T5's feed-forward `DenseReluDense.wo` is no head's.
+- fused blocks (`qkv_proj`, `Wqkv`, `c_attn` stored as a Linear, as Qwen's and StarCoder's,
+  whose `multi_query` means K = 1): rows q (H·d) | k (K·d) | v (K·d);
   GPT-2's `c_attn` Conv1D [hidden, 3·hidden]: the same by columns.
 - `query_key_value` (GPT-NeoX, BLOOM, Falcon): rows in K groups of H/K query heads then one
   k and one v head (NeoX's per-head q|k|v interleave when K = H, Falcon's multi-query block
@@ -56,10 +58,13 @@ CONFIG_MAX = 4 << 20  # bytes: a model config is a few KB; anything larger is no
 CHUNK = 1 << 22  # elements of each side decoded at a time
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
 KV_KEYS = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num", "num_query_groups")
-HEAD_DIM_KEYS = ("head_dim",)
+HEAD_DIM_KEYS = ("head_dim", "d_kv", "kv_channels")  # T5's d_kv, Qwen's and ChatGLM's kv_channels
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 # Models whose `c_attn`/`c_proj` are nn.Linear (rows out), not GPT-2's Conv1D (columns out).
 LINEAR_C_ATTN = {"qwen", "gpt_bigcode"}
+# Multi-query attention (one key/value head) where `multi_query` is true, as it is by default:
+# Falcon-7B's (not its new decoder), StarCoder's (gpt_bigcode).
+MULTI_QUERY = {"falcon", "RefinedWeb", "RefinedWebModel", "gpt_bigcode"}
 # A multimodal config's encoders whose heads its sub-configs count, and the modules they live in.
 TOWERS = {
     "vision": ("vision_config", ("vision_tower", "vision_model", "visual", "vision_encoder", "vision", "vpm",
@@ -72,12 +77,14 @@ BLOCKED_QUERY_KEY_VALUE = {"chatglm"}
 ROLES = [
     (r"(^|\.)(c_attn|qkv_proj|wqkv|attn_qkv|qkv)$", "qkv"),
     (r"(^|\.)query_key_value$", "query_key_value"),
-    (r"(^|\.)(q_proj|query|wq|q_lin|attn_q)$", "q"),
-    (r"(^|\.)(k_proj|key|wk|k_lin|attn_k)$", "k"),
-    (r"(^|\.)(v_proj|value|wv|v_lin|attn_v)$", "v"),
+    (r"(^|\.)(q_proj|query|wq|q_lin|attn_q|(selfattention|encdecattention)\.q)$", "q"),
+    (r"(^|\.)(k_proj|key|wk|k_lin|attn_k|(selfattention|encdecattention)\.k)$", "k"),
+    (r"(^|\.)(v_proj|value|wv|v_lin|attn_v|(selfattention|encdecattention)\.v)$", "v"),
     (r"(^|\.)attn\.c_proj$", "c_proj"),
-    (r"(^|\.)(o_proj|out_proj|wo|out_lin|attn_output|attention\.output\.dense|self_attn\.dense"
-     r"|self_attention\.dense|attention\.dense)$", "o"),
+    # `wo` is an attention output only inside attention (Meta's `attention.wo`): T5's feed-forward
+    # `DenseReluDense.wo` is none
+    (r"(^|\.)(o_proj|out_proj|(attention|attn|self_attn)\.wo|out_lin|attn_output|attention\.output\.dense"
+     r"|self_attn\.dense|self_attention\.dense|attention\.dense|(selfattention|encdecattention)\.o)$", "o"),
     (r"(^|\.)experts\.(gate_up_proj|down_proj|gate_proj|up_proj)(_bias)?$", "experts"),
     (r"(^|\.)(mlp\.gate|block_sparse_moe\.gate|router|moe\.gate)$", "router"),
 ]
@@ -110,7 +117,8 @@ class HeadConfig:
 
     def describe(self) -> str:
         dim = f", head_dim {self.head_dim}" if self.head_dim else ""
-        kv = f", {self.kv_heads} key/value heads" if self.kv_heads != self.heads else ""
+        plural = "s" if self.kv_heads > 1 else ""
+        kv = f", {self.kv_heads} key/value head{plural}" if self.kv_heads != self.heads else ""
         return f"{self.heads} heads{kv}{dim} ({self.source})"
 
 
@@ -216,9 +224,9 @@ def from_config(config: dict, path: str) -> tuple[HeadConfig | None, int | None,
     if heads is None:
         return None, experts, f"{path} gives no head count ({' / '.join(HEAD_KEYS[:2])})"
     kv = first_count(config, KV_KEYS) or heads
-    if model_type in ("falcon", "RefinedWeb", "RefinedWebModel") and not config.get("new_decoder_architecture") \
+    if model_type in MULTI_QUERY and not config.get("new_decoder_architecture") \
             and config.get("multi_query", True) is True:
-        kv = 1  # Falcon-7B's multi-query attention: one key/value head
+        kv = 1  # multi-query attention: one key/value head
     if heads % kv:
         return None, experts, f"{path}: {heads} heads do not split into {kv} key/value groups"
     return HeadConfig(heads, kv, first_count(config, HEAD_DIM_KEYS), experts, model_type,
