@@ -237,6 +237,74 @@ class TestLayouts:
     def rand(self, *shape, seed=10):
         return torch.randn(*shape, generator=torch.Generator().manual_seed(seed + sum(shape)))
 
+    def test_falcon_7b_multi_query_block(self, ck, tmp_path, diff):
+        """Falcon-7B: H query heads, then one k and one v head."""
+        name = "transformer.h.0.self_attention.query_key_value.weight"
+        a = {name: self.rand((self.H + 2) * self.D, self.HID)}
+        b = {name: a[name].clone()}
+        b[name][(self.H + 1) * self.D:] += 1  # the v head
+        b[name][1 * self.D:2 * self.D] += 1  # query head 1
+        config = {"model_type": "falcon", "num_attention_heads": self.H, "hidden_size": self.HID, "multi_query": True}
+        found = scanned(ck, tmp_path, diff, a, b, config)[name]
+        assert (found.heads, found.kv_heads) == (self.H, 1)
+        assert lit_parts(found) == [("q", 1), ("v", 0)]
+        assert found.units[-1].unit.readers == (0, 1, 2, 3)
+
+    def test_bert_query_key_value_and_output_dense(self, ck, tmp_path, diff):
+        p = "bert.encoder.layer.0.attention."
+        a = {f"{p}self.{w}.weight": self.rand(self.HID, self.HID, seed=k)
+             for k, w in enumerate(("query", "key", "value"))}
+        a[f"{p}self.query.bias"] = self.rand(self.HID)
+        a[f"{p}output.dense.weight"] = self.rand(self.HID, self.HID, seed=5)
+        b = {k: v.clone() for k, v in a.items()}
+        b[f"{p}self.value.weight"][2 * self.D:3 * self.D] += 1
+        b[f"{p}self.query.bias"][3 * self.D:] += 1
+        b[f"{p}output.dense.weight"][:, self.D:2 * self.D] += 1
+        found = scanned(ck, tmp_path, diff, a, b, {"model_type": "bert", "num_attention_heads": self.H,
+                                                   "hidden_size": self.HID})
+        assert lit_parts(found[f"{p}self.value.weight"]) == [("v", 2)]
+        assert lit_parts(found[f"{p}self.query.bias"]) == [("q", 3)]
+        assert lit_parts(found[f"{p}self.key.weight"]) == []
+        assert lit_parts(found[f"{p}output.dense.weight"]) == [("o", 1)]
+
+    def test_gemma_head_dim_apart_from_hidden(self, ck, tmp_path, diff):
+        """4 query heads of head_dim 16 over a hidden size of 32: q [64, 32], o [32, 64]."""
+        p = "model.layers.0.self_attn."
+        a = {p + "q_proj.weight": self.rand(64, 32), p + "k_proj.weight": self.rand(16, 32),
+             p + "o_proj.weight": self.rand(32, 64)}
+        b = {k: v.clone() for k, v in a.items()}
+        b[p + "q_proj.weight"][32:48] += 1
+        b[p + "o_proj.weight"][:, 48:64] += 1
+        config = {"model_type": "gemma", "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+                  "hidden_size": 32}
+        found = scanned(ck, tmp_path, diff, a, b, config)
+        assert lit_parts(found[p + "q_proj.weight"]) == [("q", 2)] and found[p + "q_proj.weight"].head_dim == 16
+        assert lit_parts(found[p + "o_proj.weight"]) == [("o", 3)]
+        assert [u.unit.readers for u in found[p + "k_proj.weight"].units] == [(0, 1, 2, 3)]
+
+    def test_qwen_v1_linear_c_attn(self, ck, tmp_path, diff):
+        """Qwen (v1): `c_attn` and `c_proj` are Linear layers: q | k | v by rows, c_proj by columns."""
+        p = "transformer.h.0.attn."
+        a = {p + "c_attn.weight": self.rand(3 * self.HID, self.HID), p + "c_attn.bias": self.rand(3 * self.HID),
+             p + "c_proj.weight": self.rand(self.HID, self.HID)}
+        b = {k: v.clone() for k, v in a.items()}
+        b[p + "c_attn.weight"][self.HID + self.D:self.HID + 2 * self.D] += 1  # k of head 1
+        b[p + "c_attn.bias"][2 * self.HID:2 * self.HID + self.D] += 1  # v of head 0
+        b[p + "c_proj.weight"][:, 3 * self.D:] += 1  # head 3's columns
+        config = {"model_type": "qwen", "num_attention_heads": self.H, "hidden_size": self.HID, "kv_channels": self.D}
+        found = scanned(ck, tmp_path, diff, a, b, config)
+        assert lit_parts(found[p + "c_attn.weight"]) == [("k", 1)] and "rows" in found[p + "c_attn.weight"].layout
+        assert lit_parts(found[p + "c_attn.bias"]) == [("v", 0)]
+        assert lit_parts(found[p + "c_proj.weight"]) == [("o", 3)]
+
+    def test_bloom_query_key_value_is_interleaved_per_head(self, ck, tmp_path, diff):
+        name = "transformer.h.0.self_attention.query_key_value.weight"
+        a = {name: self.rand(3 * self.HID, self.HID)}
+        b = {name: a[name].clone()}
+        b[name][(1 * 3 + 1) * self.D:(1 * 3 + 2) * self.D] += 1  # head 1's k
+        config = {"model_type": "bloom", "n_head": self.H, "hidden_size": self.HID}
+        assert lit_parts(scanned(ck, tmp_path, diff, a, b, config)[name]) == [("k", 1)]
+
     def test_starcoder_multi_query_c_attn(self, ck, tmp_path, diff):
         """gpt_bigcode (StarCoder): `multi_query` means one key/value head; its Linear c_attn is
         q (H·d) | k (d) | v (d) by rows."""
@@ -320,11 +388,15 @@ class TestExperts:
         gen = torch.Generator().manual_seed(5)
         fused = "model.layers.0.mlp.experts.gate_up_proj"
         a = {fused: torch.randn(experts, 16, 24, generator=gen),
+             "model.layers.0.mlp.experts.gate_up_proj_bias": torch.randn(experts, 24, generator=gen),
              "model.layers.0.mlp.experts.down_proj": torch.randn(experts, 12, 16, generator=gen),
-             "model.layers.0.mlp.router.weight": torch.randn(experts, 16, generator=gen)}
+             "model.layers.0.mlp.router.weight": torch.randn(experts, 16, generator=gen),
+             "model.layers.0.mlp.router.bias": torch.randn(experts, generator=gen)}
         b = {k: v.clone() for k, v in a.items()}
         b[fused][2, 3:7] += 0.5
+        b["model.layers.0.mlp.experts.gate_up_proj_bias"][3, 5] += 1
         b["model.layers.0.mlp.router.weight"][1] += 0.1
+        b["model.layers.0.mlp.router.bias"][0] += 0.1
         config = {"model_type": "gpt_oss", "num_local_experts": experts, "num_attention_heads": 4, "hidden_size": 16}
         result = diff(write_model(tmp_path / "a", a, config, ck), write_model(tmp_path / "b", b, config, ck))
         _, found = breakdowns(result)
@@ -333,9 +405,12 @@ class TestExperts:
         check_figures(split.units[2], a[fused][2], b[fused][2])
         assert lit(found["model.layers.0.mlp.experts.down_proj"]) == []
         assert lit(found["model.layers.0.mlp.router.weight"]) == [1]
+        assert lit(found["model.layers.0.mlp.router.bias"]) == [0]
+        bias = found["model.layers.0.mlp.experts.gate_up_proj_bias"]
+        assert bias.kind == "experts" and len(bias.units) == experts and lit(bias) == [3]
         rollup = hd.fused_rollups(result.catalog, {result.catalog.index(n): f for n, f in found.items()})
         block = rollup["model.layers.0.mlp.experts"]
-        assert [e.expert for e in block if e.delta_sq > 0] == [2] and block[2].tensors == 2
+        assert [e.expert for e in block if e.delta_sq > 0] == [2, 3] and block[2].tensors == 3
 
     def test_named_experts_roll_up_from_the_scan(self, ck, tmp_path, diff):
         gen = torch.Generator().manual_seed(6)
