@@ -600,3 +600,37 @@ def test_nan_and_inf_are_counted_and_left_out(ck, tmp_path, diff, role):
     finite = torch.isfinite(b[name][head])
     check_figures(unit, a[name][head][finite], b[name][head][finite])
     assert all(u.nonfinite == 0 and u.delta_sq == 0 for u in found[name].units if u.unit.index != 2)
+
+
+def test_a_views_heads_go_first_and_alone_on_two_workers():
+    """The engine gives a view's heads the first free worker, and starts nothing else beside
+    them on two workers (the other core is the app's, to draw them); once they are in, the
+    rest goes on."""
+    from types import SimpleNamespace
+
+    from weightscope.engine import protocol as msg
+    from weightscope.engine.server import Server, Worker
+    from weightscope.engine.worker import Task
+
+    class Conn:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, task):
+            self.sent.append(task.kind)
+
+    server = Server(None, msg.Job("a", "b"), helpers=0)
+    server.options = SimpleNamespace(device="cpu")
+    helpers = [Worker(Conn()), Worker(Conn())]
+    server.workers = helpers
+    job = SimpleNamespace(needs_sources=False)
+    server.units.extend(Task(0, "unit", (job,)) for _ in range(3))
+    server.urgent.extend([Task(7, "detail", (job,)), Task(8, "heads", (job,))])
+    server.gathered[8] = ({1}, {}, lambda found: found, True, "heads")
+    server.dispatch()
+    assert [w.conn.sent for w in helpers] == [["heads"], []]
+    helpers[0].busy = None  # the heads are in
+    del server.gathered[8]
+    server.dispatch()
+    assert [w.conn.sent for w in helpers] == [["heads", "detail"], ["unit"]]
+    server.threads.shutdown()
