@@ -1,15 +1,19 @@
 """Write the README's screenshots: the real app on the demo pair (and, for the heads and experts
-views, a small MoE pair written beside it), as SVG files in screenshots/.
+views, a small MoE pair written beside it; for a training run's views, a run of the demo's
+base), as SVG files in screenshots/.
 
-    python3 tests/make_screenshots.py
+    python3 tests/make_screenshots.py [NAME.svg ... | runs]
 
-Not a test (pytest does not collect it); run it after changing how the app looks.
+With names, only those screenshots are written (the others keep their files; `runs`: a
+training run's). Not a test (pytest does not collect it); run it after changing how the app
+looks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,8 +41,9 @@ LAYERS, HIDDEN, HEADS, KV_HEADS, EXPERTS, INTERMEDIATE = 4, 256, 16, 4, 8, 64
 
 
 def write_moe(root: Path) -> tuple[str, str]:
-    """A small Qwen-MoE-shaped base and a fine-tune that moved two query heads of layer 2 far and
-    the others a little, and a few experts (the rest frozen), each beside its config.json."""
+    """A small Qwen-MoE-shaped base and a fine-tune that moved two query heads of layer 2 (their q
+    and o slices; every other attention weight is untouched) and a few experts (the rest
+    frozen), each beside its config.json."""
     import json
 
     import torch
@@ -63,10 +68,7 @@ def write_moe(root: Path) -> tuple[str, str]:
             base[f"{p}.mlp.experts.{e}.up_proj.weight"] = normal(INTERMEDIATE, HIDDEN)
             base[f"{p}.mlp.experts.{e}.down_proj.weight"] = normal(HIDDEN, INTERMEDIATE)
     tuned = {name: w.clone() for name, w in base.items()}
-    for name, w in tuned.items():
-        if ".self_attn." in name:
-            w += normal(*w.shape, scale=0.0004)
-    for head, scale in ((5, 0.02), (11, 0.012)):
+    for head, scale in ((5, 0.02), (9, 0.012)):  # both on screen in the layer's grid of heads
         tuned["model.layers.2.self_attn.q_proj.weight"][head * d:(head + 1) * d] += normal(d, HIDDEN, scale=scale)
         tuned["model.layers.2.self_attn.o_proj.weight"][:, head * d:(head + 1) * d] += normal(HIDDEN, d, scale=scale)
     for layer, expert, scale in ((1, 3, 0.004), (2, 3, 0.01), (2, 6, 0.002), (3, 0, 0.006)):
@@ -178,11 +180,17 @@ async def shoot(base: str, tuned: str, name: str, keys: list[str], select: str |
         app.save_screenshot(str(SCREENSHOTS / name))
 
 
-def main() -> None:
-    """Every screenshot; `make_screenshots.py runs`: those of a training run only."""
-    import sys
-
+def main(names: list[str]) -> None:
+    """Every screenshot, or those named (`runs`: every one of a training run)."""
     from weightscope.paths import cache_dir
+
+    names = set(names)
+    if "runs" in names:
+        names = (names - {"runs"}) | set(RUN_VIEWS)
+    unknown = names - set(VIEWS) - set(MOE_VIEWS) - set(RUN_VIEWS)
+    if unknown:
+        raise SystemExit(f"no such screenshot: {', '.join(sorted(unknown))} "
+                         f"(one of {', '.join([*VIEWS, *MOE_VIEWS, *RUN_VIEWS])}, or runs)")
 
     # A private result cache; the compiled loops keep theirs (compiling them takes half a minute).
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
@@ -193,20 +201,25 @@ def main() -> None:
         write_demo(Path(cache) / "demo")
         os.chdir(Path(cache) / "demo")  # relative paths: the title bar reads "A base   B finetune"
         SCREENSHOTS.mkdir(exist_ok=True)
-        run = write_run(Path(cache) / "demo")
-        for name, (select, keys) in RUN_VIEWS.items():
-            asyncio.run(shoot_run(list(run), name, select, keys))
-            print(SCREENSHOTS / name)
-        if sys.argv[1:] == ["runs"]:
-            return
+        if not names or names & set(RUN_VIEWS):
+            run = write_run(Path(cache) / "demo")
+            for name, (select, keys) in RUN_VIEWS.items():
+                if names and name not in names:
+                    continue
+                asyncio.run(shoot_run(list(run), name, select, keys))
+                print(SCREENSHOTS / name)
         for name, keys in VIEWS.items():
+            if names and name not in names:
+                continue
             asyncio.run(shoot("base", "finetune", name, keys))
             print(SCREENSHOTS / name)
         moe = write_moe(Path(cache) / "demo")
         for name, (select, keys, inside) in MOE_VIEWS.items():
+            if names and name not in names:
+                continue
             asyncio.run(shoot(*moe, name, keys, select, inside))
             print(SCREENSHOTS / name)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -69,6 +69,17 @@ def lit(found: hd.Breakdown, part: str | None = None) -> list[int]:
     return [u.unit.index for u in found.units if u.delta_sq > 0 and (part is None or u.unit.part == part)]
 
 
+def lit_parts(found: hd.Breakdown) -> list[tuple[str, int]]:
+    """(part, index) of the units whose slice changed."""
+    return [(u.unit.part, u.unit.index) for u in found.units if u.delta_sq > 0]
+
+
+def scanned(ck, tmp_path, diff, a: dict, b: dict, config: dict) -> dict:
+    """Every tensor's breakdown of a pair written with safetensors beside `config`."""
+    result = diff(write_model(tmp_path / "a", a, config, ck), write_model(tmp_path / "b", b, config, ck))
+    return breakdowns(result)[1]
+
+
 def reference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     """rel L2, max |Δ|, cosine of one slice, in float64."""
     a, b = a.double(), b.double()
@@ -217,17 +228,175 @@ def test_phi3_qkv_proj_blocks(ck, tmp_path, diff):
         [("v", 1, (2, 3))]
 
 
+class TestLayouts:
+    """One changed slice of each layout; it alone lights."""
+
+    H, D = 4, 8
+    HID = H * D
+
+    def rand(self, *shape, seed=10):
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(seed + sum(shape)))
+
+    def test_falcon_7b_multi_query_block(self, ck, tmp_path, diff):
+        """Falcon-7B: H query heads, then one k and one v head."""
+        name = "transformer.h.0.self_attention.query_key_value.weight"
+        a = {name: self.rand((self.H + 2) * self.D, self.HID)}
+        b = {name: a[name].clone()}
+        b[name][(self.H + 1) * self.D:] += 1  # the v head
+        b[name][1 * self.D:2 * self.D] += 1  # query head 1
+        config = {"model_type": "falcon", "num_attention_heads": self.H, "hidden_size": self.HID, "multi_query": True}
+        found = scanned(ck, tmp_path, diff, a, b, config)[name]
+        assert (found.heads, found.kv_heads) == (self.H, 1)
+        assert lit_parts(found) == [("q", 1), ("v", 0)]
+        assert found.units[-1].unit.readers == (0, 1, 2, 3)
+
+    def test_bert_query_key_value_and_output_dense(self, ck, tmp_path, diff):
+        p = "bert.encoder.layer.0.attention."
+        a = {f"{p}self.{w}.weight": self.rand(self.HID, self.HID, seed=k)
+             for k, w in enumerate(("query", "key", "value"))}
+        a[f"{p}self.query.bias"] = self.rand(self.HID)
+        a[f"{p}output.dense.weight"] = self.rand(self.HID, self.HID, seed=5)
+        b = {k: v.clone() for k, v in a.items()}
+        b[f"{p}self.value.weight"][2 * self.D:3 * self.D] += 1
+        b[f"{p}self.query.bias"][3 * self.D:] += 1
+        b[f"{p}output.dense.weight"][:, self.D:2 * self.D] += 1
+        found = scanned(ck, tmp_path, diff, a, b, {"model_type": "bert", "num_attention_heads": self.H,
+                                                   "hidden_size": self.HID})
+        assert lit_parts(found[f"{p}self.value.weight"]) == [("v", 2)]
+        assert lit_parts(found[f"{p}self.query.bias"]) == [("q", 3)]
+        assert lit_parts(found[f"{p}self.key.weight"]) == []
+        assert lit_parts(found[f"{p}output.dense.weight"]) == [("o", 1)]
+
+    def test_gemma_head_dim_apart_from_hidden(self, ck, tmp_path, diff):
+        """4 query heads of head_dim 16 over a hidden size of 32: q [64, 32], o [32, 64]."""
+        p = "model.layers.0.self_attn."
+        a = {p + "q_proj.weight": self.rand(64, 32), p + "k_proj.weight": self.rand(16, 32),
+             p + "o_proj.weight": self.rand(32, 64)}
+        b = {k: v.clone() for k, v in a.items()}
+        b[p + "q_proj.weight"][32:48] += 1
+        b[p + "o_proj.weight"][:, 48:64] += 1
+        config = {"model_type": "gemma", "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+                  "hidden_size": 32}
+        found = scanned(ck, tmp_path, diff, a, b, config)
+        assert lit_parts(found[p + "q_proj.weight"]) == [("q", 2)] and found[p + "q_proj.weight"].head_dim == 16
+        assert lit_parts(found[p + "o_proj.weight"]) == [("o", 3)]
+        assert [u.unit.readers for u in found[p + "k_proj.weight"].units] == [(0, 1, 2, 3)]
+
+    def test_qwen_v1_linear_c_attn(self, ck, tmp_path, diff):
+        """Qwen (v1): `c_attn` and `c_proj` are Linear layers: q | k | v by rows, c_proj by columns."""
+        p = "transformer.h.0.attn."
+        a = {p + "c_attn.weight": self.rand(3 * self.HID, self.HID), p + "c_attn.bias": self.rand(3 * self.HID),
+             p + "c_proj.weight": self.rand(self.HID, self.HID)}
+        b = {k: v.clone() for k, v in a.items()}
+        b[p + "c_attn.weight"][self.HID + self.D:self.HID + 2 * self.D] += 1  # k of head 1
+        b[p + "c_attn.bias"][2 * self.HID:2 * self.HID + self.D] += 1  # v of head 0
+        b[p + "c_proj.weight"][:, 3 * self.D:] += 1  # head 3's columns
+        config = {"model_type": "qwen", "num_attention_heads": self.H, "hidden_size": self.HID, "kv_channels": self.D}
+        found = scanned(ck, tmp_path, diff, a, b, config)
+        assert lit_parts(found[p + "c_attn.weight"]) == [("k", 1)] and "rows" in found[p + "c_attn.weight"].layout
+        assert lit_parts(found[p + "c_attn.bias"]) == [("v", 0)]
+        assert lit_parts(found[p + "c_proj.weight"]) == [("o", 3)]
+
+    def test_bloom_query_key_value_is_interleaved_per_head(self, ck, tmp_path, diff):
+        name = "transformer.h.0.self_attention.query_key_value.weight"
+        a = {name: self.rand(3 * self.HID, self.HID)}
+        b = {name: a[name].clone()}
+        b[name][(1 * 3 + 1) * self.D:(1 * 3 + 2) * self.D] += 1  # head 1's k
+        config = {"model_type": "bloom", "n_head": self.H, "hidden_size": self.HID}
+        assert lit_parts(scanned(ck, tmp_path, diff, a, b, config)[name]) == [("k", 1)]
+
+    def test_starcoder_multi_query_c_attn(self, ck, tmp_path, diff):
+        """gpt_bigcode (StarCoder): `multi_query` means one key/value head; its Linear c_attn is
+        q (H·d) | k (d) | v (d) by rows."""
+        name = "transformer.h.0.attn.c_attn.weight"
+        a = {name: self.rand(self.HID + 2 * self.D, self.HID)}
+        b = {name: a[name].clone()}
+        b[name][self.HID:self.HID + self.D] += 1  # the k head
+        b[name][2 * self.D:3 * self.D] += 1  # query head 2
+        config = {"model_type": "gpt_bigcode", "n_head": self.H, "n_embd": self.HID, "multi_query": True}
+        found = scanned(ck, tmp_path, diff, a, b, config)[name]
+        assert (found.heads, found.kv_heads) == (self.H, 1)
+        assert lit_parts(found) == [("q", 2), ("k", 0)]
+
+    def test_t5_attention_splits_and_its_feed_forward_wo_does_not(self, ck, tmp_path, diff):
+        """T5: `SelfAttention.q/k/v/o` and `EncDecAttention.*` by `num_heads` heads of `d_kv`
+        (their inner size apart from d_model); `DenseReluDense.wo` is a feed-forward matrix."""
+        model, inner = 48, self.HID  # d_model 48, 4 heads of d_kv 8
+        enc, dec = "encoder.block.0.layer.", "decoder.block.0.layer."
+        a = {enc + "0.SelfAttention.q.weight": self.rand(inner, model), enc + "0.SelfAttention.o.weight":
+             self.rand(model, inner), dec + "1.EncDecAttention.k.weight": self.rand(inner, model),
+             enc + "1.DenseReluDense.wo.weight": self.rand(model, 128), enc + "1.DenseReluDense.wi.weight":
+             self.rand(128, model)}
+        b = {k: v.clone() for k, v in a.items()}
+        b[enc + "0.SelfAttention.q.weight"][2 * self.D:3 * self.D] += 1
+        b[enc + "0.SelfAttention.o.weight"][:, self.D:2 * self.D] += 1
+        b[dec + "1.EncDecAttention.k.weight"][3 * self.D:] += 1
+        b[enc + "1.DenseReluDense.wo.weight"][:, :16] += 1
+        config = {"model_type": "t5", "num_heads": self.H, "d_model": model, "d_kv": self.D, "d_ff": 128}
+        found = scanned(ck, tmp_path, diff, a, b, config)
+        assert lit_parts(found[enc + "0.SelfAttention.q.weight"]) == [("q", 2)]
+        assert lit_parts(found[enc + "0.SelfAttention.o.weight"]) == [("o", 1)]
+        assert lit_parts(found[dec + "1.EncDecAttention.k.weight"]) == [("k", 3)]
+        assert found[enc + "1.DenseReluDense.wo.weight"] is None
+        assert hd.role_of("layers.0.attention.wo.weight") == "o"  # Meta's Llama: wo inside attention
+
+
+class TestMultimodal:
+    """A LLaVA-style config: the text model's counts in `text_config`, the vision tower's in
+    `vision_config`; neither's applies to the other's tensors."""
+
+    TEXT = "language_model.model.layers.0.self_attn.q_proj.weight"
+    VISION = "vision_tower.vision_model.encoder.layers.0.self_attn.{}_proj.weight"
+
+    def pair(self):
+        gen = torch.Generator().manual_seed(11)
+        a = {self.TEXT: torch.randn(HIDDEN, HIDDEN, generator=gen),
+             **{self.VISION.format(p): torch.randn(32, 32, generator=gen) for p in "qk"}}
+        b = {k: v.clone() for k, v in a.items()}
+        b[self.VISION.format("q")][8:16] += 1  # vision head 1 (4 heads of 8)
+        b[self.TEXT][5 * D:6 * D] += 1  # text head 5
+        return a, b
+
+    def test_vision_head_one_lights_vision_head_one_alone(self, ck, tmp_path, diff):
+        config = {"model_type": "llava_next",
+                  "text_config": {"model_type": "mistral", "num_attention_heads": H, "num_key_value_heads": KV,
+                                  "hidden_size": HIDDEN},
+                  "vision_config": {"model_type": "clip_vision_model", "num_attention_heads": 4, "hidden_size": 32}}
+        found = scanned(ck, tmp_path, diff, *self.pair(), config)
+        vision = found[self.VISION.format("q")]
+        assert (vision.heads, vision.kv_heads, len(vision.units)) == (4, 4, 4)
+        assert lit_parts(vision) == [("q", 1)] and vision.source == "vision_config in config.json beside the weights"
+        assert len(found[self.VISION.format("k")].units) == 4
+        text = found[self.TEXT]
+        assert (text.heads, text.kv_heads) == (H, KV) and lit_parts(text) == [("q", 5)]
+
+    def test_a_tower_without_counts_says_so_per_tensor(self, ck, tmp_path, diff):
+        config = {"model_type": "llava", "text_config": {"num_attention_heads": H, "num_key_value_heads": KV}}
+        found = scanned(ck, tmp_path, diff, *self.pair(), config)
+        why = found[self.VISION.format("q")]
+        assert isinstance(why, hd.Unavailable) and why.why.startswith("head count unknown for the vision tower: ")
+        assert "has no vision_config" in why.why
+        assert lit_parts(found[self.TEXT]) == [("q", 5)]
+
+    def test_a_vision_model_alone_keeps_its_own_counts(self):
+        assert hd.towers_of({"model_type": "clip_vision_model", "num_attention_heads": 12}, "config.json") == ()
+
+
 class TestExperts:
     def test_fused_gate_up_proj_splits_along_the_first_dimension(self, ck, tmp_path, diff):
         experts = 4
         gen = torch.Generator().manual_seed(5)
         fused = "model.layers.0.mlp.experts.gate_up_proj"
         a = {fused: torch.randn(experts, 16, 24, generator=gen),
+             "model.layers.0.mlp.experts.gate_up_proj_bias": torch.randn(experts, 24, generator=gen),
              "model.layers.0.mlp.experts.down_proj": torch.randn(experts, 12, 16, generator=gen),
-             "model.layers.0.mlp.router.weight": torch.randn(experts, 16, generator=gen)}
+             "model.layers.0.mlp.router.weight": torch.randn(experts, 16, generator=gen),
+             "model.layers.0.mlp.router.bias": torch.randn(experts, generator=gen)}
         b = {k: v.clone() for k, v in a.items()}
         b[fused][2, 3:7] += 0.5
+        b["model.layers.0.mlp.experts.gate_up_proj_bias"][3, 5] += 1
         b["model.layers.0.mlp.router.weight"][1] += 0.1
+        b["model.layers.0.mlp.router.bias"][0] += 0.1
         config = {"model_type": "gpt_oss", "num_local_experts": experts, "num_attention_heads": 4, "hidden_size": 16}
         result = diff(write_model(tmp_path / "a", a, config, ck), write_model(tmp_path / "b", b, config, ck))
         _, found = breakdowns(result)
@@ -236,9 +405,12 @@ class TestExperts:
         check_figures(split.units[2], a[fused][2], b[fused][2])
         assert lit(found["model.layers.0.mlp.experts.down_proj"]) == []
         assert lit(found["model.layers.0.mlp.router.weight"]) == [1]
+        assert lit(found["model.layers.0.mlp.router.bias"]) == [0]
+        bias = found["model.layers.0.mlp.experts.gate_up_proj_bias"]
+        assert bias.kind == "experts" and len(bias.units) == experts and lit(bias) == [3]
         rollup = hd.fused_rollups(result.catalog, {result.catalog.index(n): f for n, f in found.items()})
         block = rollup["model.layers.0.mlp.experts"]
-        assert [e.expert for e in block if e.delta_sq > 0] == [2] and block[2].tensors == 2
+        assert [e.expert for e in block if e.delta_sq > 0] == [2, 3] and block[2].tensors == 3
 
     def test_named_experts_roll_up_from_the_scan(self, ck, tmp_path, diff):
         gen = torch.Generator().manual_seed(6)
@@ -305,6 +477,9 @@ class TestHeadCounts:
           "hidden_size": 3072}, (8, 1, 256)),
         ({"model_type": "falcon", "num_attention_heads": 71, "hidden_size": 4544}, (71, 1, None)),
         ({"model_type": "qwen2", "num_attention_heads": 28, "num_key_value_heads": 4}, (28, 4, None)),
+        ({"model_type": "gpt_bigcode", "n_head": 48, "n_embd": 6144, "multi_query": True}, (48, 1, None)),
+        ({"model_type": "gpt_bigcode", "n_head": 12, "n_embd": 768, "multi_query": False}, (12, 12, None)),
+        ({"model_type": "t5", "num_heads": 12, "d_model": 768, "d_kv": 64}, (12, 12, 64)),
         ({"model_type": "llava", "text_config": {"num_attention_heads": 32, "num_key_value_heads": 8}}, (32, 8, None)),
     ])
     def test_config_spellings(self, config, counts):
@@ -357,7 +532,8 @@ class TestDiffHeads:
         assert main(["diff", models[0], models[1], "--json", "--heads", "--no-cache"]) == 1
         doc = json.loads(capsys.readouterr().out)
         assert doc["head_counts"] == {"heads": H, "kv_heads": KV, "head_dim": None,
-                                      "source": "config.json beside the weights", "unknown": None, "notes": []}
+                                      "source": "config.json beside the weights", "unknown": None, "notes": [],
+                                      "towers": []}
         tensors = {t["name"]: t for t in doc["tensors"]}
         q = tensors["model.layers.1.self_attn.q_proj.weight"]["heads"]
         assert [h["head"] for h in q if h["rel_l2"] > 0] == [3]
@@ -424,3 +600,37 @@ def test_nan_and_inf_are_counted_and_left_out(ck, tmp_path, diff, role):
     finite = torch.isfinite(b[name][head])
     check_figures(unit, a[name][head][finite], b[name][head][finite])
     assert all(u.nonfinite == 0 and u.delta_sq == 0 for u in found[name].units if u.unit.index != 2)
+
+
+def test_a_views_heads_go_first_and_alone_on_two_workers():
+    """The engine gives a view's heads the first free worker, and starts nothing else beside
+    them on two workers (the other core is the app's, to draw them); once they are in, the
+    rest goes on."""
+    from types import SimpleNamespace
+
+    from weightscope.engine import protocol as msg
+    from weightscope.engine.server import Server, Worker
+    from weightscope.engine.worker import Task
+
+    class Conn:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, task):
+            self.sent.append(task.kind)
+
+    server = Server(None, msg.Job("a", "b"), helpers=0)
+    server.options = SimpleNamespace(device="cpu")
+    helpers = [Worker(Conn()), Worker(Conn())]
+    server.workers = helpers
+    job = SimpleNamespace(needs_sources=False)
+    server.units.extend(Task(0, "unit", (job,)) for _ in range(3))
+    server.urgent.extend([Task(7, "detail", (job,)), Task(8, "heads", (job,))])
+    server.gathered[8] = ({1}, {}, lambda found: found, True, "heads")
+    server.dispatch()
+    assert [w.conn.sent for w in helpers] == [["heads"], []]
+    helpers[0].busy = None  # the heads are in
+    del server.gathered[8]
+    server.dispatch()
+    assert [w.conn.sent for w in helpers] == [["heads", "detail"], ["unit"]]
+    server.threads.shutdown()

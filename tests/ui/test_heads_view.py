@@ -11,7 +11,10 @@ from weightscope.analysis.heads import Breakdown
 from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.widgets.heads_view import HeadsPlot
 
-from .helpers import SIZE, cursor_path, open_app, screen_text, settle, static_text, wait_for
+from weightscope.engine import protocol as msg
+from weightscope.ui.messages import FromEngine
+
+from .helpers import SIZE, cursor_path, open_app, record_requests, screen_text, settle, static_text, wait_for
 
 H, KV, D = 8, 2, 8
 HIDDEN = H * D
@@ -66,6 +69,42 @@ async def test_v_on_q_proj_draws_a_bar_per_head_with_head_three_alone(pair, tmp_
         text = screen_text(app)
         assert "q_proj: 1 of 8 heads changed, most q 3 " in text
         assert "key/value group" in text  # the colours' meaning, under the bars
+
+
+def hold_detail_answers(app) -> list:
+    """Hold back the engine's answers to `detail` asks (the others go on); returns the held ones."""
+    held, post = [], app.post_message
+
+    def post_message(message) -> bool:
+        reply = message.message if isinstance(message, FromEngine) else None
+        if isinstance(reply, msg.Reply) and app.asked.get(reply.ticket, ("",))[0] == "detail":
+            held.append(message)
+            return True
+        return post(message)
+
+    app.post_message = post_message
+    return held
+
+
+async def test_a_tensor_selected_in_the_heads_view_asks_its_heads_first_and_keeps_them(pair, tmp_path):
+    """The heads are asked before the tensor's figures (the engine takes asks in turn), and the
+    figures coming after the heads leave the bars drawn."""
+    app = open_app(*write_pair(pair, tmp_path), use_cache=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await heads_view(pilot)  # on the first line (a group)
+        sent = record_requests(app)
+        held = hold_detail_answers(app)
+        app.show_in_tree(Q)
+        await wait_for(pilot, lambda: held and (app.query_one(HeadsPlot).drawn or (None, ""))[1] == Q)
+        asks = [request.kind for request in sent if isinstance(request, msg.Ask)]
+        assert asks[:2] == ["heads", "detail"]
+        del app.post_message  # the figures come now, after the heads
+        for message in held:
+            app.post_message(message)
+        await settle(pilot)
+        assert (app.query_one(HeadsPlot).drawn or (None, ""))[1] == Q
+        assert "q_proj: 1 of 8 heads changed" in screen_text(app)
 
 
 async def test_without_a_config_the_view_says_how_to_give_the_counts(pair, tmp_path):

@@ -11,13 +11,19 @@ owns, and each run gets the figures of the whole tensor's difference:
 over the positions finite on both sides (the others are counted), summed in float64.
 
 Head counts come from `config.json` beside the weights (A's, else B's), from GGUF metadata
-(`{arch}.attention.head_count`, `head_count_kv`), or from `--heads N[,KV]`, which wins.
+(`{arch}.attention.head_count`, `head_count_kv`), or from `--heads N[,KV]`, which wins. A
+multimodal config's vision (or audio) tower has counts of its own, from its `vision_config`:
+its tensors (under `vision_tower`, `vision_model`, `visual`, ...) never take the text model's,
+and where that sub-config gives none, they say so.
+
 The layouts, for H query heads, K key/value heads and head size d (a query head h reads
 key/value head h // (H / K)):
 
-- q, k, v (`q_proj`, BERT's `query`, ...): rows, d per head; o (`o_proj`, `dense`, ...):
-  columns, d per query head (GPT-2's `attn.c_proj` is a Conv1D, stored transposed: rows).
-- fused blocks (`qkv_proj`, `Wqkv`, `c_attn` stored as a Linear): rows q (H·d) | k (K·d) | v (K·d);
+- q, k, v (`q_proj`, BERT's `query`, T5's `SelfAttention.q`, ...): rows, d per head; o
+  (`o_proj`, `dense`, `attention.wo`, ...): columns, d per query head (GPT-2's `attn.c_proj`
+  is a Conv1D, stored transposed: rows). T5's feed-forward `DenseReluDense.wo` is no head's.
+- fused blocks (`qkv_proj`, `Wqkv`, `c_attn` stored as a Linear, as Qwen's and StarCoder's,
+  whose `multi_query` means K = 1): rows q (H·d) | k (K·d) | v (K·d);
   GPT-2's `c_attn` Conv1D [hidden, 3·hidden]: the same by columns.
 - `query_key_value` (GPT-NeoX, BLOOM, Falcon): rows in K groups of H/K query heads then one
   k and one v head (NeoX's per-head q|k|v interleave when K = H, Falcon's multi-query block
@@ -38,7 +44,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,22 +58,33 @@ CONFIG_MAX = 4 << 20  # bytes: a model config is a few KB; anything larger is no
 CHUNK = 1 << 22  # elements of each side decoded at a time
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
 KV_KEYS = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num", "num_query_groups")
-HEAD_DIM_KEYS = ("head_dim",)
+HEAD_DIM_KEYS = ("head_dim", "d_kv", "kv_channels")  # T5's d_kv, Qwen's and ChatGLM's kv_channels
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 # Models whose `c_attn`/`c_proj` are nn.Linear (rows out), not GPT-2's Conv1D (columns out).
 LINEAR_C_ATTN = {"qwen", "gpt_bigcode"}
+# Multi-query attention (one key/value head) where `multi_query` is true, as it is by default:
+# Falcon-7B's (not its new decoder), StarCoder's (gpt_bigcode).
+MULTI_QUERY = {"falcon", "RefinedWeb", "RefinedWebModel", "gpt_bigcode"}
+# A multimodal config's encoders whose heads its sub-configs count, and the modules they live in.
+TOWERS = {
+    "vision": ("vision_config", ("vision_tower", "vision_model", "visual", "vision_encoder", "vision", "vpm",
+                                 "vision_backbone", "image_encoder", "img_processor")),
+    "audio": ("audio_config", ("audio_tower", "audio_model", "audio_encoder")),
+}
 BLOCKED_QUERY_KEY_VALUE = {"chatglm"}
 
 # The projection a tensor is, from the last parts of its name (parameter suffix removed).
 ROLES = [
     (r"(^|\.)(c_attn|qkv_proj|wqkv|attn_qkv|qkv)$", "qkv"),
     (r"(^|\.)query_key_value$", "query_key_value"),
-    (r"(^|\.)(q_proj|query|wq|q_lin|attn_q)$", "q"),
-    (r"(^|\.)(k_proj|key|wk|k_lin|attn_k)$", "k"),
-    (r"(^|\.)(v_proj|value|wv|v_lin|attn_v)$", "v"),
+    (r"(^|\.)(q_proj|query|wq|q_lin|attn_q|(selfattention|encdecattention)\.q)$", "q"),
+    (r"(^|\.)(k_proj|key|wk|k_lin|attn_k|(selfattention|encdecattention)\.k)$", "k"),
+    (r"(^|\.)(v_proj|value|wv|v_lin|attn_v|(selfattention|encdecattention)\.v)$", "v"),
     (r"(^|\.)attn\.c_proj$", "c_proj"),
-    (r"(^|\.)(o_proj|out_proj|wo|out_lin|attn_output|attention\.output\.dense|self_attn\.dense"
-     r"|self_attention\.dense|attention\.dense)$", "o"),
+    # `wo` is an attention output only inside attention (Meta's `attention.wo`): T5's feed-forward
+    # `DenseReluDense.wo` is none
+    (r"(^|\.)(o_proj|out_proj|(attention|attn|self_attn)\.wo|out_lin|attn_output|attention\.output\.dense"
+     r"|self_attn\.dense|self_attention\.dense|attention\.dense|(selfattention|encdecattention)\.o)$", "o"),
     (r"(^|\.)experts\.(gate_up_proj|down_proj|gate_proj|up_proj)(_bias)?$", "experts"),
     (r"(^|\.)(mlp\.gate|block_sparse_moe\.gate|router|moe\.gate)$", "router"),
 ]
@@ -100,7 +117,8 @@ class HeadConfig:
 
     def describe(self) -> str:
         dim = f", head_dim {self.head_dim}" if self.head_dim else ""
-        kv = f", {self.kv_heads} key/value heads" if self.kv_heads != self.heads else ""
+        plural = "s" if self.kv_heads > 1 else ""
+        kv = f", {self.kv_heads} key/value head{plural}" if self.kv_heads != self.heads else ""
         return f"{self.heads} heads{kv}{dim} ({self.source})"
 
 
@@ -118,6 +136,35 @@ class Known:
     why: str = ""
     notes: tuple[str, ...] = ()
     experts: int | None = None
+    towers: tuple[Tower, ...] = ()
+
+    def counts(self, name: str) -> tuple[HeadConfig | None, str]:
+        """The head counts for one tensor, or why it has none: a multimodal model's vision (or
+        audio) tower has counts of its own (never the text model's)."""
+        if self.towers:
+            parts = name.split(".")
+            for tower in self.towers:
+                if any(part in tower.modules for part in parts):
+                    return tower.config, tower.why
+        return self.config, self.why
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A multimodal model's encoder (its vision tower) with head counts of its own.
+
+    Attributes:
+        modules: a tensor with one of these names among its parts is the tower's.
+        config: its sub-config's counts; None when the config gives none (then `why` says so).
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    config: HeadConfig | None
+    why: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name} tower: {self.config.describe()}" if self.config else self.why
 
 
 # Where head counts come from
@@ -177,13 +224,31 @@ def from_config(config: dict, path: str) -> tuple[HeadConfig | None, int | None,
     if heads is None:
         return None, experts, f"{path} gives no head count ({' / '.join(HEAD_KEYS[:2])})"
     kv = first_count(config, KV_KEYS) or heads
-    if model_type in ("falcon", "RefinedWeb", "RefinedWebModel") and not config.get("new_decoder_architecture") \
+    if model_type in MULTI_QUERY and not config.get("new_decoder_architecture") \
             and config.get("multi_query", True) is True:
-        kv = 1  # Falcon-7B's multi-query attention: one key/value head
+        kv = 1  # multi-query attention: one key/value head
     if heads % kv:
         return None, experts, f"{path}: {heads} heads do not split into {kv} key/value groups"
     return HeadConfig(heads, kv, first_count(config, HEAD_DIM_KEYS), experts, model_type,
                       f"{CONFIG} beside the weights"), experts, ""
+
+
+def towers_of(config: dict, path: str) -> tuple[Tower, ...]:
+    """A multimodal config's towers (a `text_config`, `vision_config` or `audio_config` in it):
+    each with its sub-config's counts, or why it has none. None for any other config."""
+    if not any(isinstance(config.get(key), dict) for key in ("text_config", *(k for k, _ in TOWERS.values()))):
+        return ()
+    out = []
+    for name, (key, modules) in TOWERS.items():
+        sub = config.get(key)
+        if not isinstance(sub, dict):
+            out.append(Tower(name, modules, None, f"head count unknown for the {name} tower: {path} has no {key}"))
+            continue
+        found, _, why = from_config({k: v for k, v in sub.items() if k != "text_config"}, f"{path}'s {key}")
+        source = f"{key} in {CONFIG} beside the weights"
+        out.append(Tower(name, modules, found and replace(found, source=source, experts=None),
+                         "" if found else f"head count unknown for the {name} tower: {why}"))
+    return tuple(out)
 
 
 def config_paths(path: str, files: list[str]) -> list[str]:
@@ -234,6 +299,7 @@ def known_heads(sides: list, override: tuple[int, int] | None = None) -> Known:
     notes: list[str] = []
     whys: list[str] = []
     experts = None
+    towers: tuple[Tower, ...] | None = None
     for side in sides:
         if side is None:
             continue
@@ -242,11 +308,14 @@ def known_heads(sides: list, override: tuple[int, int] | None = None) -> Known:
             if not os.path.exists(path):
                 continue
             try:
-                config, count, why = from_config(read_config(path), path)
+                parsed = read_config(path)
+                config, count, why = from_config(parsed, path)
             except ValueError as exc:
                 notes.append(f"head counts: {exc}")
                 break
             experts = experts or count
+            if towers is None:
+                towers = towers_of(parsed, path)
             if config is None:
                 whys.append(why)
             break
@@ -262,11 +331,11 @@ def known_heads(sides: list, override: tuple[int, int] | None = None) -> Known:
     if override is not None:
         heads, kv = override
         return Known(HeadConfig(heads, kv, None, found[0].experts if found else experts, model_type, "--heads"),
-                     notes=tuple(notes), experts=experts)
+                     notes=tuple(notes), experts=experts, towers=towers or ())
     if found:
-        return Known(found[0], notes=tuple(notes), experts=found[0].experts or experts)
+        return Known(found[0], notes=tuple(notes), experts=found[0].experts or experts, towers=towers or ())
     why = whys[0] if whys else f"no {CONFIG} beside the weights"
-    return Known(None, f"head count unknown: {why} (use --heads N[,KV])", tuple(notes), experts)
+    return Known(None, f"head count unknown: {why} (use --heads N[,KV])", tuple(notes), experts, towers or ())
 
 
 # How a tensor splits
@@ -529,15 +598,16 @@ def pair_breakdown(name: str, shapes: tuple, dtypes: tuple, sides: tuple, known:
         return Unavailable("a breakdown needs both sides, of one shape")
     if role in ("o", "c_proj") and name.endswith(".bias"):
         return None  # added after the heads are summed
-    if role not in ("experts", "router") and known.config is None:
-        return Unavailable(known.why)
+    config, why = known.counts(name)
+    if role not in ("experts", "router") and config is None:
+        return Unavailable(why)
     try:
-        split = split_of(name, shape_a, known.config, known.experts)
+        split = split_of(name, shape_a, config, known.experts)
     except SplitError as exc:
         return Unavailable(str(exc))
     if split is None:
         return None
-    return breakdown(sides[0], dtypes[0], sides[1], dtypes[1], split, known.config, should_cancel)
+    return breakdown(sides[0], dtypes[0], sides[1], dtypes[1], split, config, should_cancel)
 
 
 def undefined_why(figures: UnitFigures) -> dict[str, str]:
@@ -618,12 +688,17 @@ def fused_rollups(catalog, breakdowns: dict) -> dict[str, list[ExpertRollup]]:
 
 def split_pairs(catalog, known: Known) -> list[int]:
     """The pairs that may split by head or expert: attention projections (when head counts
-    are known) and expert tensors, on both sides in one shape."""
+    are known, or a multimodal tower's are not: each says so) and expert tensors, on both
+    sides in one shape."""
     out = []
     for i, name in enumerate(catalog.names):
         role = role_of(name)
-        if role is None or (known.config is None and role not in ("experts", "router")):
+        if role is None:
             continue
+        if role not in ("experts", "router"):
+            config, why = known.counts(name)
+            if config is None and why == known.why:  # said once for all; a tower's own why, per tensor
+                continue
         if catalog.a.shape[i] is not None and catalog.a.shape[i] == catalog.b.shape[i]:
             out.append(i)
     return out

@@ -10,11 +10,15 @@ TOP_EXPERTS = 6  # experts named per MoE block
 
 
 def head_counts_json(known: Known) -> dict:
-    """The top-level `head_counts`: the counts used and where they come from, or why there are none."""
+    """The top-level `head_counts`: the counts used and where they come from, or why there are
+    none; a multimodal model's towers (its vision encoder) with their own."""
     config = known.config
     return {"heads": config and config.heads, "kv_heads": config and config.kv_heads,
             "head_dim": config and config.head_dim, "source": config and config.source,
-            "unknown": known.why or None, "notes": list(known.notes)}
+            "unknown": known.why or None, "notes": list(known.notes),
+            "towers": [{"tower": t.name, "modules": list(t.modules), "heads": t.config and t.config.heads,
+                        "kv_heads": t.config and t.config.kv_heads, "head_dim": t.config and t.config.head_dim,
+                        "source": t.config and t.config.source, "unknown": t.why or None} for t in known.towers]}
 
 
 def unit_json(figures: UnitFigures) -> dict:
@@ -69,6 +73,7 @@ def text_lines(catalog, table, known: Known, found: dict):
     most changed heads, and each MoE block's experts rolled up."""
     yield ""
     yield f"heads: {known.config.describe()}" if known.config else f"heads: {known.why}"
+    yield from (f"   {tower.describe()}" for tower in known.towers if tower.config)  # the others: per tensor
     yield from (f"   note: {note}" for note in known.notes)
     position = {i: k for k, i in enumerate(natural_order(catalog).tolist())}
     for i in sorted(found, key=position.__getitem__):

@@ -461,11 +461,11 @@ class WeightscopeApp(App[None]):
 
         def start() -> None:
             self._detail_timer = None
+            self.load_view()  # first: the engine takes what is asked in turn, and a view shows its figure alone
             if ready is not None:
                 self.ask_histograms(pair, ready)
             else:  # a resized pair's common and added parts too, unless the scan has them
                 self.ask("detail", pair, pair not in self.table.resized, key="detail")
-            self.load_view()
 
         if rested:
             start()

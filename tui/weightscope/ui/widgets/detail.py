@@ -150,6 +150,8 @@ class DetailPane(VerticalScroll):
     single = False
     """One checkpoint browsed alone: only A's side is shown."""
     _plots: Plots | None = None
+    shown_pair: str | None = None
+    """The name of the pair shown (None for a group or nothing): its plots stay as its header is drawn again."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
@@ -183,7 +185,9 @@ class DetailPane(VerticalScroll):
         return self._plots
 
     def show_pair(self, pair: Pair, status: str) -> None:
-        """The header of a pair, with a loading indicator where the figures will go."""
+        """The header of a pair, with a loading indicator where the figures will go; its view's
+        plot (spectrum, map, heads) emptied for a pair newly shown, kept for the pair already
+        shown (its figures came after its heads, say)."""
         self.query_one("#detail-title", Static).update(self.title_text(pair.name, status))
         sides = Table.grid(padding=(0, 2))
         for label, info in (("A", pair.a),) if self.single else (("A", pair.a), ("B", pair.b)):
@@ -208,11 +212,13 @@ class DetailPane(VerticalScroll):
         plots = self.plots
         plots.values.clear()
         plots.deltas.clear()
-        plots.spectrum.message("")
-        plots.map.update("")
-        plots.heads.message("")
-        if plots.switcher.current == "heads-grid":  # a group's grid gives way to the pair's chart
-            plots.switcher.current = "heads"
+        if pair.name != self.shown_pair:
+            plots.spectrum.message("")
+            plots.map.update("")
+            plots.heads.message("")
+            if plots.switcher.current == "heads-grid":  # a group's grid (or another pair's words) gives way
+                plots.switcher.current = "heads"
+        self.shown_pair = pair.name
 
     def title_text(self, name: str, status: str) -> Text:
         text = Text(f"{badges.symbol(status)} {badges.words(status)}  ", badges.style(status))
@@ -300,6 +306,7 @@ class DetailPane(VerticalScroll):
     def show_group(self, group: Group, verdict: Text | None = None) -> None:
         """A group's aggregate: counts by status, parameters and the most-changed members; for
         the root of a comparison, its verdict first."""
+        self.shown_pair = None
         title = self.title_text(group.path or "(all tensors)", self.shown_status(group.status))
         self.query_one("#detail-title", Static).update(title)
         counts = [(Text(badges.symbol(shown), badges.style(shown)), badges.words(shown), f"{group.count(status):,}")
@@ -330,6 +337,7 @@ class DetailPane(VerticalScroll):
 
     def show_nothing(self, message: str) -> None:
         """An empty pane with one line saying why."""
+        self.shown_pair = None
         self.query_one("#detail-title", Static).update(Text(message, "dim"))
         for part in ("#detail-sides", "#detail-stats", "#detail-verdict"):
             self.query_one(part, Static).update("")

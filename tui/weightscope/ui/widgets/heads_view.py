@@ -91,6 +91,8 @@ class HeadsPlot(PlotextPlot):
         margin = y_ticks(plt, 0, top, height) if top > 0 else 3
         by_colour: dict[str, tuple[list[int], list[float]]] = {}
         for x, (unit, value) in enumerate(zip(units, values)):
+            if value <= 0:  # an unchanged head draws no bar (plotext drew a sliver at zero for some)
+                continue
             xs, ys = by_colour.setdefault(bar_colour(unit.unit, found.kv_heads), ([], []))
             xs.append(x)
             ys.append(value)
