@@ -4,22 +4,25 @@ A piece (at most `pieces.PIECE` elements of one tensor) lies in one buffer for e
 checkpoint of the run the unit reads: the reference first, then the steps in order. The
 reference is decoded once; each step is compared by its bytes with the reference and with
 its predecessor (an equal one is not decoded again: its values are those already decoded),
-else decoded into the slot its predecessor does not hold, and summed against both in one
-loop. A piece whose sums come out NaN or Inf held such values and is summed again by an
-exact loop that counts them. Columns of a piece's row per checkpoint: `run_columns.py`.
+else summed against both in one loop: straight from the bytes where the reference, the
+predecessor and it are all bfloat16 or float32 (`fused`, nearly always), else decoded first
+into the slot its predecessor does not hold. A piece whose sums come out NaN or Inf held such
+values and is summed again by an exact loop that counts them. Columns of a piece's row per
+checkpoint: `run_columns.py`.
 """
 
 import numpy as np
 
-from weightscope.compare.kernels import TABLES, decode_narrow, exact, fast, finite_only, same_bytes
+from weightscope.compare.kernels import TABLES, decode_narrow, exact, fast, same_bytes
 from weightscope.compare.pieces import ITEMSIZES
 from weightscope.compare.run_columns import ABSMAX, DD, NONFINITE, PP, READ, RR, RS, SAME_PREV, SAME_REF, SQ, SS, UU
 
 
 @fast
 def moved(r, p, s):
-    """Σ s², Σ r·s, Σ (s − r)², Σ (s − p)² (NaN or Inf when any value is not finite)."""
-    sq = rs = dd = uu = 0.0
+    """Σ s², Σ r·s, Σ (s − r)², Σ (s − p)² and max |s| (the sums NaN or Inf when any value is
+    not finite; max |s| is then not used)."""
+    sq = rs = dd = uu = top = 0.0
     for i in range(s.size):
         vs, vr, vp = np.float64(s[i]), np.float64(r[i]), np.float64(p[i])
         sq += vs * vs
@@ -28,7 +31,9 @@ def moved(r, p, s):
         dd += d * d
         u = vs - vp
         uu += u * u
-    return sq, rs, dd, uu
+        a = abs(vs)
+        top = a if a > top else top
+    return sq, rs, dd, uu, top
 
 
 @fast
@@ -52,23 +57,6 @@ def moved_bf16(r, p, s):
     return sq, rs, dd, uu, np.float64(np.uint32(np.uint32(top) << np.uint32(16)).view(np.float32))
 
 
-@fast
-def moved_f32(r, p, s):
-    """`moved` and max |s| of float32 values, in one pass."""
-    sq = rs = dd = uu = top = 0.0
-    for i in range(s.size):
-        vs, vr, vp = np.float64(s[i]), np.float64(r[i]), np.float64(p[i])
-        sq += vs * vs
-        rs += vr * vs
-        d = vs - vr
-        dd += d * d
-        u = vs - vp
-        uu += u * u
-        a = abs(vs)
-        top = a if a > top else top
-    return sq, rs, dd, uu, top
-
-
 @exact
 def fused(buf, r_off, p_off, s_off, n, code, row, r_sq, p_sq):
     """A step's sums against the reference and its predecessor straight from the bytes, where
@@ -79,9 +67,9 @@ def fused(buf, r_off, p_off, s_off, n, code, row, r_sq, p_sq):
                                          buf[p_off:p_off + 2 * n].view(np.uint16),
                                          buf[s_off:s_off + 2 * n].view(np.uint16))
     elif code == 0:
-        sq, rs, dd, uu, top = moved_f32(buf[r_off:r_off + 4 * n].view(np.float32),
-                                        buf[p_off:p_off + 4 * n].view(np.float32),
-                                        buf[s_off:s_off + 4 * n].view(np.float32))
+        sq, rs, dd, uu, top = moved(buf[r_off:r_off + 4 * n].view(np.float32),
+                                    buf[p_off:p_off + 4 * n].view(np.float32),
+                                    buf[s_off:s_off + 4 * n].view(np.float32))
     else:
         return False
     if not (abs(sq) < np.inf and abs(rs) < np.inf and abs(dd) < np.inf and abs(uu) < np.inf):
@@ -95,15 +83,6 @@ def fused(buf, r_off, p_off, s_off, n, code, row, r_sq, p_sq):
     row[UU] += uu
     row[PP] += p_sq
     return True
-
-
-@finite_only
-def largest(x):
-    out = 0.0
-    for i in range(x.size):
-        v = abs(np.float64(x[i]))
-        out = v if v > out else out
-    return out
 
 
 @exact
@@ -140,13 +119,13 @@ def moved_exact(r, p, s, has_r, has_p, own, row):
 def accumulate(r, p, s, has_r, has_p, own, row, r_sq, p_sq):
     """Add s's own sums (when `own`) and its sums against r and p (when asked) to `row`;
     `r_sq`, `p_sq`: Σ r², Σ p² over this piece, which are the both-finite sums when all is finite."""
-    sq, rs, dd, uu = moved(r if has_r else s, p if has_p else s, s)
+    sq, rs, dd, uu, top = moved(r if has_r else s, p if has_p else s, s)
     if not (abs(sq) < np.inf and abs(rs) < np.inf and abs(dd) < np.inf and abs(uu) < np.inf):
         moved_exact(r, p, s, has_r, has_p, own, row)
         return
     if own:
         row[SQ] += sq
-        row[ABSMAX] = max(row[ABSMAX], largest(s))
+        row[ABSMAX] = max(row[ABSMAX], top)
     if has_r:
         row[RS] += rs
         row[DD] += dd
