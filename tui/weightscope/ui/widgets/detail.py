@@ -209,16 +209,18 @@ class DetailPane(VerticalScroll):
         stats.loading = True
         self.query_one("#detail-verdict", Static).update("")
         self.query_one("#detail-plots").display = True
-        plots = self.plots
+        plots = self._plots
+        self.shown_pair, shown = pair.name, self.shown_pair
+        if plots is None:  # none drawn yet: they come with the figures, not in the tree's first frame
+            return
         plots.values.clear()
         plots.deltas.clear()
-        if pair.name != self.shown_pair:
+        if pair.name != shown:
             plots.spectrum.message("")
             plots.map.update("")
             plots.heads.message("")
             if plots.switcher.current == "heads-grid":  # a group's grid (or another pair's words) gives way
                 plots.switcher.current = "heads"
-        self.shown_pair = pair.name
 
     def title_text(self, name: str, status: str) -> Text:
         text = Text(f"{badges.symbol(status)} {badges.words(status)}  ", badges.style(status))
