@@ -25,3 +25,13 @@ PIECE_COLUMNS = 7
 PAIRED, SIDE_A, SIDE_B, BYTES = range(4)
 # Flags of a finished piece.
 HAS_A, HAS_B, HAS_D, EQUAL = 1, 2, 4, 8
+
+
+def cut(numel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tensors of `numel` elements cut into pieces of at most `PIECE` (one, empty, for an
+    empty tensor): each piece's tensor (its place in `numel`), first element and length."""
+    count = np.maximum(1, -(-numel // PIECE))
+    entry = np.repeat(np.arange(len(numel)), count)
+    first = np.repeat(np.cumsum(count) - count, count)
+    element = (np.arange(len(entry)) - first) * PIECE
+    return entry, element, np.minimum(PIECE, numel[entry] - element)

@@ -210,11 +210,7 @@ def span_units(catalog: Catalog, entries: np.ndarray, kinds: np.ndarray, code_a:
     numel = np.where(uses_a, a.numel[entries], b.numel[entries])
 
     # Pieces: every entry cut into runs of at most PIECE elements (one, empty, for an empty tensor).
-    count = np.maximum(1, -(-numel // pieces.PIECE))
-    entry_of = np.repeat(np.arange(len(entries)), count)
-    first = np.repeat(np.cumsum(count) - count, count)
-    element = (np.arange(len(entry_of)) - first) * pieces.PIECE
-    length = np.minimum(pieces.PIECE, numel[entry_of] - element)
+    entry_of, element, length = pieces.cut(numel)
     owner = entries[entry_of]
     np.add.at(pieces_per_pair, owner, 1)
     bytes_a, bytes_b = length * size_a[entry_of], length * size_b[entry_of]

@@ -206,14 +206,9 @@ def plan(catalog: RunCatalog, steps: list[int]) -> RunPlan:
     rows, codes, itemsize, decoded = rows[order], codes[:, order], itemsize[:, order], decoded[order]
 
     numel = catalog.numel[rows]
-    count = np.maximum(1, -(-numel // pieces.PIECE))
-    entry = np.repeat(np.arange(len(rows)), count)
-    first = np.repeat(np.cumsum(count) - count, count)
-    element = (np.arange(len(entry)) - first) * pieces.PIECE
-    length = np.minimum(pieces.PIECE, numel[entry] - element)
+    entry, element, length = pieces.cut(numel)
     owners = rows[entry]
-    per_tensor = np.zeros(len(catalog), np.int64)
-    per_tensor[rows] = count
+    per_tensor = np.bincount(owners, minlength=len(catalog))
     nbytes = length[None, :] * itemsize[:, entry]  # [member, piece]
     total = nbytes.sum(axis=0)
     unit_of = (np.cumsum(total) - total) // UNIT_BYTES
