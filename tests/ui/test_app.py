@@ -862,7 +862,8 @@ async def test_the_tree_has_the_focus_as_it_comes(demo):
     gate = hold_opening(app)
     async with app.run_test(size=SIZE) as pilot:
         gate.open()
-        await wait_for(pilot, lambda: bool(app.query(DiffTree)))
+        # as it appears: mounted, its cursor on the first line of tensors (a key can't come earlier)
+        await wait_for(pilot, lambda: bool(app.query(DiffTree)) and app.query_one(DiffTree).cursor_line >= 0)
         assert app.focused is app.query_one(DiffTree)
         before = app.query_one(DiffTree).cursor_line
         await pilot.press("down")
