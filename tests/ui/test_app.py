@@ -855,6 +855,22 @@ async def test_a_filter_typed_while_opening_keeps_the_focus(demo):
         assert box.value == "norm"
 
 
+async def test_select_opens_at_a_tensor(demo):
+    """`--select NAME` puts the cursor on that tensor once the tree is there (deep in a closed
+    group); a name that is not there says so and leaves the cursor on the first line."""
+    name = "model.layers.2.self_attn.k_proj.weight"
+    app = WeightscopeApp(msg.Job(*demo), select=name)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.shown is not None and app.names.path(app.shown) == name)
+        tree = app.query_one(DiffTree)
+        assert tree.cursor_node.data == app.shown and app.focused is tree
+    app = WeightscopeApp(msg.Job(*demo), select="model.nowhere.weight")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: any("no tensor named model.nowhere.weight" in n.message
+                                          for n in app._notifications))
+        assert app.query_one(DiffTree).cursor_line == 1
+
+
 async def test_the_tree_has_the_focus_as_it_comes(demo):
     """The tree is focused as it is mounted: a key pressed as it appears moves its cursor, and
     never goes to the detail pane (next in line once the placeholder is gone)."""

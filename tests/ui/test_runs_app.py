@@ -179,6 +179,33 @@ async def test_detail_plots_and_figures_equal_the_table(run_dir):
         assert np.allclose(drift_plot.series[1], drift64(base, [saved[s] for s in STEPS], layer), rtol=1e-9)
 
 
+async def test_the_pair_is_chosen_with_braces_and_brackets(run_dir):
+    """`{ }` move the pair's first checkpoint (the reference at first), `[ ]` its second (the
+    step shown), the first always before the second; `p` hands the terminal to the pair app on
+    them at the selected tensor, and where there is no terminal to hand over, says the command."""
+    app = open_run(["base", "run"])
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        name = "model.layers.1.mlp.up_proj.weight"
+        app.query_one(RunTree).reveal(node_at(app, name))
+        await pilot.pause(0.2)
+        assert app.pair_paths() == ("base", os.path.join("run", "checkpoint-500"))
+        assert "pair (p): reference → 500" in screen_text(app)
+        await pilot.press("right_curly_bracket", "right_curly_bracket")
+        assert app.pair_paths() == (os.path.join("run", "checkpoint-200"), os.path.join("run", "checkpoint-500"))
+        assert "pair (p): 200 → 500" in screen_text(app)
+        # The second moved before the first: the first comes along, still the one before it.
+        await pilot.press(*["left_square_bracket"] * 4)
+        assert app.pair_paths() == ("base", os.path.join("run", "checkpoint-100"))
+        await pilot.press("right_square_bracket", "right_square_bracket", *["right_curly_bracket"] * 3)
+        assert app.pair_paths() == (os.path.join("run", "checkpoint-200"), os.path.join("run", "checkpoint-300"))
+        assert "pair (p): 200 → 300" in screen_text(app)
+        await pilot.press("p")  # Pilot's terminal is no terminal: the notification gives the command instead
+        await pilot.pause(0.1)
+        said = [n.message for n in app._notifications]
+        assert any(f"weightscope run/checkpoint-200 run/checkpoint-300 --select {name}" in m for m in said), said
+
+
 async def test_flags_marked_and_listed(run_dir):
     app = open_run(["base", "run"])
     async with app.run_test(size=SIZE) as pilot:

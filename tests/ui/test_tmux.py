@@ -355,3 +355,33 @@ def test_export_during_a_scan_says_it_is_partial(terminal, tmp_path):
     document = json.loads(next(out.glob("weightscope-*.json")).read_text())
     assert document["complete"] is False and 0 < document["not_read"] <= 16
     assert terminal.quit() == 0, f"weightscope did not exit cleanly after `q`:\n{terminal.screen}"
+
+
+def test_a_runs_pair_opens_the_pair_app_and_comes_back(terminal, tmp_path):
+    """In the app on a run, `p` hands the terminal to the pair app on the two checkpoints chosen
+    with `{ }` and `[ ]`, its cursor on the tensor selected; `q` there comes back to the run."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    base = {"attn.weight": torch.randn(32, 32, generator=gen), "norm.weight": torch.ones(32)}
+    (tmp_path / "base").mkdir()
+    save_file(base, str(tmp_path / "base" / "model.safetensors"))
+    for k, step in enumerate((100, 200, 300), 1):
+        (tmp_path / "run" / f"checkpoint-{step}").mkdir(parents=True)
+        save_file({"attn.weight": base["attn.weight"] * (1 + 0.01 * k), "norm.weight": base["norm.weight"]},
+                  str(tmp_path / "run" / f"checkpoint-{step}" / "model.safetensors"))
+    terminal.start("sh", "-c", f'cd "{tmp_path}" && exec "$0" base run', console_script())
+    terminal.wait("the run's tree", lambda s: "run: 4 checkpoints" in s and "▶ attn" in s, STARTUP)
+    terminal.keys("Right", "Down")  # the cursor starts on attn: opened, its weight
+    terminal.wait("attn.weight in the pane", lambda s: "attn.weight  (tensor)" in s)
+    terminal.keys("[", "}")  # the pair: checkpoint-100 -> checkpoint-200
+    terminal.wait("the pair chosen", lambda s: "pair (p): 100 → 200" in s)
+    terminal.keys("p")
+    screen = terminal.wait("the pair app at attn.weight",
+                           lambda s: s.startswith("A run/checkpoint-100") and "≠ changed  attn.weight" in s, STARTUP)
+    assert "B run/checkpoint-200" in screen.splitlines()[0] or "B run/checkpoint-" in screen, screen
+    assert re.search(r"rel L2\s+0\.99%", screen), screen  # 1.02 / 1.01 − 1
+    terminal.keys("q")
+    terminal.wait("the run app again", lambda s: s.startswith("run: 4 checkpoints") and "pair (p): 100 → 200" in s)
+    assert terminal.quit() == 0, f"weightscope did not exit cleanly after `q`:\n{terminal.screen}"

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_app_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="weightscope", usage="weightscope A [B] [--heads N[,KV]] [--device auto|cpu|cuda] [--no-cache]\n"
+        prog="weightscope", usage="weightscope A [B] [--select TENSOR] [--heads N[,KV]] [--device auto|cpu|cuda] [--no-cache]\n"
                                   "       weightscope [BASE] RUN_DIR/ [--watch [SECONDS]]   (or A B C ...: a run)\n"
                                   "       weightscope {diff,inspect,demo} ...",
         description="Open A and B side by side in the terminal app (or browse A alone). "
@@ -134,6 +134,8 @@ def build_app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heads", metavar="N[,KV]",
                         help="N query and KV key/value heads, for the heads views (default: from config.json "
                              "beside the weights, or GGUF metadata)")
+    parser.add_argument("--select", metavar="TENSOR",
+                        help="open with the cursor on this tensor (two checkpoints; the run app's `p` uses it)")
     add_lora_options(parser)
     add_engine_options(parser)
     return parser
@@ -142,8 +144,9 @@ def build_app_parser() -> argparse.ArgumentParser:
 # The app
 
 
-def run_app(job, engine=None) -> int:
-    """The app on `job`, with `engine` where one was started before the job was known."""
+def run_app(job, engine=None, select: str | None = None) -> int:
+    """The app on `job`, with `engine` where one was started before the job was known, the
+    cursor on tensor `select` once the tree is there."""
     from dataclasses import replace
 
     from weightscope.engine.client import Engine
@@ -154,7 +157,7 @@ def run_app(job, engine=None) -> int:
     engine.begin(job)  # it reads the headers while Textual loads
     from weightscope.ui.app import WeightscopeApp
 
-    app = WeightscopeApp(job, engine)
+    app = WeightscopeApp(job, engine, select=select)
     app.run()
     return app.return_code or 0
 
@@ -178,7 +181,7 @@ def app_run(args):
             raise Failure("--watch follows a training run's directory (weightscope BASE RUN_DIR/ --watch)")
         args.a, args.b = args.paths[0], args.paths[1] if len(args.paths) > 1 else None
         return None
-    given = [name for name in ("heads", "adapter", "lora_alpha", "lora_scaling") if getattr(args, name, None)]
+    given = [name for name in ("heads", "adapter", "lora_alpha", "lora_scaling", "select") if getattr(args, name, None)]
     if given:
         raise Failure(f"--{given[0].replace('_', '-')} compares two checkpoints; it does not apply to a run")
     return spec
@@ -507,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             except BaseException:
                 engine.close()
                 raise
-            return run_app(job, engine)
+            return run_app(job, engine, args.select)
         return COMMANDS[args.command](args)
     except Failure as exc:
         print(f"weightscope: {exc}", file=sys.stderr)

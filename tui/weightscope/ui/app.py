@@ -126,11 +126,12 @@ class WeightscopeApp(App[None]):
     """What the detail pane draws for a tensor: "histograms", "spectrum", "map" or "heads" (on an
     attention group: its heads × q, k, v, o)."""
 
-    def __init__(self, job: msg.Job, engine: Engine | None = None):
+    def __init__(self, job: msg.Job, engine: Engine | None = None, select: str | None = None):
         """
         Args:
             job: what to compare (`job.tree` is set here: the app draws the name tree first).
             engine: an engine already started for `job` (started here otherwise).
+            select: a tensor to put the cursor on once the tree is there (`--select`).
         """
         super().__init__()
         self.job = replace(job, tree=True)
@@ -159,7 +160,7 @@ class WeightscopeApp(App[None]):
         self.anomaly_index = -1
         self.anomalies: tuple[int, list] | None = None  # (results read when found, the anomalies)
         self.looking: int = 0  # n or N pressed with nothing found yet: the step to take once something is
-        self.pending_reveal: str | None = None
+        self.pending_reveal: str | None = select
         self.filter_submitted_early = False  # Enter in the filter box before the headers were read
         self.diff_tree: DiffTree | None = None  # mounted once the checkpoints are open
         self.progress = (0, 1)  # bytes scanned, of
@@ -306,8 +307,10 @@ class WeightscopeApp(App[None]):
             self.screen.set_focus(tree)
         placeholder.remove()
         pattern = self.query_one("#filter", Input).value
-        if pattern:  # typed while the headers were read
+        if pattern:  # typed while the headers were read (the filtered tree then reveals `--select`)
             self.build_filtered(pattern)
+        elif self.pending_reveal is not None:
+            self.call_after_refresh(self.reveal_selected)  # once the tree has put its cursor on its first line
         self.show_counts()
         self.engine.send(msg.Scan())
 
@@ -715,6 +718,13 @@ class WeightscopeApp(App[None]):
         anomaly = found[self.anomaly_index]
         self.show_in_tree(anomaly.name)
         self.notify(f"{self.anomaly_index + 1}/{len(found)}: {anomaly.name}: {anomaly.reason}", timeout=4)
+
+    def reveal_selected(self) -> None:
+        """The cursor on the tensor `--select` names."""
+        name, self.pending_reveal = self.pending_reveal, None
+        if name is not None and self.catalog.index(name) is None:
+            self.notify(f"no tensor named {name}", severity="warning", timeout=6)
+        self.show_in_tree(name)
 
     def show_in_tree(self, name: str | None) -> None:
         """Put the tree's cursor on a tensor (clearing a filter that hides it)."""

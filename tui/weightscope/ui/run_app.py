@@ -4,7 +4,10 @@ its flags and its drift and update against step, and a layers × steps overview.
 
 As in the pair app, the engine (`engine.runs.RunServer`) reads and scans in processes of its
 own; the app takes its `RunResults` into a `RunTable` and draws. `[` and `]` choose the step
-the figures are at (the pair views on two steps are not here yet).
+the figures are at; `{` and `}` an earlier checkpoint (the reference at first). `p` opens the
+pair app on those two checkpoints at the selected tensor, in the same terminal (the run app
+suspended until it quits): statistics, histograms, spectrum, change map and heads, as for
+any pair, with nothing of them written twice.
 With `--watch`, the run directory is looked at every few seconds and a checkpoint that is
 complete (whole by `sources.runs.incomplete`, its files unchanged since the look before) is
 added: the run is opened again with it, every earlier step coming from the per-step cache.
@@ -13,13 +16,16 @@ added: the run is opened again with it, every earlier step coming from the per-s
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from rich.text import Text
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.css.query import NoMatches
@@ -65,6 +71,11 @@ class RunApp(App[None]):
     BINDINGS = [
         Binding("left_square_bracket", "step(-1)", "Step ←", tooltip="The step before (the figures and the column of drift)"),
         Binding("right_square_bracket", "step(1)", "Step →", tooltip="The step after"),
+        Binding("left_curly_bracket", "against(-1)", "From ←", show=False,
+                tooltip="The pair's first checkpoint: an earlier one (the reference at first)"),
+        Binding("right_curly_bracket", "against(1)", "From →", show=False,
+                tooltip="The pair's first checkpoint: a later one, up to the step before the selected"),
+        Binding("p", "pair", "Pair", tooltip="The pair app on the two checkpoints ({ } and [ ]) at this tensor"),
         Binding("o", "overview", "Overview", tooltip="Layers × steps heatmap of drift for a module type"),
         Binding("L", "toggle_log", "Log y", tooltip="Drift and update plots on a log scale"),
         Binding("i", "notes", "Notes", tooltip="Checkpoints skipped, tensors not read"),
@@ -92,6 +103,7 @@ class RunApp(App[None]):
         self.flags: list = []
         self.scan_done = False
         self.selected = 0  # the step shown (a column of the run's tables)
+        self.against = 0  # the pair's first checkpoint (a point: 0 the reference); the second is the selected step
         self.log_scale = False
         self.shown: int | None = None
         self.progress = (0, 1)
@@ -208,6 +220,7 @@ class RunApp(App[None]):
         self.scan_done, self.flags = False, []
         at_last = previous is None or self.selected == len(previous.points) - 2
         self.selected = catalog.steps - 1 if at_last else min(self.selected, catalog.steps - 1)
+        self.against = min(self.against, self.selected)
         if previous is None or previous.names != catalog.names:
             self.names = of_names(catalog.names)
         if self.run_tree is None:
@@ -313,20 +326,60 @@ class RunApp(App[None]):
                                        pending, self.log_scale, x[t])
         reference = os.path.basename(os.path.normpath(self.catalog.points[0].path))
         before = reference if t == 0 else step_labels(self.catalog.points)[t - 1]
+        older, newer = self.pair_paths()
         self.query_one(RunDetail).show_pair(Text.assemble(
             ("at step ", "dim"), label, (": drift against the reference ", "dim"), reference,
-            (", update against ", "dim"), before))
+            (", update against ", "dim"), before, ("\npair (p): ", "dim"), self.point_label(self.against),
+            (" → ", "dim"), label, ("  { } moves the first, [ ] the second", "dim")))
 
     # Actions
+
+    def point_label(self, point: int) -> str:
+        return "reference" if point == 0 else step_labels(self.catalog.points)[point - 1]
+
+    def pair_paths(self) -> tuple[str, str]:
+        """The checkpoints the pair app compares: the one `{ }` chose, then the selected step."""
+        points = self.catalog.points
+        return points[self.against].path, points[self.selected + 1].path
 
     def action_step(self, delta: int) -> None:
         if not self.ready:
             return
         self.selected = max(0, min(self.catalog.steps - 1, self.selected + delta))
+        self.against = min(self.against, self.selected)
         self.run_tree.selected = self.selected
         self.run_tree.refresh_lines()
         self.show_legend()
         self.show_detail()
+
+    def action_against(self, delta: int) -> None:
+        if not self.ready:
+            return
+        self.against = max(0, min(self.selected, self.against + delta))
+        self.show_detail()
+
+    def action_pair(self) -> None:
+        """The pair app on the two checkpoints, at the selected tensor, in this terminal; back here when it quits."""
+        if not self.ready:
+            return
+        argv = [*self.pair_paths()]
+        i = self.shown_tensor()
+        if i is not None:
+            argv += ["--select", self.catalog.names[i]]
+        if not self.job.use_cache:
+            argv.append("--no-cache")
+        try:
+            with self.suspend():
+                done = subprocess.run([sys.executable, "-m", "weightscope", *argv], check=False)
+        except SuspendNotSupported:  # no terminal to hand over (a web or headless driver)
+            self.notify(f"this terminal cannot be handed to the pair app; run: weightscope {shlex.join(argv)}",
+                        severity="warning", timeout=10)
+            return
+        except OSError as exc:
+            self.notify(f"the pair app did not start: {exc}", severity="error", timeout=8)
+            return
+        if done.returncode != 0:
+            self.notify(f"the pair app ended with status {done.returncode}", severity="error", timeout=8)
 
     def action_toggle_log(self) -> None:
         self.log_scale = not self.log_scale
