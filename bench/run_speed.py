@@ -6,13 +6,22 @@ bench/scan_speed.py's large pair (2 shards of 542 MB bf16 safetensors each, with
 matrix but the embeddings changed in a pattern of its own step, so nearly every byte differs
 from step to step. Then, in one run, with the page cache warm:
 
-  (a) reading every checkpoint's bytes once (a pread loop over every file, 16 MB at a time)
+  (a) reading every checkpoint's bytes once (a pread loop over every file, 16 MB at a time,
+      a reader per core)
   (b) the engine's scan of the run (RUN_DIR alone: the first checkpoint is the reference),
       no cache read; target <= 1.3 × (a)
   (c) an eleventh checkpoint added, scanned again with the cache: the time and the bytes
       read per checkpoint; target: only the new one, its predecessor and the reference
+  (d) the app on the run (`weightscope RUN_DIR/` in a private tmux server at 120×40, an empty
+      result cache: the scan runs behind it), 3 times: from Enter to the first paint (target
+      <= 1 s) and to the tree; then, while the scan runs, Down and Up keys in turn 0.3 s apart,
+      each timed until the detail pane names the line it moved to (keys never wait on the scan)
 
-    python3 bench/run_speed.py [--keep DIR]      (default DIR: /work/benchdata/run)
+With --cold, (a) and (b) are measured again with the run's files dropped from the page
+cache first (posix_fadvise DONTNEED), as for a run too large to stay cached: both then read
+from the disk.
+
+    python3 bench/run_speed.py [--keep DIR] [--cold]      (default DIR: /work/benchdata/run)
 """
 
 from __future__ import annotations
@@ -76,22 +85,38 @@ def ensure_run(root: str, count: int) -> list[str]:
     return paths
 
 
+def read_file(path: str) -> int:
+    buffer = memoryview(bytearray(16 << 20))
+    fd, offset = os.open(path, os.O_RDONLY), 0
+    try:
+        while got := os.preadv(fd, [buffer], offset):
+            offset += got
+    finally:
+        os.close(fd)
+    return offset
+
+
 def read_once(paths: list[str]) -> tuple[float, int]:
-    """Seconds to read every file of these checkpoints once, and the bytes read."""
-    start, total = time.perf_counter(), 0
-    buffer = bytearray(16 << 20)
-    view = memoryview(buffer)
+    """Seconds to read every file of these checkpoints once, a reader per core (as the scan
+    has a worker per core), and the bytes read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [os.path.join(path, name) for path in paths for name in sorted(os.listdir(path))]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        total = sum(pool.map(read_file, files))
+    return time.perf_counter() - start, total
+
+
+def drop_cached(paths: list[str]) -> None:
+    """Drop these checkpoints' files from the page cache (clean pages; no privileges needed)."""
     for path in paths:
-        for name in sorted(os.listdir(path)):
+        for name in os.listdir(path):
             fd = os.open(os.path.join(path, name), os.O_RDONLY)
             try:
-                offset = 0
-                while got := os.preadv(fd, [view], offset):
-                    offset += got
-                    total += got
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
-    return time.perf_counter() - start, total
 
 
 def peak_mb(pid: int) -> float:
@@ -130,9 +155,41 @@ def scan(run_dir: str, use_cache: bool):
                 return time.perf_counter() - start, message, peak
 
 
+def in_the_app(run_dir: str, env: dict[str, str]) -> dict[str, object]:
+    """(d) once: the first paint, the tree, and Down keys during the scan."""
+    from tui_latency import EXITED, HEIGHT, TMUX_CONF, WIDTH, Terminal, console_script, detail_title
+
+    conf = os.path.join(env["XDG_CACHE_HOME"], "tmux.conf")
+    with open(conf, "w") as f:
+        f.write(TMUX_CONF)
+    term = Terminal(conf, env)
+    try:
+        term.tmux("new-session", "-d", "-s", "app", "-x", str(WIDTH), "-y", str(HEIGHT), "sh", "-c",
+                  f'read _; "$@"; echo "{EXITED} $?]"; exec sleep 3600', "sh", console_script(), run_dir)
+        term.wait("the shell", lambda s: True)
+        start = time.monotonic()
+        term.keys("Enter")
+        paint = term.wait("the first paint", lambda s: s.startswith("run: ")) - start
+        tree = term.wait("the tree", lambda s: "all tensors" in s and " model" in s) - start
+        keys = []
+        for k in range(8):
+            title = detail_title(term.capture())
+            time.sleep(0.3)
+            scanning = "pending" in term.capture()
+            pressed = time.monotonic()
+            term.keys("Down" if k % 2 == 0 else "Up")
+            moved = term.wait("the pane to follow the cursor", lambda s, t=title: detail_title(s) != t)
+            if scanning:
+                keys.append(moved - pressed)
+        return {"paint": paint, "tree": tree, "keys": keys}
+    finally:
+        term.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", default="/work/benchdata/run", help="where the run is written, or found")
+    parser.add_argument("--cold", action="store_true", help="(a) and (b) again, read from the disk")
     args = parser.parse_args()
     paths = ensure_run(args.keep, STEPS)
     eleventh = os.path.join(args.keep, f"checkpoint-{100 * (STEPS + 1)}")
@@ -161,6 +218,28 @@ def main() -> None:
               + f" of {sum(sizes) / 1e9:.2f} GB (target: only checkpoint-{100 * (STEPS + 1)}, its predecessor "
                 f"and the reference)")
         print(f"largest peak resident set (VmHWM) of an engine process in (b): {peak:.0f} MB (target < 1024 MB)")
+        shutil.rmtree(eleventh)
+        if args.cold:
+            drop_cached(paths)
+            floor, _ = read_once(paths)
+            drop_cached(paths)
+            shutil.rmtree(os.environ["XDG_CACHE_HOME"])
+            scanned, _, _ = scan(args.keep, use_cache=False)
+            print(f"cold (a) read every checkpoint once from the disk: {floor:.2f} s ({nbytes / floor / 1e9:.2f} GB/s)")
+            print(f"cold (b) scan of the run from the disk:          {scanned:.2f} s = {scanned / floor:.2f} × (a)")
+        read_once(paths)  # warm again: the app's figures are not the disk's
+        found = []
+        for _ in range(3):
+            shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+            os.makedirs(os.environ["XDG_CACHE_HOME"])
+            found.append(in_the_app(args.keep, dict(os.environ)))
+        paints, trees = sorted(f["paint"] for f in found), sorted(f["tree"] for f in found)
+        keys = sorted(k for f in found for k in f["keys"])
+        print(f"(d) the app on the run: first paint {paints[0]:.2f} / {paints[1]:.2f} s (best / median; target <= 1 s),"
+              f" tree {trees[0]:.2f} / {trees[1]:.2f} s")
+        if keys:
+            print(f"    a key during the scan, until the pane follows: median {1000 * keys[len(keys) // 2]:.0f} ms, "
+                  f"worst {1000 * keys[-1]:.0f} ms ({len(keys)} keys)")
     finally:
         shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
