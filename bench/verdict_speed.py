@@ -25,7 +25,7 @@ from heads_speed import until  # noqa: E402
 from scan_speed import write_pair  # noqa: E402
 
 from weightscope.compare.results import ResultTable  # noqa: E402
-from weightscope.compare.scan import ScanOptions  # noqa: E402
+from weightscope.compare.options import ScanOptions  # noqa: E402
 from weightscope.engine import protocol as msg  # noqa: E402
 from weightscope.engine.client import Engine  # noqa: E402
 

@@ -104,3 +104,18 @@ def test_the_app_process_does_no_heavy_work(ck, tmp_path):
     modules = json.loads(done.stdout.strip().splitlines()[-1])
     assert "textual" in modules and "weightscope.ui.app" in modules
     assert [m for m in modules if m.split(".")[0] in ("numba", "torch", "llvmlite")] == []
+
+
+def test_the_run_apps_first_screen_needs_textual_alone():
+    """The run app's module, the engine's client and the job's messages load neither numpy nor
+    the run's tables: its first screen is drawn before them (they come with the run's catalog)."""
+    modules = python(
+        "import json, sys\n"
+        "import weightscope.cli, weightscope.engine.client, weightscope.sources.runs\n"
+        "from weightscope.engine.protocol import RunJob\n"
+        "import weightscope.ui.run_app\n"
+        "print(json.dumps(sorted(sys.modules)))\n")
+    assert "textual.app" in modules
+    assert [m for m in modules if m.split(".")[0] in ("numpy", "torch", "plotext")] == []
+    assert not [m for m in modules if m.startswith(("weightscope.compare.run_plan", "weightscope.compare.run_results",
+                                                    "weightscope.ui.widgets."))]

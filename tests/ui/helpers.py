@@ -17,7 +17,7 @@ from rich.style import Style
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from weightscope.compare.scan import ScanOptions
+from weightscope.compare.options import ScanOptions
 from weightscope.engine import protocol as msg
 from weightscope.ui.app import WeightscopeApp
 from weightscope.ui.messages import FromEngine

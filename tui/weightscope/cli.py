@@ -305,7 +305,7 @@ class Run:
 
 
 def job_of(args, path_b: str | None, **fields):
-    from weightscope.compare.scan import ScanOptions
+    from weightscope.compare.options import ScanOptions
     from weightscope.engine.protocol import Job
 
     options = ScanOptions(getattr(args, "atol", None), getattr(args, "rtol", None), args.device,

@@ -22,26 +22,11 @@ from weightscope.compare import plan as plans
 from weightscope.compare import results, stats
 from weightscope.compare.align import Alignment, Pair, SameNames
 from weightscope.compare.catalog import Catalog
+from weightscope.compare.options import ScanOptions
 from weightscope.compare.reading import InFile, ShortRead, read_into
 from weightscope.compare.results import Batch, PairResult, ResultTable
 from weightscope.compare.stats import Cancelled, Unsupported
 from weightscope.sources.checkpoint import Checkpoint, TensorInfo, TensorUnreadable
-
-
-@dataclass(frozen=True)
-class ScanOptions:
-    """How pairs are compared.
-
-    Attributes:
-        atol, rtol: the tolerance of the `close` verdict; None for the dtype defaults.
-        device: "cpu" (compiled kernels) or a torch device such as "cuda".
-        histograms: also compute histograms (a second pass over each tensor).
-    """
-
-    atol: float | None = None
-    rtol: float | None = None
-    device: str = "cpu"
-    histograms: bool = False
 
 
 @dataclass

@@ -9,10 +9,13 @@ unacknowledged, so a slow client is never flooded), then `ScanDone`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from weightscope.compare.catalog import Catalog
-from weightscope.compare.results import Batch
-from weightscope.compare.scan import ScanOptions
+from weightscope.compare.options import ScanOptions
+
+if TYPE_CHECKING:  # the app's first screen imports this module: nothing heavy before it is drawn
+    from weightscope.compare.catalog import Catalog
+    from weightscope.compare.results import Batch
 
 WINDOW = 4  # result messages in flight before the engine waits for an acknowledgement
 

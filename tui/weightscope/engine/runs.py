@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from weightscope.compare.run_columns import NONFINITE
-from weightscope.compare.scan import ScanOptions
+from weightscope.compare.options import ScanOptions
 from weightscope.engine import protocol as msg
 from weightscope.engine.server import SCAN, Server, unexpected
 from weightscope.engine.worker import NICE, Task

@@ -8,6 +8,9 @@ the figures are at; `{` and `}` an earlier checkpoint (the reference at first). 
 pair app on those two checkpoints at the selected tensor, in the same terminal (the run app
 suspended until it quits): statistics, histograms, spectrum, change map and heads, as for
 any pair, with nothing of them written twice.
+
+The first screen needs Textual alone: the tree, the detail pane and the figures behind them
+(numpy, the run's tables) are imported once the run is open, after that screen is drawn.
 With `--watch`, the run directory is looked at every few seconds and a checkpoint that is
 complete (whole by `sources.runs.incomplete`, its files unchanged since the look before) is
 added: the run is opened again with it, every earlier step coming from the per-step cache.
@@ -22,8 +25,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from rich.text import Text
 from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding
@@ -33,13 +36,14 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Footer, ProgressBar, Static, Tree
 
-from weightscope.analysis.hierarchy import NameTree, of_names
 from weightscope.compare.run_columns import PENDING
 from weightscope.engine import protocol as msg
 from weightscope.engine.client import Engine
 from weightscope.ui.screens.notes import NotesScreen
-from weightscope.ui.widgets.run_detail import RunDetail, group_rows, tensor_rows
-from weightscope.ui.widgets.run_tree import RunTree, step_axis, step_labels
+
+if TYPE_CHECKING:
+    from weightscope.analysis.hierarchy import NameTree
+    from weightscope.ui.widgets.run_tree import RunTree
 
 REDRAW = 0.1  # seconds between redraws of the tree while results come in
 DETAIL_REDRAW = 0.5  # ... of the detail pane
@@ -99,6 +103,8 @@ class RunApp(App[None]):
         self.catalog = None
         self.table = None
         self.names: NameTree | None = None
+        self.labels: list[str] = []  # each step's label (`run_tree.step_labels`), once the run is open
+        self.axis: list[float] = []  # each step's x in the plots
         self.run_tree: RunTree | None = None
         self.flags: list = []
         self.scan_done = False
@@ -124,7 +130,7 @@ class RunApp(App[None]):
             placeholder = Tree("reading headers…", id="placeholder")
             placeholder.root.allow_expand = False
             yield placeholder
-        yield RunDetail(id="detail")
+        yield Static(id="detail-placeholder")  # the detail pane comes with the run's catalog
         yield Static(id="status-line")
         yield Footer(show_command_palette=False)
 
@@ -140,16 +146,12 @@ class RunApp(App[None]):
         told = f", {notes} note{'s' if notes != 1 else ''} (i)" if notes else ""
         watching = ", watching" if self.watch_every else ""
         return (f"run: {len(self.catalog.points)} checkpoints, reference {self.catalog.points[0].path}, "
-                f"steps {step_labels(self.catalog.points)[0]}…{step_labels(self.catalog.points)[-1]}"
-                f"{told}{watching}")
+                f"steps {self.labels[0]}…{self.labels[-1]}{told}{watching}")
 
     def on_mount(self) -> None:
         for part in ("#progress", "#status-line"):
             self.query_one(part).display = False
         self.start_engine(self.engine)
-        from weightscope.ui.widgets.detail import load_plots
-
-        self.call_after_refresh(threading.Thread(target=load_plots, name="weightscope-plots", daemon=True).start)
         if self.watch_every:
             self.set_interval(self.watch_every, self.look_for_checkpoints)
 
@@ -172,7 +174,7 @@ class RunApp(App[None]):
             self.engine.close()
 
     def on_resize(self, event) -> None:
-        self.query_one(RunDetail).set_class(event.size.width < NARROW, "narrow")
+        self.query("#detail").set_class(event.size.width < NARROW, "narrow")
 
     # What the engine says
 
@@ -211,12 +213,18 @@ class RunApp(App[None]):
         status.display = True
 
     def opened(self, catalog) -> None:
+        import numpy as np
+
+        from weightscope.analysis.hierarchy import of_names
         from weightscope.compare.run_results import RunTable
+        from weightscope.ui.widgets.run_detail import RunDetail
+        from weightscope.ui.widgets.run_tree import RunTree, step_axis, step_labels
 
         previous = self.catalog
         self.reopening = False
         keep = self.names.path(self.shown) if self.ready and self.shown is not None else None
         self.catalog, self.table = catalog, RunTable(catalog)
+        self.labels, self.axis = step_labels(catalog.points), step_axis(catalog.points)
         self.scan_done, self.flags = False, []
         at_last = previous is None or self.selected == len(previous.points) - 2
         self.selected = catalog.steps - 1 if at_last else min(self.selected, catalog.steps - 1)
@@ -230,6 +238,11 @@ class RunApp(App[None]):
             area.query_one("#placeholder").remove()
             area.mount(self.run_tree)
             self.run_tree.focus()
+            detail = RunDetail(id="detail", classes="narrow" if self.size.width < NARROW else "")
+            self.mount(detail, after=self.query_one("#detail-placeholder"))
+            self.query_one("#detail-placeholder").remove()
+            # The plots' module after the tree's first frame (the pane's first plots wait for it then)
+            self.call_after_refresh(threading.Thread(target=load_plots, name="weightscope-plots", daemon=True).start)
         else:
             self.run_tree.catalog = catalog
             self.run_tree.marks = np.full(len(catalog), -1, np.int8)
@@ -278,7 +291,7 @@ class RunApp(App[None]):
     def show_legend(self) -> None:
         if self.run_tree is None:
             return
-        labels = step_labels(self.catalog.points)
+        labels = self.labels
         waiting = int((self.table.status == PENDING).any(axis=0).sum())
         text = Text.assemble(("drift by step ", "bold"), self.run_tree.figures.scale.legend(),
                              ("  = 0  · not read  blank n/a", "dim"), "   step ",
@@ -305,10 +318,11 @@ class RunApp(App[None]):
     def show_detail(self) -> None:
         if not self.ready or self.shown is None or self.shown >= len(self.names):
             return
+        from weightscope.ui.widgets.run_detail import group_rows, tensor_rows
+
         self.detail_drawn = time.monotonic()
         node, t, table = self.shown, self.selected, self.table
-        label = step_labels(self.catalog.points)[t]
-        x = step_axis(self.catalog.points)
+        label, x = self.labels[t], self.axis
         i = self.shown_tensor()
         if i is not None:
             name = self.catalog.names[i]
@@ -322,12 +336,12 @@ class RunApp(App[None]):
                               int(self.catalog.numel[self.names.order[self.names.lo[node]:self.names.hi[node]]].sum()))
             drift, update, pending = found["drift"], found["update"], found["pending"]
         title = Text.assemble((name, "bold"), ("  (tensor)" if i is not None else "  (group)", "dim"))
-        self.query_one(RunDetail).show(title, rows, self.flags_of(node) if self.scan_done else [], x, drift, update,
-                                       pending, self.log_scale, x[t])
+        detail = self.query_one("#detail")
+        detail.show(title, rows, self.flags_of(node) if self.scan_done else [], x, drift, update, pending,
+                    self.log_scale, x[t])
         reference = os.path.basename(os.path.normpath(self.catalog.points[0].path))
-        before = reference if t == 0 else step_labels(self.catalog.points)[t - 1]
-        older, newer = self.pair_paths()
-        self.query_one(RunDetail).show_pair(Text.assemble(
+        before = reference if t == 0 else self.labels[t - 1]
+        detail.show_pair(Text.assemble(
             ("at step ", "dim"), label, (": drift against the reference ", "dim"), reference,
             (", update against ", "dim"), before, ("\npair (p): ", "dim"), self.point_label(self.against),
             (" → ", "dim"), label, ("  { } moves the first, [ ] the second", "dim")))
@@ -335,7 +349,7 @@ class RunApp(App[None]):
     # Actions
 
     def point_label(self, point: int) -> str:
-        return "reference" if point == 0 else step_labels(self.catalog.points)[point - 1]
+        return "reference" if point == 0 else self.labels[point - 1]
 
     def pair_paths(self) -> tuple[str, str]:
         """The checkpoints the pair app compares: the one `{ }` chose, then the selected step."""
@@ -460,6 +474,13 @@ class RunApp(App[None]):
         self.start_engine()
         names = ", ".join(os.path.basename(p) for p in event.added)
         self.notify(f"new checkpoint{'s' if len(event.added) > 1 else ''}: {names}", timeout=4)
+
+
+def load_plots() -> None:
+    """In a thread: the plots' module (plotext) and the detail pane's."""
+    from weightscope.ui.widgets.detail import load_plots
+
+    load_plots()
 
 
 def files_signature(path: str) -> tuple:
