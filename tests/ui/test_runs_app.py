@@ -256,6 +256,16 @@ async def test_small_terminal(run_dir):
         assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
         assert "run: 6 checkpoints" in lines[0]
         assert "%" in text and "nan" not in text.lower()
+        # The legend starts with the step; one plot carries drift and update, beside the figures.
+        assert lines[1].strip().startswith("step 500 (5/5, [ ])")
+        from weightscope.ui.widgets.step_plot import StepPlot
+
+        plot, update = app.query_one("#plot-drift", StepPlot), app.query_one("#plot-update", StepPlot)
+        assert not update.display and plot.other is not None
+        found = app.run_tree.figures.of(app.shown)  # a group: its tensors' sums added up
+        assert plot.series[1] == found["drift"].tolist() and plot.other[2] == found["update"].tolist()
+        assert "drift (orange), update (cyan)" in text
+        assert "‖S−R‖/‖R‖" not in text  # the figures' notes make room for the plot
 
 
 async def test_watch_adds_a_complete_checkpoint(run_dir):

@@ -293,10 +293,10 @@ class RunApp(App[None]):
             return
         labels = self.labels
         waiting = int((self.table.status == PENDING).any(axis=0).sum())
-        text = Text.assemble(("drift by step ", "bold"), self.run_tree.figures.scale.legend(),
-                             ("  = 0  · not read  blank n/a", "dim"), "   step ",
-                             (labels[self.selected], "bold"), f" ({self.selected + 1}/{len(labels)}, [ ])",
-                             (f"  {waiting} steps pending" if waiting else "", "dim"))
+        # What matters most first: a narrow terminal cuts the end of the line
+        text = Text.assemble("step ", (labels[self.selected], "bold"), f" ({self.selected + 1}/{len(labels)}, [ ])",
+                             (f"  {waiting} steps pending" if waiting else "", "dim"), ("   drift by step ", "bold"),
+                             self.run_tree.figures.scale.legend(), ("  = 0  · not read  blank n/a", "dim"))
         self.query_one("#run-legend", Static).update(text)
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:

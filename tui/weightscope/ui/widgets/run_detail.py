@@ -61,14 +61,24 @@ class RunDetail(VerticalScroll):
     def show(self, title: Text, rows: list[tuple], flags: list[RunFlag], x: list[float], drift: np.ndarray,
              update: np.ndarray, pending: np.ndarray, log_scale: bool, selected: float) -> None:
         self.query_one("#run-detail-title", Static).update(title)
-        self.query_one("#run-figures", Static).update(aligned(rows))
+        narrow = self.has_class("narrow")  # the notes column left out: the plots keep their room
+        self.query_one("#run-figures", Static).update(aligned([row[:2] for row in rows] if narrow else rows))
         self.query_one("#run-flags", Static).update(flags_text(flags))
         waiting = int(pending.sum())
         drift_plot, update_plot = self.plots
-        for plot, name, values in ((drift_plot, "drift ‖S−R‖/‖R‖", drift), (update_plot, "update ‖S−P‖/‖P‖", update)):
-            missing = f"{waiting} step{'s' if waiting != 1 else ''} not read yet" if waiting else \
+
+        def missing(values) -> str:
+            return f"{waiting} step{'s' if waiting != 1 else ''} not read yet" if waiting else \
                 "some steps undefined" if (~np.isfinite(values)).any() else ""
-            plot.show(name, x, [float(v) for v in values], log_scale, selected, missing)
+
+        drift, update = [float(v) for v in drift], [float(v) for v in update]
+        update_plot.display = not narrow
+        if narrow:  # one plot for both: two stacked would leave neither a row for its line
+            drift_plot.show("drift (orange), update (cyan)", x, drift, log_scale, selected,
+                            missing(np.array(drift + update)), other=("update", update))
+            return
+        drift_plot.show("drift ‖S−R‖/‖R‖", x, drift, log_scale, selected, missing(np.array(drift)))
+        update_plot.show("update ‖S−P‖/‖P‖", x, update, log_scale, selected, missing(np.array(update)))
 
     def show_pair(self, text: Text) -> None:
         self.query_one("#run-pair", Static).update(text)

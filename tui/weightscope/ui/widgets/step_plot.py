@@ -11,17 +11,25 @@ from weightscope.ui.widgets.histogram import x_ticks, y_ticks
 
 class StepPlot(PlotextPlot):
     """One figure per step: x the steps' numbers, y the figure; undefined or pending steps are
-    left out (said in the title), 0 is left out on a log scale."""
+    left out (said in the title), 0 is left out on a log scale. A second figure can share the
+    axes (a small pane's drift and update in one plot)."""
 
     series: tuple[list[float], list[float]] = ([], [])
     """(x, y) of the points drawn (for the tests: the figures as the plot has them)."""
+    other: tuple[str, list[float], list[float]] | None = None
+    """The second figure's label and points, when it shares the axes."""
     drawn: tuple | None = None
 
     def show(self, title: str, x: list[float], values: list[float], log_scale: bool, selected: float | None,
-             missing: str = "") -> None:
-        """`values` per step (NaN where undefined or pending); `missing` says why some are not drawn."""
-        points = [(a, v) for a, v in zip(x, values) if math.isfinite(v) and (v > 0 or not log_scale)]
-        self.series = ([a for a, _ in points], [v for _, v in points])
+             missing: str = "", other: tuple[str, list[float]] | None = None) -> None:
+        """`values` per step (NaN where undefined or pending); `missing` says why some are not
+        drawn; `other`: (label, values) of a second figure drawn on the same axes."""
+        def points(ys):
+            kept = [(a, v) for a, v in zip(x, ys) if math.isfinite(v) and (v > 0 or not log_scale)]
+            return [a for a, _ in kept], [v for _, v in kept]
+
+        self.series = points(values)
+        self.other = (other[0], *points(other[1])) if other is not None else None
         self.drawn = (title, list(x), log_scale, selected, missing)
         self.refresh()
 
@@ -35,13 +43,17 @@ class StepPlot(PlotextPlot):
         plt.clear_figure()
         xs, ys = list(self.series[0]), list(self.series[1])
         margin = 8
-        if xs:
-            plt.plot(xs, ys, color="orange", marker="braille")
-            plt.scatter(xs, ys, color="orange", marker="●")
+        lines = [(xs, ys, "orange")] + ([(self.other[1], self.other[2], "cyan")] if self.other else [])
+        for line_x, line_y, color in lines:
+            if line_x:
+                plt.plot(line_x, line_y, color=color, marker="braille")
+                plt.scatter(line_x, line_y, color=color, marker="●")
+        every = [v for _, line_y, _ in lines for v in line_y]
+        if every:
             if log_scale:
                 plt.yscale("log")
             else:
-                top = max(ys)
+                top = max(every)
                 margin = y_ticks(plt, 0, top if top > 0 else 1.0, height)
         if len(x) > 1 and x[-1] > x[0]:
             ticks, labels = x_ticks(x[0], x[-1], max(width - margin - 2, 4), least_step=1)
@@ -53,7 +65,8 @@ class StepPlot(PlotextPlot):
             plt.vline(selected, "gray")
         label = f"{title} (log)" if log_scale else title
         plt.title(f"{label}: {missing}" if missing else label)
-        plt.xlabel("step")
+        if height >= 12:  # a small plot keeps its rows for the lines: the ticks are the steps
+            plt.xlabel("step")
 
     def message(self, text: str) -> None:
         self.series, self.drawn = ([], []), None
