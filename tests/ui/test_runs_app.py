@@ -284,3 +284,39 @@ async def test_watch_adds_a_complete_checkpoint(run_dir):
         want = drift64(base, [weights], [name])[0]
         assert math.isclose(app.table.drift()[i, 5], want, rel_tol=1e-9)
         assert "run: 7 checkpoints" in screen_text(app)
+
+
+async def test_watch_keeps_the_run_when_it_cannot_open_again(run_dir):
+    """A watched run that cannot be opened with a new checkpoint (here its reference became
+    unreadable) keeps what it shows and says why, and does not try that checkpoint again until
+    its files change; a trainer deleting the reference (its save limit) is said too."""
+    base, saved = run_dir
+    app = open_run(["base", "run"], watch=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        drift = app.table.drift().copy()
+        with open("base/model.safetensors", "r+b") as f:
+            f.write(b"\xff" * 16)  # a header size no file has
+        write_step("run/checkpoint-600", {n: (t * scale_of(n, 6)).contiguous() for n, t in base.items()})
+        said = lambda: [n.message for n in app._notifications]  # noqa: E731
+        await wait_for(pilot, lambda: any("adding checkpoint-600 failed" in m for m in said()), timeout=60)
+        generation = app.generation
+        await pilot.pause(1.0)  # five looks at the directory
+        assert app.generation == generation and not app.reopening
+        assert app.catalog.steps == 5 and np.array_equal(app.table.drift(), drift, equal_nan=True)
+        assert "run: 6 checkpoints" in screen_text(app) and "adding checkpoint-600 failed" in screen_text(app)
+
+
+async def test_watch_says_when_the_reference_is_deleted(run_dir):
+    base, saved = run_dir
+    app = open_run(["run"], watch=0.2)  # the first checkpoint is the reference
+    async with app.run_test(size=SIZE) as pilot:
+        await scanned(pilot)
+        import shutil
+
+        shutil.rmtree("run/checkpoint-100")
+        write_step("run/checkpoint-600", {n: (t * scale_of(n, 6)).contiguous() for n, t in base.items()})
+        await wait_for(pilot, lambda: app.catalog.points[-1].step == 600 and app.scan_done, timeout=60)
+        assert app.catalog.points[0].step == 200
+        assert any("the reference checkpoint-100 is gone: drift is now against checkpoint-200" in n.message
+                   for n in app._notifications)

@@ -118,6 +118,8 @@ class RunApp(App[None]):
         self.seen: dict[str, tuple] = {}  # watched checkpoint -> its files' (name, size, mtime) at the last look
         self.looking = False
         self.reopening = False  # a watched run is being opened again with new checkpoints
+        self.adding: list[str] = []  # ... these ones
+        self.refused: dict[str, tuple] = {}  # checkpoint -> its files' signature when the run failed to open with it
 
     def compose(self) -> ComposeResult:
         from textual.containers import Horizontal
@@ -203,10 +205,15 @@ class RunApp(App[None]):
             self.failed(message)
 
     def failed(self, failure: msg.Failed) -> None:
-        if failure.fatal:
+        if failure.fatal and self.reopening:  # a watched run: what is shown stays, those checkpoints wait for a change
+            self.reopening = False
+            self.refused.update((path, self.seen.get(path, ())) for path in self.adding)
+            line = f"adding {', '.join(map(os.path.basename, self.adding))} failed: {failure.message}"
+        elif failure.fatal:
             self.exit(return_code=2, message=f"weightscope: {failure.message}")
             return
-        line = f"{failure.job} failed: {failure.message}"
+        else:
+            line = f"{failure.job} failed: {failure.message}"
         self.notify(line, severity="error", timeout=8)
         status = self.query_one("#status-line", Static)
         status.update(line)
@@ -448,6 +455,8 @@ class RunApp(App[None]):
                     continue
                 signature = files_signature(point.path)
                 before, self.seen[point.path] = self.seen.get(point.path), signature
+                if self.refused.get(point.path) == signature:
+                    continue  # the run did not open with it; tried again once its files change
                 if signature and before == signature and complete(point.path):
                     ready.append(point.path)
             if ready:
@@ -467,9 +476,14 @@ class RunApp(App[None]):
             return
         known = {point.path for point in self.catalog.points}
         steps = tuple(p for p in event.spec.steps if p.path in known or p.path in event.added)
+        reference = self.catalog.points[0]
+        if reference.path != event.spec.reference.path:  # the first checkpoint, deleted (a trainer's save limit)
+            self.notify(f"the reference {os.path.basename(os.path.normpath(reference.path))} is gone: drift is now "
+                        f"against {os.path.basename(os.path.normpath(event.spec.reference.path))}",
+                        severity="warning", timeout=10)
         self.job = replace(self.job, spec=RunSpec(event.spec.reference, steps))
         old = self.engine
-        self.reopening = True
+        self.reopening, self.adding = True, list(event.added)
         threading.Thread(target=old.close, name="weightscope-engine-close", daemon=True).start()
         self.start_engine()
         names = ", ".join(os.path.basename(p) for p in event.added)
