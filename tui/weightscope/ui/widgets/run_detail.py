@@ -64,6 +64,17 @@ class RunDetail(VerticalScroll):
         narrow = self.has_class("narrow")  # the notes column left out: the plots keep their room
         self.query_one("#run-figures", Static).update(aligned([row[:2] for row in rows] if narrow else rows))
         self.query_one("#run-flags", Static).update(flags_text(flags))
+        # The plots in the frame after the figures' (they take most of a frame to draw), and only
+        # the latest of those asked meanwhile (a held key asks for one per line it passes).
+        if self._plots_asked is None:
+            self.call_after_refresh(self.draw_plots)
+        self._plots_asked = (narrow, x, drift, update, pending, log_scale, selected)
+
+    _plots_asked: tuple | None = None
+
+    def draw_plots(self) -> None:
+        narrow, x, drift, update, pending, log_scale, selected = self._plots_asked
+        self._plots_asked = None
         waiting = int(pending.sum())
         drift_plot, update_plot = self.plots
 
