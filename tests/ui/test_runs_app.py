@@ -154,10 +154,12 @@ async def test_detail_plots_and_figures_equal_the_table(run_dir):
         await scanned(pilot)
         name = "model.layers.1.mlp.down_proj.weight"
         app.query_one(RunTree).reveal(node_at(app, name))
-        await pilot.pause(0.2)
+        i = app.catalog.names.index(name)
+        # The plots come once their module is loaded and the pane rests (`run_detail.PLOT_REST`)
+        await wait_for(pilot, lambda: bool(app.query("#plot-update"))
+                       and app.query_one("#plot-update").series[1] == app.table.update()[i].tolist())
         from weightscope.ui.widgets.step_plot import StepPlot
 
-        i = app.catalog.names.index(name)
         drift_plot, update_plot = app.query_one("#plot-drift", StepPlot), app.query_one("#plot-update", StepPlot)
         assert drift_plot.series[0] == [float(s) for s in STEPS]
         assert drift_plot.series[1] == app.table.drift()[i].tolist()
@@ -167,16 +169,17 @@ async def test_detail_plots_and_figures_equal_the_table(run_dir):
         figures = screen_text(app)
         assert re.search(rf"drift +{100 * want[-1]:.0f}% ", figures)  # 10% at the last step, the one selected
         await pilot.press("L")
-        assert drift_plot.drawn[2] is True  # log scale
+        await wait_for(pilot, lambda: drift_plot.drawn[2] is True)  # log scale
         await pilot.press("left_square_bracket", "left_square_bracket")
         assert app.selected == 2
         assert re.search(r"step +300 ", screen_text(app))
         assert re.search(rf"drift +{100 * want[2]:.2g}% ", screen_text(app))
         # A group: its figures add up its tensors' sums.
         app.query_one(RunTree).reveal(node_at(app, "model.layers.1"))
-        await pilot.pause(0.2)
         layer = [n for n in base if n.startswith("model.layers.1.")]
-        assert np.allclose(drift_plot.series[1], drift64(base, [saved[s] for s in STEPS], layer), rtol=1e-9)
+        want = drift64(base, [saved[s] for s in STEPS], layer)
+        await wait_for(pilot, lambda: len(drift_plot.series[1]) == len(want)
+                       and np.allclose(drift_plot.series[1], want, rtol=1e-9))
 
 
 async def test_the_pair_is_chosen_with_braces_and_brackets(run_dir):
@@ -250,7 +253,8 @@ async def test_small_terminal(run_dir):
     async with app.run_test(size=SMALL) as pilot:
         await scanned(pilot)
         await pilot.press("down", "right", "down")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: bool(app.query("#plot-drift")) and app.query_one("#plot-drift").other is not None)
+        await pilot.pause(0.1)
         text = screen_text(app)
         lines = text.splitlines()
         assert len(lines) == 24 and all(len(line) <= 80 for line in lines)

@@ -11,6 +11,7 @@ any pair, with nothing of them written twice.
 
 The first screen needs Textual alone: the tree, the detail pane and the figures behind them
 (numpy, the run's tables) are imported once the run is open, after that screen is drawn.
+
 With `--watch`, the run directory is looked at every few seconds and a checkpoint that is
 complete (whole by `sources.runs.incomplete`, its files unchanged since the look before) is
 added: the run is opened again with it, every earlier step coming from the per-step cache.
@@ -224,7 +225,7 @@ class RunApp(App[None]):
 
         from weightscope.analysis.hierarchy import of_names
         from weightscope.compare.run_results import RunTable
-        from weightscope.ui.widgets.run_detail import RunDetail
+        from weightscope.ui.widgets.run_detail import RunDetail, load_plots
         from weightscope.ui.widgets.run_tree import RunTree, step_axis, step_labels
 
         previous = self.catalog
@@ -488,13 +489,6 @@ class RunApp(App[None]):
         self.start_engine()
         names = ", ".join(os.path.basename(p) for p in event.added)
         self.notify(f"new checkpoint{'s' if len(event.added) > 1 else ''}: {names}", timeout=4)
-
-
-def load_plots() -> None:
-    """In a thread: the plots' module (plotext) and the detail pane's."""
-    from weightscope.ui.widgets.detail import load_plots
-
-    load_plots()
 
 
 def files_signature(path: str) -> tuple:

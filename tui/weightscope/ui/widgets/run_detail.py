@@ -4,11 +4,14 @@ drift and update ratio against step."""
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.timer import Timer
 from textual.widgets import Static
 
 from weightscope.analysis.runs import RunFlag
@@ -17,6 +20,9 @@ from weightscope.report.diff import human, percent
 from weightscope.report.runs import SYMBOL
 from weightscope.ui.widgets.detail import aligned
 from weightscope.ui.widgets.run_tree import FLAG_STYLE
+
+PLOT_REST = 0.1  # seconds between two lines shown, under which the plots wait for the pane to rest
+PLOTS_LOADED = threading.Event()  # the plots' module (plotext) is imported (`load_plots`, in a thread)
 
 WHY = {"removed": "not in this step", "added": "not in the reference", "absent": "in neither",
        "shape_mismatch": "another shape than the reference's", "error": "not readable", "pending": "not read yet"}
@@ -64,15 +70,29 @@ class RunDetail(VerticalScroll):
         narrow = self.has_class("narrow")  # the notes column left out: the plots keep their room
         self.query_one("#run-figures", Static).update(aligned([row[:2] for row in rows] if narrow else rows))
         self.query_one("#run-flags", Static).update(flags_text(flags))
-        # The plots in the frame after the figures' (they take most of a frame to draw), and only
-        # the latest of those asked meanwhile (a held key asks for one per line it passes).
-        if self._plots_asked is None:
-            self.call_after_refresh(self.draw_plots)
+        # The plots take most of a frame to draw: they come in the frame after the figures', and
+        # while lines follow each other faster than PLOT_REST (a held key), once the pane rests.
         self._plots_asked = (narrow, x, drift, update, pending, log_scale, selected)
+        now = time.monotonic()
+        rested, self._shown_at = now - self._shown_at > PLOT_REST, now
+        if self._plot_timer is not None:
+            self._plot_timer.stop()
+            self._plot_timer = None
+        if rested:
+            self.call_after_refresh(self.draw_plots)
+        else:
+            self._plot_timer = self.set_timer(PLOT_REST, self.draw_plots)
 
     _plots_asked: tuple | None = None
+    _plot_timer: Timer | None = None
+    _shown_at = 0.0
 
     def draw_plots(self) -> None:
+        if self._plots_asked is None:  # drawn already
+            return
+        if not PLOTS_LOADED.is_set():  # still loading: the keys do not wait on it
+            self._plot_timer = self.set_timer(PLOT_REST, self.draw_plots)
+            return
         narrow, x, drift, update, pending, log_scale, selected = self._plots_asked
         self._plots_asked = None
         waiting = int(pending.sum())
@@ -93,6 +113,13 @@ class RunDetail(VerticalScroll):
 
     def show_pair(self, text: Text) -> None:
         self.query_one("#run-pair", Static).update(text)
+
+
+def load_plots() -> None:
+    """In a thread, once the tree is drawn: the plots' module."""
+    import weightscope.ui.widgets.step_plot  # noqa: F401
+
+    PLOTS_LOADED.set()
 
 
 def flags_text(flags: list[RunFlag]) -> Text:
