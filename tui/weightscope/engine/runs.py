@@ -25,7 +25,6 @@ class RunServer(Server):
         from weightscope.compare.run_plan import build
         from weightscope.sources.runs import open_run
 
-        self.start_helpers(None)
         self.options = ScanOptions()  # a run is scanned by the compiled loops, on every core
         try:
             opened = open_run(self.job.spec)
@@ -41,6 +40,7 @@ class RunServer(Server):
             return
         self.a = self.b = None
         self.send(msg.RunOpened(self.run_catalog))
+        self.start_helpers(None)  # not sooner: their imports would compete with the opening and the app's start
         os.nice(NICE)
         self.start_local_worker()
         self.loop()
