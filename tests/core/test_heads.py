@@ -622,7 +622,7 @@ def test_a_views_heads_go_first_and_alone_on_two_workers():
     server = Server(None, msg.Job("a", "b"), helpers=0)
     server.options = SimpleNamespace(device="cpu")
     helpers = [Worker(Conn()), Worker(Conn())]
-    server.workers = helpers
+    server.local, server.helpers = helpers[0], helpers[1:]  # (the first stands for the engine's own)
     job = SimpleNamespace(needs_sources=False)
     server.units.extend(Task(0, "unit", (job,)) for _ in range(3))
     server.urgent.extend([Task(7, "detail", (job,)), Task(8, "heads", (job,))])

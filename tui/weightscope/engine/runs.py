@@ -40,7 +40,6 @@ class RunServer(Server):
             return
         self.a = self.b = None
         self.send(msg.RunOpened(self.run_catalog))
-        self.start_helpers(None)  # not sooner: their imports would compete with the opening and the app's start
         os.nice(NICE)
         self.start_local_worker()
         self.loop()
@@ -48,6 +47,7 @@ class RunServer(Server):
     def handle(self, request) -> None:
         if isinstance(request, msg.Scan):
             if self.scan is None:
+                self.start_helpers_once()
                 self.scan = RunScanState(self)
         elif isinstance(request, msg.Ack):
             self.scan.acknowledged()

@@ -154,8 +154,6 @@ class Server:
         self.a, self.b = a, b or a
         self.table = ResultTable(len(self.catalog))
         self.send(msg.Opened(self.catalog))
-        if not elsewhere:
-            self.start_helpers(None)  # now: starting them sooner only slowed the opening down
         try:  # after the tree: on a GPU box this imports torch
             self.options = replace(self.job.options, device=resolve(self.job.options.device))
         except ValueError as exc:  # a device that cannot be had
@@ -175,6 +173,16 @@ class Server:
             conn.send((self.job, weights_b if opens else None))
             self.helpers.append(Worker(conn))
 
+    def start_helpers_once(self) -> None:
+        """The worker processes, once the scan is asked (unless one opened B): sooner, their
+        imports would slow the opening down, and the app's first screen with it."""
+        if not self.helpers:
+            self.start_helpers(None)
+
+    @property
+    def workers(self) -> list[Worker]:
+        return [self.local, *self.helpers]
+
     def stored_b(self):
         """B's weights as the first worker opened them, or None (then the engine opens them)."""
         try:
@@ -187,7 +195,6 @@ class Server:
         tasks: queue.SimpleQueue = queue.SimpleQueue()
         done_in, done_out = Pipe(duplex=False)
         self.local = Worker(done_in, tasks)
-        self.workers = [self.local, *self.helpers]
         opened = Opened(self.job, (self.a, self.b))
 
         def work():
@@ -426,6 +433,7 @@ class Server:
     def start_scan(self) -> None:
         from weightscope.compare import cache
 
+        self.start_helpers_once()
         options = self.options
         plan = plans.build(self.catalog, options.atol, options.rtol, device=options.device)
         key = cache.key(self.a, self.b, options, self.catalog.single) if self.job.use_cache else None
