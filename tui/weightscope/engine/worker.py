@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from weightscope.engine.protocol import Cancel, Job
 
-NICE = 5  # worker processes yield the CPU to the app's own process when both want it
+NICE = 5  # the engine yields the CPU to the app's own process when both want it
+HELPER_NICE = 15  # worker processes (the scan's units) yield it to both: the engine answers what a person waits for
 
 
 FAULTS = {kind for kind in os.environ.get("WEIGHTSCOPE_FAULT", "").split(",") if kind}
@@ -209,7 +210,7 @@ def main(fd: int, opens_b: bool = False) -> None:
     from multiprocessing.connection import Connection
 
     if not opens_b:
-        os.nice(NICE)
+        os.nice(HELPER_NICE)
     conn = Connection(fd)
     try:
         job, weights = conn.recv()  # (weights: B's, or None)
@@ -218,7 +219,7 @@ def main(fd: int, opens_b: bool = False) -> None:
     except (EOFError, OSError):
         return
     if opens_b:
-        os.nice(NICE)
+        os.nice(HELPER_NICE)
     from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
     from weightscope.compare import split_kernels
 
