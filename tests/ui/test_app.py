@@ -855,6 +855,27 @@ async def test_a_filter_typed_while_opening_keeps_the_focus(demo):
         assert box.value == "norm"
 
 
+async def test_a_filter_during_the_scan_keeps_no_node_of_the_tree_before(demo):
+    """The scan's redraw between a filtered tree and its cursor's first line names no node of
+    the tree shown before (it did: an IndexError, the app gone, in a tmux test under load)."""
+    from weightscope.analysis.hierarchy import of_names
+
+    app = open_app(*demo)
+    Gate(app, msg.Results)  # the scan goes on for as long as the test needs
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.ready)
+        deep = len(app.names) - 1
+        app.diff_tree.reveal(deep)
+        await wait_for(pilot, lambda: app.shown == deep)
+        small = of_names(app.catalog.names, "lm_head")
+        assert len(small) <= deep
+        app.filtered("lm_head", small)
+        app.group_drawn = 0.0
+        app.redraw_scan()  # as the scan's timer may, before the new tree's cursor is highlighted
+        await wait_for(pilot, lambda: app.shown is not None)
+        assert app.names is small and app.shown < len(small)
+
+
 async def test_select_opens_at_a_tensor(demo):
     """`--select NAME` puts the cursor on that tensor once the tree is there (deep in a closed
     group); a name that is not there says so and leaves the cursor on the first line."""

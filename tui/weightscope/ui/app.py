@@ -780,13 +780,13 @@ class WeightscopeApp(App[None]):
 
     def filtered(self, pattern: str, names: NameTree) -> None:
         self.names = names
+        self.shown = None  # a node of the tree before: the new tree's cursor names one again
         self.rollup = self.rollup_of(names)
         matches = len(names.order)
         tree = self.query_one(DiffTree)
         tree.set_model(names, self.rollup, expand_all=bool(pattern) and matches <= AUTO_EXPAND,
                        filtered=bool(pattern))
         if not matches:
-            self.shown = None
             self.query_one(DetailPane).show_nothing(f"no tensor matches {pattern!r}")
         if self.pending_reveal is not None:
             self.show_in_tree(self.pending_reveal)
