@@ -197,35 +197,19 @@ def in_the_app(run_dir: str, env: dict[str, str]) -> dict[str, object]:
 
 async def measure_keys(run_dir: str, out) -> None:
     """(e), in a fresh interpreter: event-loop lags and keypresses while the run is scanned."""
-    from tui_responsiveness import press
+    from tui_responsiveness import press_in_turn, probe
 
     from weightscope.engine import protocol as msg
     from weightscope.sources.runs import plan_run
     from weightscope.ui.run_app import RunApp
 
     app = RunApp(msg.RunJob(plan_run([run_dir]), use_cache=False), paths=[run_dir])
-    lags, presses = [], []
+    lags = []
     async with app.run_test(size=(120, 40)) as pilot:
         while not app.ready:
             await pilot.pause(0.01)
-        tree = app.run_tree
-        expected = [time.perf_counter() + 0.01]
-
-        def probe() -> None:
-            now = time.perf_counter()
-            lags.append(max(0.0, now - expected[0]))
-            expected[0] = now + 0.01
-
-        app.set_interval(0.01, probe)
-        step = 0
-        while not app.scan_done:
-            before, start = tree.cursor_line, time.perf_counter()
-            step += 1
-            press(app, "down" if step % 2 else "up")
-            while tree.cursor_line == before and time.perf_counter() - start < 5:
-                await asyncio.sleep(0.001)
-            presses.append(time.perf_counter() - start)
-            await asyncio.sleep(0.05)
+        probe(app, lags)
+        presses = await press_in_turn(app, app.run_tree, lambda: not app.scan_done)
     out.put({"lags": lags, "presses": presses})
 
 

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bytecode import compile_package  # noqa: E402
@@ -64,6 +65,36 @@ def press(app, name: str) -> None:
     app._driver.send_message(event)
 
 
+def probe(app, lags: list[float], also: Callable[[float], None] | None = None) -> None:
+    """Probe the app's event loop every 10 ms from now on, adding to `lags` how late each probe
+    runs (a key pressed then would have waited that long); `also(now)` at each."""
+    expected = [time.perf_counter() + 0.01]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        lags.append(max(0.0, now - expected[0]))
+        expected[0] = now + 0.01
+        if also is not None:
+            also(now)
+
+    app.set_interval(0.01, tick)
+
+
+async def press_in_turn(app, tree, going: Callable[[], bool]) -> list[float]:
+    """Down and Up in turn, 50 ms after each has moved `tree`'s cursor, while `going()`: how
+    long each took to move it."""
+    presses, step = [], 0
+    while going():
+        before, start = tree.cursor_line, time.perf_counter()
+        step += 1
+        press(app, "down" if step % 2 else "up")  # back and forth on the first lines
+        while tree.cursor_line == before and time.perf_counter() - start < 5:
+            await asyncio.sleep(0.001)
+        presses.append(time.perf_counter() - start)
+        await asyncio.sleep(0.05)
+    return presses
+
+
 async def measure(a: str, b: str, seconds: float, with_views: bool, out) -> None:
     started = time.perf_counter()  # the app's imports count, as they do for a user
     from weightscope.engine.protocol import Job
@@ -72,7 +103,6 @@ async def measure(a: str, b: str, seconds: float, with_views: bool, out) -> None
 
     app = WeightscopeApp(Job(a, b))
     lags: list[float] = []
-    presses: list[float] = []
     async with app.run_test(size=(120, 40)) as pilot:
         while not app.query(DiffTree):
             await pilot.pause(0.01)
@@ -81,27 +111,16 @@ async def measure(a: str, b: str, seconds: float, with_views: bool, out) -> None
         press(app, "right")  # the root expanded: lines to move between
         while tree.last_line < 1:
             await asyncio.sleep(0.005)
-        expected = [time.perf_counter() + 0.01]
         done: list[float] = []  # when the scan was done, seen by the probe
 
-        def probe() -> None:
-            now = time.perf_counter()
-            lags.append(max(0.0, now - expected[0]))
-            expected[0] = now + 0.01
+        def seen_done(now: float) -> None:
             if not done and app.scan_done:
                 done.append(now)
 
-        app.set_interval(0.01, probe)
+        probe(app, lags, seen_done)
         deadline = time.perf_counter() + seconds
-        step = 0
-        while time.perf_counter() < deadline and (not done or time.perf_counter() < done[0] + AFTER):
-            before, start = tree.cursor_line, time.perf_counter()
-            step += 1
-            press(app, "down" if step % 2 else "up")  # back and forth on the first lines
-            while tree.cursor_line == before and time.perf_counter() - start < 5:
-                await asyncio.sleep(0.001)
-            presses.append(time.perf_counter() - start)
-            await asyncio.sleep(0.05)
+        presses = await press_in_turn(app, tree, lambda: time.perf_counter() < deadline and (
+            not done or time.perf_counter() < done[0] + AFTER))
         probed = len(lags)
         read, total = app.table.read, len(app.catalog)
         views = await open_views(app, lags) if with_views else []
