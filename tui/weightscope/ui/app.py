@@ -25,7 +25,7 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.timer import Timer
-from textual.widgets import Footer, Input, ProgressBar, Static, Tree
+from textual.widgets import Input, ProgressBar, Static, Tree
 
 from weightscope.analysis import hierarchy
 from weightscope.analysis.hierarchy import NameTree, Rollup
@@ -42,6 +42,7 @@ from weightscope.ui.screens.overview import OverviewScreen
 from weightscope.ui.screens.table import TableScreen
 from weightscope.ui.widgets.detail import DetailPane, Group, load_plots
 from weightscope.ui.widgets.diff_tree import DiffTree
+from weightscope.ui.widgets.key_bar import KeyBar
 from weightscope.ui.widgets.verdict_text import pane_text, root_texts
 
 DETAIL_DELAY = 0.05  # while keys come faster than this, figures wait until the cursor rests this long
@@ -192,7 +193,7 @@ class WeightscopeApp(App[None]):
         yield DetailPane(id="detail")
         yield Static(id="status-line")
         yield Input(placeholder="filter: substring, or glob with * ? [ ]  (Enter keeps, Esc clears)", id="filter")
-        yield Footer(show_command_palette=False)  # Ctrl+P still opens it (in the help); the keys need the room
+        yield KeyBar()
 
     def show_title(self, extra: str | None = None) -> None:
         """The title bar, fitted to its width now (and again on every resize)."""

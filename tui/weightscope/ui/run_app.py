@@ -35,12 +35,13 @@ from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import Footer, ProgressBar, Static, Tree
+from textual.widgets import ProgressBar, Static, Tree
 
 from weightscope.compare.run_columns import PENDING
 from weightscope.engine import protocol as msg
 from weightscope.engine.client import Engine
 from weightscope.ui.screens.notes import NotesScreen
+from weightscope.ui.widgets.key_bar import KeyBar
 
 if TYPE_CHECKING:
     from weightscope.analysis.hierarchy import NameTree
@@ -135,7 +136,7 @@ class RunApp(App[None]):
             yield placeholder
         yield Static(id="detail-placeholder")  # the detail pane comes with the run's catalog
         yield Static(id="status-line")
-        yield Footer(show_command_palette=False)
+        yield KeyBar()
 
     @property
     def ready(self) -> bool:

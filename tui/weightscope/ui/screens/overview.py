@@ -21,10 +21,11 @@ from textual.containers import Horizontal, Vertical
 from textual.coordinate import Coordinate
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Label, Static
+from textual.widgets import DataTable, Label, Static
 
 from weightscope.analysis.anatomy import OUTSIDE, Cell, Grid
 from weightscope.ui.widgets import badges
+from weightscope.ui.widgets.key_bar import KeyBar
 
 # One colour per decade of rel L2, from below 1e-6 to 1e-1 and above.
 RAMP = ["#1d3557", "#1f6f8b", "#2a9d8f", "#8ab17d", "#e9c46a", "#f4a261", "#d62828"]
@@ -167,7 +168,7 @@ class OverviewScreen(Screen[str | None]):
                 yield Static(id="overview-cell")
             yield GridContainer(id="sparklines")
         yield Static(self.legend(), id="overview-legend")
-        yield Footer(show_command_palette=False)
+        yield KeyBar()
 
     def legend(self) -> Text:
         text = Text("rel L2: ")

@@ -12,12 +12,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.coordinate import Coordinate
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from weightscope.analysis.anatomy import place
 from weightscope.analysis.runs import LayerSteps, layer_steps
 from weightscope.report.diff import percent
 from weightscope.ui.screens.overview import LOWEST_DECADE, RAMP, colour
+from weightscope.ui.widgets.key_bar import KeyBar
 from weightscope.ui.widgets.run_tree import step_labels
 
 
@@ -54,7 +55,7 @@ class RunOverviewScreen(Screen[str | None]):
         yield DataTable(id="heatmap", cursor_type="cell", zebra_stripes=False)
         yield Static(id="overview-cell")
         yield Static(self.legend(), id="overview-legend")
-        yield Footer(show_command_palette=False)
+        yield KeyBar()
 
     def legend(self) -> Text:
         text = Text("drift: ")

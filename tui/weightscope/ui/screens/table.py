@@ -13,13 +13,14 @@ import numpy as np
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 
 from weightscope.analysis.hierarchy import SEVERITY, matcher
 from weightscope.compare import columns as c
 from weightscope.compare.catalog import Catalog
 from weightscope.compare.results import STATUSES, ResultTable
 from weightscope.report.diff import nonfinite_text
+from weightscope.ui.widgets.key_bar import KeyBar
 from weightscope.ui.widgets.pair_table import COLUMNS, PairTable
 
 
@@ -107,7 +108,7 @@ class TableScreen(Screen[str | None]):
         yield Input(placeholder="filter: substring or glob; digits 1–8 sort by a column (again: reverse)",
                     id="table-filter")
         yield PairTable(id="pairs")
-        yield Footer(show_command_palette=False)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.fill()
