@@ -1,5 +1,5 @@
 """The bottom line: the keys of what has the focus, whole keys only, redrawn only when they
-change, and a click on one presses it."""
+change; a click on one presses it, the mouse over one shows its tooltip."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ async def test_at_80_columns_only_whole_keys_are_shown(demo):
         line = bar_text(app)
         assert len(line) <= 80
         keys = app.screen.query_one(KeyBar).keys
-        shown = [description for _, _, description, _ in keys if f" {description} " in line]
+        shown = [key.description for key in keys if f" {key.description} " in line]
         assert 0 < len(shown) < len(keys)
         assert line.endswith(f" {shown[-1]} ")  # the last one shown is whole
 
@@ -69,3 +69,14 @@ async def test_a_click_on_a_key_presses_it(demo):
         line = bar_text(app)
         await pilot.click(KeyBar, offset=(line.index("t Table") + 2, 0))
         await wait_for(pilot, lambda: isinstance(app.screen, TableScreen))
+
+
+async def test_the_mouse_over_a_key_shows_what_it_does(demo):
+    app = open_app(*demo)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        bar = app.query_one(KeyBar)
+        await pilot.hover(KeyBar, offset=(bar_text(app).index("o Overview") + 2, 0))
+        assert bar.tooltip == "Heatmap of layers × modules"
+        await pilot.hover(KeyBar, offset=(SIZE[0] - 2, 0))  # past the last key
+        assert bar.tooltip is None

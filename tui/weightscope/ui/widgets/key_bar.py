@@ -9,11 +9,25 @@ changed. A click on a key presses it, as in the Footer.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from rich.cells import cell_len
 from rich.text import Text
 from textual import events
 from textual.screen import Screen
 from textual.widget import Widget
+
+
+class Key(NamedTuple):
+    key: str
+    shown: str  # the key as the bar shows it
+    description: str
+    enabled: bool
+    tooltip: str
+
+    @property
+    def label(self) -> str:
+        return f" {self.shown} {self.description} "
 
 
 class KeyBar(Widget):
@@ -40,7 +54,7 @@ class KeyBar(Widget):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.keys: list[tuple[str, str, str, bool]] = []  # (key, shown as, description, enabled)
+        self.keys: list[Key] = []
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self.bindings_changed)
@@ -53,35 +67,52 @@ class KeyBar(Widget):
         if screen is not self.screen:
             return
         keys, actions = [], set()
-        for _node, binding, enabled, _tooltip in screen.active_bindings.values():
+        for _node, binding, enabled, tooltip in screen.active_bindings.values():
             if binding.show and binding.action not in actions:
                 actions.add(binding.action)
-                keys.append((binding.key, self.app.get_key_display(binding), binding.description, enabled))
+                keys.append(Key(binding.key, self.app.get_key_display(binding), binding.description, enabled,
+                                tooltip or binding.description))
         if keys != self.keys:
             self.keys = keys
             self.refresh()
+
+    def shown(self) -> list[Key]:
+        """The keys that fit, whole, from the first."""
+        out, width = [], 0
+        for key in self.keys:
+            width += cell_len(key.label)
+            if width > self.size.width:
+                break
+            out.append(key)
+        return out
+
+    def key_at(self, x: int) -> Key | None:
+        for key in self.shown():
+            x -= cell_len(key.label)
+            if x < 0:
+                return key
+        return None
 
     def render(self) -> Text:
         key_style = self.get_component_rich_style("key-bar--key")
         description_style = self.get_component_rich_style("key-bar--description")
         line = Text(no_wrap=True)
-        for _key, shown, description, enabled in self.keys:
+        for key in self.shown():
             start = len(line)
-            if line.cell_len + cell_len(f" {shown} {description} ") > self.size.width:
-                break  # whole keys only, as many as fit
-            line.append(f" {shown} ", key_style)
-            line.append(f"{description} ", description_style)
-            if not enabled:
+            line.append(f" {key.shown} ", key_style)
+            line.append(f"{key.description} ", description_style)
+            if not key.enabled:
                 line.stylize("dim", start)
         return line
 
     def on_click(self, event: events.Click) -> None:
-        x = event.x
-        for key, shown, description, enabled in self.keys:
-            x -= cell_len(f" {shown} {description} ")
-            if x < 0:
-                if enabled:
-                    self.app.simulate_key(key)
-                else:
-                    self.app.bell()
-                return
+        key = self.key_at(event.x)
+        if key is not None:
+            if key.enabled:
+                self.app.simulate_key(key.key)
+            else:
+                self.app.bell()
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        key = self.key_at(event.x)
+        self.tooltip = key.tooltip if key is not None else None
