@@ -6,7 +6,8 @@ one changed, about 3.1 GB a side; written once, kept with --keep). Then, in one 
 
 1. `weightscope diff --no-cache A B` as a process: the command line's time, start to exit.
 2. The app (headless, 120×40, a fresh process, an empty private result cache), from start
-   until 2 s after the scan is done. From the moment the tree is mounted it
+   until 2 s after the scan is done. From the moment the tree is on screen (its root
+   expanded and the frame drawn, as a person sees it) it
    - probes the event loop every 10 ms and records how late each probe runs (a late probe
      means a key pressed then would have waited that long);
    - sends Down and Up in turn every 50 ms through the app's input driver, as a terminal
@@ -111,6 +112,7 @@ async def measure(a: str, b: str, seconds: float, with_views: bool, out) -> None
         press(app, "right")  # the root expanded: lines to move between
         while tree.last_line < 1:
             await asyncio.sleep(0.005)
+        await pilot.pause(0)  # its events handled and the frame drawn
         done: list[float] = []  # when the scan was done, seen by the probe
 
         def seen_done(now: float) -> None:
