@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
 
-from weightscope.analysis.anatomy import OUTSIDE, Anomaly, anomalies, grid, place
+from weightscope.analysis.anatomy import OUTSIDE, Anomaly, PackedCells, anomalies, grid, place
 from weightscope.demo import write_demo
 from weightscope.report.export import export, markdown
 
@@ -76,6 +77,20 @@ def test_grid_puts_each_change_in_its_cell(tuned_pair):
     assert g.cells[("2", "q")].rel_l2 == pytest.approx(r.diff.rel_l2, rel=1e-6)
     series = g.column_series("v")
     assert max(series) == series[4] and series[4] > 10 * series[3]
+
+
+def test_a_grid_crosses_a_pipe_as_columns_and_reads_the_same(tuned_pair):
+    g = grid(tuned_pair.catalog, tuned_pair.table)
+    got = pickle.loads(pickle.dumps(g))
+    assert isinstance(got.cells, PackedCells)  # no object per cell on the wire
+    assert got == g and list(got.cells) == list(g.cells) and len(got.cells) == len(g.cells)
+    for key, cell in g.cells.items():
+        assert got.cells[key] == cell and got.cells.get(key) == cell
+    assert got.cells.get(("no such row", "q")) is None
+    assert got.column_series("v") == g.column_series("v")
+    assert pickle.loads(pickle.dumps(got)) == g  # and again, as received
+    got.cells[("1", "up")].names.append("changed here")  # each lookup is a fresh cell
+    assert got.cells[("1", "up")] == g.cells[("1", "up")]
 
 
 def test_anomalies_name_nan_and_outlier_change(tuned_pair):
