@@ -5,6 +5,10 @@ A. Each fast way must give exactly what the general way gives."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +23,15 @@ from weightscope.sources.checkpoint import Checkpoint, TensorTable
 
 SIDE_FIELDS = ("name", "dtype", "shape", "file", "start", "end", "numel", "nbytes", "plain", "quant", "error",
                "tied_to", "origin", "stored_name")
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (not ended, nor ended and waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
 
 
 def as_objects(checkpoint: Checkpoint) -> Checkpoint:
@@ -181,12 +194,33 @@ class TestOpeningAtOnce:
         assert isinstance(at_once, msg.Failed) and at_once.fatal
         assert at_once.message == alone.message and str(b) in at_once.message
 
+    def test_a_worker_ends_with_its_engine_even_while_its_loops_compile(self, pair, tmp_path):
+        """A worker whose engine has gone ends within a second, even while it compiles its loops
+        (a first start, nothing compiled yet: half a minute) and reads no pipe."""
+        engine = (
+            "import os, sys, time\n"
+            "from weightscope.engine import protocol as msg\n"
+            "from weightscope.engine.client import start\n"
+            "process, conn = start('weightscope.engine.worker', True, str(os.getpid()))\n"
+            f"conn.send((msg.Job({str(pair[0])!r}, {str(pair[1])!r}), None))\n"
+            "print(process.pid, flush=True)\n"
+            "time.sleep(float(sys.argv[1]))\n"
+            "os._exit(0)\n")  # gone without a word, its pipe left open in no one
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))  # an empty cache: the loops compile
+        for lifetime in ("0", "3"):  # gone before the worker has started, or while it compiles
+            worker = int(subprocess.run([sys.executable, "-c", engine, lifetime], capture_output=True, text=True,
+                                        env=env, check=True, timeout=60).stdout)
+            deadline = time.monotonic() + 5
+            while running(worker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not running(worker), lifetime
+
     def test_a_worker_sends_b_opened(self, pair, opened):
         """What a worker sends reads back in any process (its classes pickle by module name, not
         as `__main__`'s), and B's weights come as they open here."""
         from weightscope.engine.client import start
 
-        process, conn = start("weightscope.engine.worker")
+        process, conn = start("weightscope.engine.worker", True, str(os.getpid()))
         try:
             conn.send((msg.Job(str(pair[0]), str(pair[1])), str(pair[1])))
             done = conn.recv()

@@ -169,7 +169,7 @@ class Server:
 
         for k in range(self.helper_count):
             opens = weights_b is not None and k == 0
-            _, conn = start("weightscope.engine.worker", self.quiet, *(["opens-b"] if opens else []))
+            _, conn = start("weightscope.engine.worker", self.quiet, str(os.getpid()), *(["opens-b"] if opens else []))
             conn.send((self.job, weights_b if opens else None))
             self.helpers.append(Worker(conn))
 

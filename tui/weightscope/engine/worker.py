@@ -203,12 +203,28 @@ def open_first(weights: str) -> Done:
         return Done(0, "open", error=str(exc))
 
 
-def main(fd: int, opens_b: bool = False) -> None:
-    """A worker process's life: the job from the engine (with B's weights to open first, when
-    `opens_b`: at full speed, the engine waits for them), then its tasks, at a lower priority
-    from then on: the app draws its screens first."""
+def leave_with(engine: int) -> None:
+    """End this process as soon as the engine (its process id) that started it has gone. A worker
+    reads end-of-file from its pipe between tasks, but not while its compiled loops load: on a
+    first start they compile for half a minute, which went on alone after the app had quit."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == engine:
+            time.sleep(0.2)
+        os._exit(0)  # (a compiled loop's cache file is written whole or not at all)
+
+    threading.Thread(target=watch, name="weightscope-engine-watch", daemon=True).start()
+
+
+def main(fd: int, engine: int, opens_b: bool = False) -> None:
+    """A worker process's life: the job from the engine (process `engine`; with B's weights to
+    open first, when `opens_b`: at full speed, the engine waits for them), then its tasks, at a
+    lower priority from then on: the app draws its screens first."""
     from multiprocessing.connection import Connection
 
+    leave_with(engine)
     if not opens_b:
         os.nice(HELPER_NICE)
     conn = Connection(fd)
@@ -234,4 +250,4 @@ if __name__ == "__main__":
     # `__main__` is another program in the process that reads it.
     from weightscope.engine.worker import main as worker_main
 
-    worker_main(int(sys.argv[1]), sys.argv[2:] == ["opens-b"])
+    worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["opens-b"])
