@@ -117,5 +117,43 @@ def test_the_run_apps_first_screen_needs_textual_alone():
         "print(json.dumps(sorted(sys.modules)))\n")
     assert "textual.app" in modules
     assert [m for m in modules if m.split(".")[0] in ("numpy", "torch", "plotext")] == []
+    first_screen = {"weightscope.ui.widgets", "weightscope.ui.widgets.key_bar"}  # (Textual alone)
     assert not [m for m in modules if m.startswith(("weightscope.compare.run_plan", "weightscope.compare.run_results",
-                                                    "weightscope.ui.widgets."))]
+                                                    "weightscope.ui.widgets")) and m not in first_screen]
+
+
+FIRST_SCREEN = r"""
+import asyncio, json, sys
+import weightscope.ui.app as app_module
+from weightscope.engine.protocol import Job
+
+plots_loaded_before = []
+load_plots = app_module.load_plots
+
+def loading_plots():
+    plots_loaded_before.append("plotext" in sys.modules)
+    load_plots()
+
+app_module.load_plots = loading_plots
+
+async def main():
+    app = app_module.WeightscopeApp(Job(sys.argv[1], sys.argv[2], use_cache=False))
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(3000):
+            await pilot.pause(0.01)
+            if plots_loaded_before:
+                break
+    print(json.dumps(plots_loaded_before))
+
+asyncio.run(main())
+"""
+
+
+def test_the_plots_load_after_the_pair_apps_first_screen(ck, tmp_path):
+    """The plots' modules (plotext, a tenth of a second) load in a thread once the first screen is
+    drawn, not before it: nothing at start asks for the plots."""
+    a = ck.write_safetensors(tmp_path / "a.safetensors", ck.llama_like(0))
+    done = subprocess.run([sys.executable, "-c", FIRST_SCREEN, str(a), str(a)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False]

@@ -123,9 +123,10 @@ class WeightscopeApp(App[None]):
 
     log_counts: reactive[bool] = reactive(False)
     """Histograms show log10(1 + count), spectra a log axis."""
-    detail_view: reactive[str] = reactive("histograms")
+    detail_view: reactive[str] = reactive("histograms", init=False)  # (the pane starts on histograms)
     """What the detail pane draws for a tensor: "histograms", "spectrum", "map" or "heads" (on an
-    attention group: its heads × q, k, v, o)."""
+    attention group: its heads × q, k, v, o). Not watched at start: the plots' modules (plotext)
+    would load then, before the first screen, instead of in a thread after it."""
 
     def __init__(self, job: msg.Job, engine: Engine | None = None, select: str | None = None):
         """
