@@ -84,6 +84,7 @@ def test_a_grid_crosses_a_pipe_as_columns_and_reads_the_same(tuned_pair):
     got = pickle.loads(pickle.dumps(g))
     assert isinstance(got.cells, PackedCells)  # no object per cell on the wire
     assert got == g and list(got.cells) == list(g.cells) and len(got.cells) == len(g.cells)
+    assert list(got.cells.keys()) == list(g.cells.keys()) and list(got.cells.values()) == list(g.cells.values())
     for key, cell in g.cells.items():
         assert got.cells[key] == cell and got.cells.get(key) == cell
     assert got.cells.get(("no such row", "q")) is None

@@ -4,7 +4,7 @@ them, drawn as one line of text.
 Textual's Footer mounts a widget per key and rebuilds them all whenever the bindings change
 (focus moving from the filter to the tree, a screen opening): on two cores that cost the first
 key after start 50–90 ms. Here a change of bindings redraws one line, and only when its text
-changed. A click on a key presses it, as in the Footer.
+changed. As in the Footer, a click on a key presses it and the mouse over one shows its tooltip.
 """
 
 from __future__ import annotations
