@@ -194,6 +194,15 @@ class TestOpeningAtOnce:
         assert isinstance(at_once, msg.Failed) and at_once.fatal
         assert at_once.message == alone.message and str(b) in at_once.message
 
+    def test_asking_a_closed_engine_is_no_error(self, pair):
+        """An app's timer may still ask as the app exits, after its engine is closed: nothing
+        happens (an engine that ended on its own is said by `recv`)."""
+        engine = Engine(msg.Job(str(pair[0]), str(pair[1])))
+        engine.close()
+        assert engine.ask("detail", 0, True) == 1
+        engine.send(msg.Scan())
+        assert isinstance(engine.recv(), msg.Failed)
+
     def test_a_worker_ends_with_its_engine_even_while_its_loops_compile(self, pair, tmp_path):
         """A worker whose engine has gone ends within a second, even while it compiles its loops
         (a first start, nothing compiled yet: half a minute) and reads no pipe."""

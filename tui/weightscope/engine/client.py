@@ -71,14 +71,19 @@ class Engine:
         return self.tickets
 
     def send(self, request) -> None:
-        self.conn.send(request)
+        """Send a request; once the engine has gone, nothing: closed by the caller (a timer of
+        the app may still ask as it exits), or ended on its own, which `recv` says."""
+        try:
+            self.conn.send(request)
+        except OSError:  # (BrokenPipeError is one)
+            pass
 
     def ask(self, kind: str, *args) -> int:
         """Ask a question; its answer comes back with the returned ticket."""
         from weightscope.engine import protocol as msg
 
         ticket = self.ticket()
-        self.conn.send(msg.Ask(ticket, kind, args))
+        self.send(msg.Ask(ticket, kind, args))
         return ticket
 
     def recv(self):
