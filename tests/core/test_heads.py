@@ -634,3 +634,12 @@ def test_a_views_heads_go_first_and_alone_on_two_workers():
     server.dispatch()
     assert [w.conn.sent for w in helpers] == [["heads", "detail"], ["unit"]]
     server.threads.shutdown()
+
+
+def test_head_counts_that_are_digits_but_no_numbers_are_refused_in_words():
+    """'²' is a digit to `str.isdigit` but no number to `int`: from a GGUF file's metadata or
+    `--heads`, it is said, never a traceback."""
+    config, why = hd.gguf_counts({"general.architecture": "llama", "llama.attention.head_count": "²"})
+    assert config is None and "head counts per layer" in why
+    with pytest.raises(ValueError, match="positive integers"):
+        hd.parse_override("²")

@@ -79,6 +79,13 @@ def test_a_large_random_tree_keeps_every_group_one_run_of_its_tensors():
     assert sorted(names[i] for i in tree.order) == sorted(names)
 
 
+def test_a_digit_that_is_not_decimal_reads_as_a_letter():
+    """'²' is a digit to `str.isdigit` but no number to `int`: a name with one still sorts."""
+    names = ["w.1²", "w.10", "w.2", "²"]
+    tree = hierarchy.build(catalog_of(names))
+    assert paths(tree) == ["w", "w.1²", "w.2", "w.10", "²"]
+
+
 def test_a_filter_keeps_the_matching_names_only():
     names = [f"model.layers.{i}.{m}.weight" for i in range(3) for m in ("q_proj", "mlp.up_proj")]
     catalog = catalog_of(names)

@@ -266,15 +266,15 @@ def gguf_counts(metadata: dict[str, str]) -> tuple[HeadConfig | None, str]:
     heads, kv = metadata.get(f"{arch}.attention.head_count"), metadata.get(f"{arch}.attention.head_count_kv")
     if heads is None:
         return None, f"the GGUF metadata has no {arch}.attention.head_count"
-    if not heads.isdigit() or (kv is not None and not kv.isdigit()):
+    if not heads.isdecimal() or (kv is not None and not kv.isdecimal()):
         return None, f"the GGUF metadata gives head counts per layer ({arch}.attention.head_count = {heads[:40]})"
     experts = metadata.get(f"{arch}.expert_count")
     key = metadata.get(f"{arch}.attention.key_length")
     n, k = int(heads), int(kv) if kv is not None else int(heads)
     if n == 0 or k == 0 or n % k:
         return None, f"the GGUF metadata's head counts {n} and {k} do not split into groups"
-    return HeadConfig(n, k, int(key) if key and key.isdigit() else None,
-                      int(experts) if experts and experts.isdigit() else None, None, "GGUF metadata"), ""
+    return HeadConfig(n, k, int(key) if key and key.isdecimal() else None,
+                      int(experts) if experts and experts.isdecimal() else None, None, "GGUF metadata"), ""
 
 
 def parse_override(text: str) -> tuple[int, int]:
@@ -284,7 +284,7 @@ def parse_override(text: str) -> tuple[int, int]:
         ValueError: not one or two positive integers, or heads not a multiple of KV.
     """
     parts = text.split(",")
-    if not 1 <= len(parts) <= 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if not 1 <= len(parts) <= 2 or not all(p.strip().isdecimal() and int(p) > 0 for p in parts):
         raise ValueError(f"--heads {text!r}: give N or N,KV (positive integers)")
     heads, kv = int(parts[0]), int(parts[-1])
     if heads % kv:

@@ -43,7 +43,7 @@ def matcher(pattern: str):
 
 def natural_key(text: str) -> tuple:
     """Digits compare as numbers: 'layers.2' < 'layers.10'."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+    return tuple(int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", text))
 
 
 def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None,

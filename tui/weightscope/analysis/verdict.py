@@ -182,7 +182,7 @@ def any_per(codes: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
 
 def role(name: str) -> str | None:
     """"embeddings" or "output head" for the token embeddings and the output head (outside the layers)."""
-    if any(p.isdigit() for p in name.split(".")):
+    if any(p.isdecimal() for p in name.split(".")):
         return None
     if EMBEDDING.search(name):
         return "embeddings"
@@ -193,8 +193,8 @@ def role(name: str) -> str | None:
 
 def layer_ranges(rows: list[str]) -> str:
     """'layers 0–11, 14' from layer rows ('12', or 'vision.encoder.layers.3' in a model of several stacks)."""
-    numbers = sorted(int(r) for r in rows if r.isdigit())
-    others = sorted(r for r in rows if not r.isdigit())
+    numbers = sorted(int(r) for r in rows if r.isdecimal())
+    others = sorted(r for r in rows if not r.isdecimal())
     runs: list[str] = []
     start = prev = None
     for n in numbers + [None]:
