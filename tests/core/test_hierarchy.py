@@ -79,6 +79,36 @@ def test_a_large_random_tree_keeps_every_group_one_run_of_its_tensors():
     assert sorted(names[i] for i in tree.order) == sorted(names)
 
 
+def test_names_ranked_by_template_as_by_every_part():
+    """The quick ranking (a template's digits as numbers) gives what ranking every part gives,
+    on names that test it: leading zeros, digits inside a part, other digits than ASCII, empty
+    parts, more digits in a part than 64 bits hold; and it steps aside for a newline in a
+    name or too many templates."""
+    rng = random.Random(11)
+    words = ["model", "layers", "h#", "a#b#c", "#", "#", "", "x", "٣", "w٣#", "e#e", "experts"]
+    numbers = [str(k) for k in range(300)] + ["00", "007", "010", "9" * 18]
+
+    def filled(word: str) -> str:
+        first, *rest = word.split("#")
+        return first + "".join(rng.choice(numbers) + piece for piece in rest)
+
+    cases = []
+    for _ in range(20):
+        shapes = [[rng.choice(words) for _ in range(rng.randint(1, 6))] for _ in range(rng.randint(1, 5))]
+        shapes = [shape for shape in shapes if "".join(shape).count("#") <= 2] or [["x"]]  # (few templates)
+        cases.append(list(dict.fromkeys(".".join(map(filled, rng.choice(shapes))) for _ in range(2000))))
+    quick = [names for names in cases if len(names) >= 200]  # (the others have too few names per template)
+    assert len(quick) >= 12
+    for names in quick:
+        got, expected = hierarchy.ranks_by_template(names), hierarchy.ranks_by_part(names)
+        assert got is not None
+        assert got[2] == expected[2] and got[1].tolist() == expected[1].tolist()
+        assert got[0].tolist() == expected[0].tolist()
+    many = ["".join(rng.choices("abcdefgh", k=8)) + ".w" for _ in range(2000)]  # a template each
+    for names in (["a\nb.1"] + [f"a.{k}" for k in range(100)], many):
+        assert hierarchy.ranks_by_template(names) is None
+
+
 def test_a_digit_that_is_not_decimal_reads_as_a_letter():
     """'²' is a digit to `str.isdigit` but no number to `int`: a name with one still sorts."""
     names = ["w.1²", "w.10", "w.2", "²"]

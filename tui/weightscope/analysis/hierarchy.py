@@ -144,19 +144,8 @@ def of_names(names: Sequence[str], pattern: str = "") -> NameTree:
     kept = [i for i, name in enumerate(names) if keep(name)] if keep else range(len(names))
     named = [names[i] for i in kept] if keep else names
     n = len(named)
-    depth = np.fromiter(map(str.count, named, repeat(".")), np.int64, n) + 1
-    if n and depth.max() > MAX_DEPTH:
-        depth = np.minimum(depth, MAX_DEPTH)
-        flat = [part for name in named for part in name.split(".", MAX_DEPTH - 1)]
-    else:
-        flat = ".".join(named).split(".")  # every part of every name, in one call
-    distinct = sorted(set(flat), key=lambda part: (natural_key(part), part))
-    rank = {part: r for r, part in enumerate(distinct)}  # equal ranks: equal parts
-    width = int(depth.max(initial=0))
-    rows = np.full((n, width), -1, np.int64)  # -1 after a name's end sorts it before its children
-    flat = np.fromiter(map(rank.__getitem__, flat), np.int64, len(flat))
-    starts = np.repeat(np.cumsum(depth) - depth, depth)
-    rows[np.repeat(np.arange(n), depth), np.arange(len(flat)) - starts] = flat
+    rows, depth, distinct = ranks_by_template(named) or ranks_by_part(named)
+    width = rows.shape[1]
     sort = np.lexsort(rows.T[::-1]) if width else np.arange(n)  # (lexsort's last key is the first)
     rows, depth = rows[sort], depth[sort]
     order = np.asarray(kept, np.int64)[sort]
@@ -193,6 +182,90 @@ def of_names(names: Sequence[str], pattern: str = "") -> NameTree:
     node_of[pair[leaves]] = leaves
     parts = ("", *map(distinct.__getitem__, rows[new].tolist()))  # a tuple: see `catalog`
     return NameTree(parts, parent, pair, end, lo, hi, order, position, node_of, pattern)
+
+
+def ranks_by_part(named: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(each name's row of part ranks, -1 after its end; each name's depth; the distinct parts
+    in natural order, which the ranks index), ranking every part of every name."""
+    n = len(named)
+    depth = np.fromiter(map(str.count, named, repeat(".")), np.int64, n) + 1
+    if n and depth.max() > MAX_DEPTH:
+        depth = np.minimum(depth, MAX_DEPTH)
+        flat = [part for name in named for part in name.split(".", MAX_DEPTH - 1)]
+    else:
+        flat = ".".join(named).split(".")  # every part of every name, in one call
+    distinct = in_natural_order(set(flat))
+    rank = {part: r for r, part in enumerate(distinct)}  # equal ranks: equal parts
+    rows = np.full((n, int(depth.max(initial=0))), -1, np.int64)  # -1 after a name's end sorts it before its children
+    flat = np.fromiter(map(rank.__getitem__, flat), np.int64, len(flat))
+    starts = np.repeat(np.cumsum(depth) - depth, depth)
+    rows[np.repeat(np.arange(n), depth), np.arange(len(flat)) - starts] = flat
+    return rows, depth, distinct
+
+
+TO_ZERO = str.maketrans("123456789", "000000000")
+NAMES_PER_TEMPLATE = 16  # fewer on average, and ranking every part is as quick
+
+
+def ranks_by_template(named: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """`ranks_by_part`'s answer, ranking only the parts that differ between names of one template.
+
+    A model's names follow a few templates, a name with its digits as 0
+    (`model.layers.00.mlp.experts.000.up_proj.weight`): 96,000 names, 770,000 parts, 28
+    templates. Names of one template have their digits in the same places, so a part is
+    constant there, or told apart by the number its digits spell: the distinct parts are
+    found per template and part by arrays, and only they are ranked. None where the names
+    do not fall into few templates, or a name holds a newline or is deeper than `MAX_DEPTH`.
+    """
+    n = len(named)
+    joined = "\n".join(named)
+    if not n or joined.count("\n") != n - 1:
+        return None
+    shapes = joined.translate(TO_ZERO).split("\n")
+    templates = dict.fromkeys(shapes)
+    if len(templates) * NAMES_PER_TEMPLATE > n:
+        return None
+    code = {template: k for k, template in enumerate(templates)}
+    of = np.fromiter(map(code.__getitem__, shapes), np.int64, n)
+    depth = np.array([template.count(".") + 1 for template in templates], np.int64)
+    if depth.max() > MAX_DEPTH:
+        return None
+    members = np.split(np.argsort(of, kind="stable"), np.cumsum(np.bincount(of, minlength=len(templates)))[:-1])
+    cells = []  # (a template's names, a level, each name's part there as an index into strings, strings)
+    distinct: set[str] = set()
+    for template, rows_k in zip(templates, members):
+        names_k = [named[i] for i in rows_k.tolist()]
+        chars = None
+        start = 0
+        for level, part in enumerate(template.split(".")):
+            end = start + len(part)
+            digits = [start + at for at, ch in enumerate(part) if ch == "0"]
+            if not digits:
+                cells.append((rows_k, level, None, [part]))
+                distinct.add(part)
+            else:
+                if chars is None:
+                    chars = np.array(names_k, f"<U{len(template)}").view(np.uint32).reshape(len(names_k), -1)
+                spelt = chars[:, digits]
+                if len(digits) <= 18:  # as one number (in int64): quicker to tell apart
+                    spelt = (spelt.astype(np.int64) - ord("0")) @ 10 ** np.arange(len(digits) - 1, -1, -1)
+                _, first, inverse = np.unique(spelt, axis=0, return_index=True, return_inverse=True)
+                inverse = inverse.reshape(-1)
+                strings = [names_k[i][start:end] for i in first.tolist()]
+                cells.append((rows_k, level, inverse, strings))
+                distinct.update(strings)
+            start = end + 1
+    ordered = in_natural_order(distinct)
+    rank = {part: r for r, part in enumerate(ordered)}
+    rows = np.full((n, int(depth.max())), -1, np.int64)
+    for rows_k, level, inverse, strings in cells:
+        ranks = np.fromiter(map(rank.__getitem__, strings), np.int64, len(strings))
+        rows[rows_k, level] = ranks[0] if inverse is None else ranks[inverse]
+    return rows, depth[of], ordered
+
+
+def in_natural_order(parts) -> list[str]:
+    return sorted(parts, key=lambda part: (natural_key(part), part))
 
 
 class Rollup:
