@@ -99,7 +99,7 @@ def align(a: Checkpoint, b: Checkpoint) -> Alignment:
 
     The usual case, the same names on both sides, pairs with `map` alone: 100,000-tensor
     models are the normal case."""
-    if a.tensors.keys() == b.tensors.keys():  # (no one-sided pair: no ties to note either)
+    if list(a.tensors) == list(b.tensors) or a.tensors.keys() == b.tensors.keys():  # (no one-sided pair: no ties to note)
         return Alignment(SameNames(a.tensors, b.tensors), [])
     common = a.tensors.keys() & b.tensors.keys()
     matched: dict[str, str] = dict(zip(common, common))

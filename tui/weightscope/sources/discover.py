@@ -117,13 +117,16 @@ def joined_tables(sources: list, indexed: dict[str, str] | None, notes: list[str
     tables = [getattr(source, "table", None) for source in sources]
     if not sources or None in tables:
         return None
+    table = TensorTable.concat(tables)
+    if indexed is not None and len(indexed) == len(table) and list(map(indexed.get, table.names)) == table.file:
+        return table  # the index assigns each tensor to the file that has it (nearly always): no name twice
     said = []
     for k, (source, table) in enumerate(zip(sources, tables)):
         kept = assigned(source, indexed, table.names, said)
         if kept is not None:
             tables[k] = table.keep(kept)
     table = TensorTable.concat(tables)
-    if len(table.index) < len(table) or (indexed is not None and len(indexed) != len(table)):
+    if len(set(table.names)) < len(table) or (indexed is not None and len(indexed) != len(table)):
         return None
     notes += said
     return table

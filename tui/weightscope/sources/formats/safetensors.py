@@ -236,9 +236,10 @@ def well_formed_columns(text: bytes, data_size: int) -> tuple | None:
         return None  # a hole, an overlap or bytes no tensor owns: the careful way says which
     if not n and data_size:
         return None
-    take = order.tolist()
-    return (list(map(names.__getitem__, take)), list(map(dtypes.__getitem__, take)), list(map(shapes.__getitem__, take)),
-            begin, end, metadata)
+    if (order[1:] < order[:-1]).any():  # (a writer nearly always lists the tensors in data order)
+        take = order.tolist()
+        names, dtypes, shapes = (list(map(column.__getitem__, take)) for column in (names, dtypes, shapes))
+    return names, dtypes, shapes, begin, end, metadata
 
 
 def unowned_bytes(names: list[str], offsets: list[list[int]], data_size: int) -> list[str]:

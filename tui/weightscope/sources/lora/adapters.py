@@ -64,8 +64,8 @@ def open_over(base: Checkpoint, path: str, given: GivenScaling | None = None,
     weights, config_path = locate(path)
     stored = stored or open_checkpoint(weights)
     try:
-        prefixed = compress(stored.tensors, map(str.startswith, stored.tensors, repeat(PREFIX)))  # (in C: 100,000 names)
-        peft_keys = any(map(LORA_KEY.search, prefixed))
+        peft_keys = PREFIX in "\n".join(stored.tensors) and any(  # (nearly always not: a first look in C)
+            map(LORA_KEY.search, compress(stored.tensors, map(str.startswith, stored.tensors, repeat(PREFIX)))))
         if not peft_keys and (config_path is None or weights == path):
             return stored
         config = read_config(config_path) if config_path else None
