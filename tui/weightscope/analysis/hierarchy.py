@@ -52,21 +52,24 @@ def badges(catalog: Catalog, table: ResultTable, index: np.ndarray | None = None
     then its scan status, outranked by NaN/Inf (unless `flag_nonfinite` is off: the status
     beside which that flag is shown) and by a change of stored dtype. A LoRA adapter's own
     parameter is a factor, whatever its side (NaN/Inf in it still shows)."""
-    columns = [base + column for base in (c.FA, c.FB) for column in (c.FNAN, c.FPOSINF, c.FNEGINF)]
-    # Those columns only, of those rows only: the whole table is large, and results come a slice at a time.
-    counts = table.values[:, columns] if index is None else table.values[np.ix_(index, columns)]
-    index = slice(None) if index is None else index
-    known, status = catalog.known[index], table.status[index]
+    pairs = slice(None) if index is None else index
+    known, status = catalog.known[pairs], table.status[pairs]
     from_headers = np.array([CODE[s] for s in ("pending", "error", "only_a", "only_b", "shape_mismatch", "dtype")],
                             np.int8)
     scanned = np.array([CODE[s] for s in results.STATUSES], np.int8)
     out = np.where(status == results.UNREAD, from_headers[known], scanned[np.maximum(status, 0)])
     equalish = np.isin(status, (results.IDENTICAL, results.VALUE_EQUAL, results.CLOSE, results.CHANGED))
     out = np.where(equalish & (known == cat.DTYPE), CODE["dtype"], out)
-    out = np.where(catalog.factor[index] & (status != results.ERROR), CODE["factor"], out)
-    nonfinite = np.nan_to_num(counts).sum(axis=1) > 0
-    flagged = nonfinite & (status != results.UNREAD) & (status != results.ERROR) & flag_nonfinite
-    return np.where(flagged, CODE["nonfinite"], out).astype(np.int8)
+    out = np.where(catalog.factor[pairs] & (status != results.ERROR), CODE["factor"], out)
+    if flag_nonfinite:
+        # The NaN/Inf counts of the pairs read without error only: the table is large, and
+        # results come a slice at a time.
+        read = np.flatnonzero((status != results.UNREAD) & (status != results.ERROR))
+        columns = [base + column for base in (c.FA, c.FB) for column in (c.FNAN, c.FPOSINF, c.FNEGINF)]
+        rows = read if index is None else index[read]
+        nonfinite = np.nan_to_num(table.values[np.ix_(rows, columns)]).sum(axis=1) > 0
+        out[read[nonfinite]] = CODE["nonfinite"]
+    return out.astype(np.int8)
 
 
 @dataclass
