@@ -21,9 +21,20 @@ one changed, about 3.1 GB a side; written once, kept with --keep). Then, in one 
    event-loop lag from the key until 0.5 s after; then a filter typed a key at a time and
    taken back, with the worst lag while the tree is rebuilt for every key.
 
+4. The console script in tmux (120×40, a fresh process, an empty result cache), as a person
+   starts it: seconds from Enter to the first paint and to the tree on screen (target 1.5 s),
+   three times. The app's output is watched as tmux receives it, through a control-mode
+   client (`tmux -C`), which tmux tells of every write: nothing polls. Polling
+   `capture-pane` every 10 ms, as bench/tui_latency.py does, starts a tmux client 100 times
+   a second, a quarter of a core here: on two cores a load of its own on what it measures.
+   Three runs watched that way are printed beside, for comparison.
+
 The app's process holds no GC or switch-interval settings: the engine's processes do the work.
 
-    python3 bench/tui_responsiveness.py [--keep DIR] [--seconds 120]
+    python3 bench/tui_responsiveness.py [--keep DIR] [--seconds 120] [--baseline TREE]
+
+--baseline also times another source tree's app in tmux (an older commit's `tui/`), its runs
+alternating with this tree's, and prints its figures beside (before and after).
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ import glob
 import multiprocessing
 import os
 import queue
+import re
+import select
 import shutil
 import statistics
 import subprocess
@@ -45,6 +58,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bytecode import compile_package  # noqa: E402
 from engine_speed import write_moe_pair  # noqa: E402
+from tui_latency import HEIGHT, TMUX_CONF, WIDTH, Failed, Terminal  # noqa: E402
 
 AFTER = 2.0  # seconds probed after the scan is done
 VIEWS = {"t": "table of every pair", "o": "overview", "e": "export (Markdown and JSON)"}
@@ -204,10 +218,104 @@ def report(label: str, found: dict, cli: float | None) -> None:
                   f"{PAINT} s after: {1000 * lag:.0f} ms")
 
 
+TMUX_RUNS = 3
+TREE_TARGET = 1.5  # seconds from Enter to the tree on screen
+EXITED = b"[weightscope exited"
+
+
+class PaneOutput:
+    """What the app writes to its tmux pane, as tmux receives it: a control-mode client is told
+    of each write (`%output %PANE BYTES`, octal escapes for bytes tmux will not pass as they are)."""
+
+    def __init__(self, term: Terminal):
+        self.client = subprocess.Popen([*term.base, "-C", "attach", "-t", "app"], env=term.env,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        os.set_blocking(self.client.stdout.fileno(), False)
+        self.pending, self.written = b"", b""
+
+    def wait(self, what: str, needle: bytes, timeout: float = 30) -> float:
+        """The time.monotonic() at which the pane's output first holds `needle` (after what it held)."""
+        deadline, start = time.monotonic() + timeout, len(self.written)
+        while needle not in self.written[start:]:
+            if EXITED in self.written or time.monotonic() > deadline:
+                raise Failed(f"no {what} in the app's output")
+            select.select([self.client.stdout], [], [], 0.1)
+            at = time.monotonic()
+            *lines, self.pending = (self.pending + (self.client.stdout.read() or b"")).split(b"\n")
+            self.written += b"".join(unescape(line.split(b" ", 2)[2]) for line in lines if line.startswith(b"%output "))
+        return at
+
+    def close(self) -> None:
+        self.client.kill()
+        self.client.wait()
+
+
+def unescape(data: bytes) -> bytes:
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), data)
+
+
+def tree_in_tmux(a: str, b: str, tree: str, polled: bool) -> tuple[float, float]:
+    """Seconds from Enter to the first paint and to the tree, for the app of the source tree
+    `tree` (its `tui/`), in a private tmux server, watched through its output (or by polling)."""
+    conf = os.path.join(tempfile.mkdtemp(prefix="weightscope-tmux-"), "tmux.conf")
+    with open(conf, "w") as f:
+        f.write(TMUX_CONF)
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE", "NO_COLOR")}
+    env.update(PYTHONPATH=os.path.join(tree, "tui"), XDG_CACHE_HOME=tempfile.mkdtemp(prefix="weightscope-tmux-cache-"))
+    env.setdefault("LANG", "C.UTF-8")
+    term = Terminal(conf, env)
+    watch = None
+    try:
+        term.tmux("new-session", "-d", "-s", "app", "-x", str(WIDTH), "-y", str(HEIGHT), "sh", "-c",
+                  'read _; "$@"; echo "[weightscope exited with status $?]"; exec sleep 3600',
+                  "sh", sys.executable, "-m", "weightscope", a, b)
+        term.wait("the shell", lambda screen: True)
+        watch = None if polled else PaneOutput(term)
+        time.sleep(0.3)  # (the control client attached)
+        start = time.monotonic()
+        term.keys("Enter")
+        if polled:
+            painted = term.wait("the first paint", lambda screen: "reading headers" in screen)
+            shown = term.wait("the tree", lambda screen: "reading headers" not in screen and ("▼" in screen or "▶" in screen))
+        else:
+            painted = watch.wait("the first paint", b"reading headers")
+            shown = watch.wait("the tree", "▶".encode())
+        term.keys("q")
+        term.wait("the app to quit", lambda screen: EXITED.decode() in screen)
+        return painted - start, shown - start
+    finally:
+        if watch is not None:
+            watch.close()
+        term.kill()
+        shutil.rmtree(os.path.dirname(conf), ignore_errors=True)
+        shutil.rmtree(env["XDG_CACHE_HOME"], ignore_errors=True)
+
+
+def report_tmux(a: str, b: str, baseline: str | None) -> None:
+    trees = {"this tree": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    if baseline:
+        trees[f"baseline, {baseline}"] = os.path.abspath(baseline)
+    found: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for polled in (False, True):
+        for _ in range(TMUX_RUNS):
+            for title, tree in trees.items():  # alternating: whatever else the machine does falls on both
+                found.setdefault((title, polled), []).append(tree_in_tmux(a, b, tree, polled))
+    print(f"\nthe app in tmux {WIDTH}x{HEIGHT}, an empty result cache, {TMUX_RUNS} runs each: seconds from Enter")
+    print(f"  {'':44} {'first paint':>13}   {'tree on screen':>14}   {'runs (tree)':<16}  target {TREE_TARGET:g} s")
+    print(f"  {'':44} {'best median':>13}   {'best median':>14}")
+    for (title, polled), runs in found.items():
+        paints, shown = [p for p, _ in runs], [t for _, t in runs]
+        verdict = "met" if statistics.median(shown) <= TREE_TARGET else "NOT met"
+        print(f"  {title + (', polled every 10 ms' if polled else ', watched'):44} {min(paints):5.2f} "
+              f"{statistics.median(paints):6.2f}   {min(shown):6.2f} {statistics.median(shown):6.2f}   "
+              f"{' '.join(f'{v:.2f}' for v in shown):<16}  {verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep", help="write the pair under this directory once and keep it (moe/a, moe/b)")
     parser.add_argument("--seconds", type=float, default=120, help="the longest to probe each run")
+    parser.add_argument("--baseline", help="also time this source tree's app in tmux (an older commit's checkout)")
     args = parser.parse_args()
     compile_package()  # the start timed as any run after the first
     root = args.keep or tempfile.mkdtemp(prefix="weightscope-responsive-")
@@ -230,6 +338,10 @@ def main() -> None:
         print(f"{os.cpu_count()} cores; weightscope diff --no-cache: {cli:.2f} s")
         report("the app, empty result cache", in_fresh_process(a, b, args.seconds, False), cli)
         report("the app again, results from the cache", in_fresh_process(a, b, args.seconds, True), None)
+        if shutil.which("tmux"):
+            report_tmux(a, b, args.baseline)
+        else:
+            print("\n(tmux is not installed: the app in tmux is not timed)")
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         if not args.keep:
