@@ -5,8 +5,9 @@ start; `./run` compiles it too)."""
 import compileall
 import os
 
-PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tui", "weightscope")
+TUI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tui")
 
 
-def compile_package() -> None:
-    compileall.compile_dir(PACKAGE, quiet=1)
+def compile_package(tui: str = TUI) -> None:
+    """`tui`: the folder that holds the package (this tree's by default, or a baseline's)."""
+    compileall.compile_dir(os.path.join(tui, "weightscope"), quiet=1)

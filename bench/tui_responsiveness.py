@@ -33,8 +33,8 @@ The app's process holds no GC or switch-interval settings: the engine's processe
 
     python3 bench/tui_responsiveness.py [--keep DIR] [--seconds 120] [--baseline TREE]
 
---baseline also times another source tree's app in tmux (an older commit's `tui/`), its runs
-alternating with this tree's, and prints its figures beside (before and after).
+--baseline TUI also times another source tree's app in tmux (an older commit's `tui/`), its
+runs alternating with this tree's, and prints its figures beside (before and after).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bytecode import compile_package  # noqa: E402
+from bytecode import TUI, compile_package  # noqa: E402
 from engine_speed import write_moe_pair  # noqa: E402
 from tui_latency import HEIGHT, TMUX_CONF, WIDTH, Failed, Terminal  # noqa: E402
 
@@ -221,6 +221,7 @@ def report(label: str, found: dict, cli: float | None) -> None:
 TMUX_RUNS = 3
 TREE_TARGET = 1.5  # seconds from Enter to the tree on screen
 EXITED = b"[weightscope exited"
+TREE_MARK = "▶"  # a collapsed group of the tree (the placeholder before it has none)
 
 
 class PaneOutput:
@@ -254,14 +255,14 @@ def unescape(data: bytes) -> bytes:
     return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), data)
 
 
-def tree_in_tmux(a: str, b: str, tree: str, polled: bool) -> tuple[float, float]:
+def tree_in_tmux(a: str, b: str, tui: str, polled: bool) -> tuple[float, float]:
     """Seconds from Enter to the first paint and to the tree, for the app of the source tree
-    `tree` (its `tui/`), in a private tmux server, watched through its output (or by polling)."""
+    whose `tui/` is given, in a private tmux server, watched through its output (or by polling)."""
     conf = os.path.join(tempfile.mkdtemp(prefix="weightscope-tmux-"), "tmux.conf")
     with open(conf, "w") as f:
         f.write(TMUX_CONF)
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE", "NO_COLOR")}
-    env.update(PYTHONPATH=os.path.join(tree, "tui"), XDG_CACHE_HOME=tempfile.mkdtemp(prefix="weightscope-tmux-cache-"))
+    env.update(PYTHONPATH=tui, XDG_CACHE_HOME=tempfile.mkdtemp(prefix="weightscope-tmux-cache-"))
     env.setdefault("LANG", "C.UTF-8")
     term = Terminal(conf, env)
     watch = None
@@ -276,10 +277,10 @@ def tree_in_tmux(a: str, b: str, tree: str, polled: bool) -> tuple[float, float]
         term.keys("Enter")
         if polled:
             painted = term.wait("the first paint", lambda screen: "reading headers" in screen)
-            shown = term.wait("the tree", lambda screen: "reading headers" not in screen and ("▼" in screen or "▶" in screen))
+            shown = term.wait("the tree", lambda screen: TREE_MARK in screen)
         else:
             painted = watch.wait("the first paint", b"reading headers")
-            shown = watch.wait("the tree", "▶".encode())
+            shown = watch.wait("the tree", TREE_MARK.encode())
         term.keys("q")
         term.wait("the app to quit", lambda screen: EXITED.decode() in screen)
         return painted - start, shown - start
@@ -292,14 +293,15 @@ def tree_in_tmux(a: str, b: str, tree: str, polled: bool) -> tuple[float, float]
 
 
 def report_tmux(a: str, b: str, baseline: str | None) -> None:
-    trees = {"this tree": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    trees = {"this tree": TUI}
     if baseline:
         trees[f"baseline, {baseline}"] = os.path.abspath(baseline)
+        compile_package(baseline)
     found: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for polled in (False, True):
         for _ in range(TMUX_RUNS):
-            for title, tree in trees.items():  # alternating: whatever else the machine does falls on both
-                found.setdefault((title, polled), []).append(tree_in_tmux(a, b, tree, polled))
+            for title, tui in trees.items():  # alternating: whatever else the machine does falls on both
+                found.setdefault((title, polled), []).append(tree_in_tmux(a, b, tui, polled))
     print(f"\nthe app in tmux {WIDTH}x{HEIGHT}, an empty result cache, {TMUX_RUNS} runs each: seconds from Enter")
     print(f"  {'':44} {'first paint':>13}   {'tree on screen':>14}   {'runs (tree)':<16}  target {TREE_TARGET:g} s")
     print(f"  {'':44} {'best median':>13}   {'best median':>14}")
@@ -315,7 +317,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep", help="write the pair under this directory once and keep it (moe/a, moe/b)")
     parser.add_argument("--seconds", type=float, default=120, help="the longest to probe each run")
-    parser.add_argument("--baseline", help="also time this source tree's app in tmux (an older commit's checkout)")
+    parser.add_argument("--baseline", help="also time the app of this source tree's tui/ in tmux (an older commit's)")
     args = parser.parse_args()
     compile_package()  # the start timed as any run after the first
     root = args.keep or tempfile.mkdtemp(prefix="weightscope-responsive-")
