@@ -151,7 +151,7 @@ def of_names(names: Sequence[str], pattern: str = "") -> NameTree:
     width = rows.shape[1]
     sort = np.lexsort(rows.T[::-1]) if width else np.arange(n)  # (lexsort's last key is the first)
     rows, depth = rows[sort], depth[sort]
-    order = np.asarray(kept, np.int64)[sort]
+    order = sort if keep is None else np.asarray(kept, np.int64)[sort]
 
     # The parts a row shares with the row before are nodes already made; the others are new.
     common = np.zeros(n, np.int64)
@@ -183,7 +183,9 @@ def of_names(names: Sequence[str], pattern: str = "") -> NameTree:
     node_of = np.full(len(names), -1, np.int64)
     leaves = np.flatnonzero(pair >= 0)
     node_of[pair[leaves]] = leaves
-    parts = ("", *map(distinct.__getitem__, rows[new].tolist()))  # a tuple: see `catalog`
+    strings = np.empty(len(distinct), object)
+    strings[:] = distinct
+    parts = ("", *strings[rows[new]].tolist())  # a tuple: see `catalog`
     return NameTree(parts, parent, pair, end, lo, hi, order, position, node_of, pattern)
 
 
