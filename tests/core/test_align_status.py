@@ -291,6 +291,22 @@ class TestChanges:
         assert {n for n, s in d.statuses.items() if s != "identical"} == {"model.norm.weight"}
         assert d.result("model.norm.weight").status == "changed"
 
+    def test_a_scalar_counts_one_element_beside_a_tensor_of_unknown_shape(self, ck, tmp_path, diff):
+        """A scalar (shape ()) holds one element, also in a checkpoint where a bad header entry
+        leaves another tensor without a shape: its size and the parameters count it."""
+        import struct
+
+        header = {"step": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]},
+                  "bad": {"dtype": "X9", "shape": [1], "data_offsets": [4, 8]}}
+        path = tmp_path / "b.safetensors"
+        path.write_bytes(ck.safetensors_bytes(header, struct.pack("<ff", 3.0, 1.0)))
+        d = diff(ck.write_safetensors(tmp_path / "a.safetensors", {"step": torch.tensor(3.0), "bad": torch.ones(1)}),
+                 path)
+        step = d.catalog.index("step")
+        assert d.catalog.b.shape[d.catalog.index("bad")] is None
+        assert d.catalog.b.numel[step] == 1 and d.catalog.b.nbytes[step] == 4 and d.catalog.summary_b.parameters == 1
+        assert d.statuses["step"] == "identical" and d.catalog.b.present.all()
+
     def test_only_b(self, ck, tmp_path, diff):
         """A tensor added in B is only_b and counts as a difference."""
         sd = ck.llama_like(19, layers=1)

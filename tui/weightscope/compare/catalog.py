@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from itertools import chain, repeat
-from operator import is_, is_not, itemgetter, ne
+from operator import is_, itemgetter, ne
 
 import numpy as np
 
@@ -76,18 +75,12 @@ class Side:
     numel: np.ndarray  # int64
     nbytes: np.ndarray  # int64, as stored
     plain: np.ndarray  # bool
+    present: np.ndarray  # bool: which pairs have this side (read-only)
     quant: dict[int, str] = field(default_factory=dict)
     error: dict[int, str] = field(default_factory=dict)
     tied_to: dict[int, str] = field(default_factory=dict)
     origin: dict[int, str] = field(default_factory=dict)
     stored_name: dict[int, str] = field(default_factory=dict)
-
-    @cached_property
-    def present(self) -> np.ndarray:
-        """Which pairs have this side (read-only: worked out once)."""
-        mask = np.fromiter(map(is_not, self.name, repeat(None)), bool, len(self.name))
-        mask.flags.writeable = False
-        return mask
 
     @property
     def readable(self) -> np.ndarray:
@@ -236,21 +229,26 @@ def side_of(fields: dict[str, tuple | list], plain: np.ndarray | list[bool], n: 
     if same:
         shapes, numel = like.shape, like.numel
     else:
-        canonical: dict = {}  # equal shapes as one tuple: smaller to send and to keep
-        shapes = tuple(map(canonical.setdefault, fields["shape"], fields["shape"]))
-        numel = list(map(math.prod, shapes)) if None not in shapes else [math.prod(s) if s else 0 for s in shapes]
+        # A model has few shapes: each made one object (smaller to send and to keep), its size worked out once.
+        kinds = list(dict.fromkeys(fields["shape"]))
+        code = dict(zip(kinds, range(len(kinds))))
+        which = np.fromiter(map(code.__getitem__, fields["shape"]), np.intp, len(fields["shape"]))
+        shapes = tuple(map(kinds.__getitem__, which.tolist()))
+        numel = np.array([math.prod(s) if s is not None else 0 for s in kinds], np.int64)[which]
     dtypes = fields["dtype"]
     if same and like.dtype == tuple(dtypes):
         dtypes, nbytes = like.dtype, like.nbytes
     else:
-        nbytes = np.fromiter(map(ITEMSIZE.get, dtypes, repeat(0)), np.int64, len(dtypes)) * np.asarray(numel, np.int64)
+        nbytes = np.fromiter(map(ITEMSIZE.get, dtypes, repeat(0)), np.int64, len(dtypes)) * numel
     for path in dict.fromkeys(fields["file"]):
         files.setdefault(path, len(files))
-    side = Side(tuple(column(fields["name"])), tuple(column(dtypes)), tuple(column(shapes)),
-                array(list(map(files.__getitem__, fields["file"])), np.int32, -1), array(fields["start"], np.int64, -1),
-                array(fields["end"], np.int64, -1), array(numel, np.int64, 0), array(nbytes, np.int64, 0),
-                array(plain, bool, False), quant, sparse("error"), sparse("tied_to"), sparse("origin"),
-                sparse("stored_name"))
+    file = np.fromiter(map(files.__getitem__, fields["file"]), np.int32, len(fields["file"]))
+    present = array(np.ones(len(fields["name"]), bool), bool, False)
+    present.flags.writeable = False
+    side = Side(tuple(column(fields["name"])), tuple(column(dtypes)), tuple(column(shapes)), array(file, np.int32, -1),
+                array(fields["start"], np.int64, -1), array(fields["end"], np.int64, -1), array(numel, np.int64, 0),
+                array(nbytes, np.int64, 0), array(plain, bool, False), present, quant, sparse("error"),
+                sparse("tied_to"), sparse("origin"), sparse("stored_name"))
     for i in quant:  # a quantized tensor's stored bytes are its span (its decoded size would overstate them)
         if side.start[i] >= 0:
             side.nbytes[i] = side.end[i] - side.start[i]
