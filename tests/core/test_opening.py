@@ -21,7 +21,7 @@ from weightscope.engine import protocol as msg
 from weightscope.engine.client import Engine
 from weightscope.sources.checkpoint import Checkpoint, TensorTable
 
-SIDE_FIELDS = ("name", "dtype", "shape", "file", "start", "end", "numel", "nbytes", "plain", "quant", "error",
+SIDE_FIELDS = ("name", "dtype", "shape", "file", "start", "end", "numel", "nbytes", "plain", "present", "quant", "error",
                "tied_to", "origin", "stored_name")
 
 
@@ -161,11 +161,26 @@ class TestOpeningAtOnce:
             expected = hierarchy.build(at_once.catalog)
             assert tree.parts == expected.parts and np.array_equal(tree.order, expected.order)
 
+    def test_names_sent_once_are_the_catalogs_again(self, wide, tuned):
+        """A's names, sent for the tree, are left out of the catalog that follows when they are
+        the pairs' names; the client puts them back, in the catalog and in each side."""
+        opened = opened_by_engine(str(wide[0]), str(tuned), helpers=1)
+        assert opened.names_sent
+        catalog = opened.catalog
+        assert catalog.names[:2] == ("model.layers.0.mlp.experts.0.down_proj.weight",
+                                     "model.layers.0.mlp.experts.1.down_proj.weight") and len(catalog) == 10_000
+        assert catalog.a.name is catalog.names and catalog.b.name is catalog.names
+        assert catalog.index(catalog.names[123]) == 123 and catalog.pair(123).b.file == str(tuned)
+        from weightscope.engine.opening import open_job
+
+        assert_same_catalog(catalog, open_job(msg.Job(str(wide[0]), str(tuned)))[3])
+
     def test_a_tree_of_other_names_is_not_taken_for_the_pairs(self, ck, tmp_path, wide):
         """B has names A lacks: the pairs are more than A's names, and the tree shows them all."""
         names = [f"model.layers.{i // 100}.mlp.experts.{i % 100}.down_proj.weight" for i in range(10_000)]
         b = ck.write_safetensors(tmp_path / "more.safetensors", {n: torch.ones(2) for n in names + ["x.w"]})
         opened = opened_by_engine(str(wide[0]), str(b), helpers=1)
+        assert not opened.names_sent
         assert opened.catalog.names[-1] == "x.w" and len(opened.catalog) == 10_001
         tree = hierarchy.build(opened.catalog)
         assert opened.tree.parts == tree.parts and np.array_equal(opened.tree.order, tree.order)

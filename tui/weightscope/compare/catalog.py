@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain, repeat
 from operator import is_, itemgetter, ne
 
@@ -137,6 +137,12 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def named(self, names: tuple[str, ...] | None) -> Catalog:
+        """This catalog with `names` as its pairs' names, and as each side's that had the same
+        ones; None leaves them out (to be sent where they are known already)."""
+        a, b = (replace(side, name=names) if side.name is self.names else side for side in (self.a, self.b))
+        return replace(self, names=names, a=a, b=b, _index=None)
 
     def pair(self, i: int) -> Pair:
         """Pair `i` as the sources gave it."""

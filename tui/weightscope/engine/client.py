@@ -111,14 +111,17 @@ class Engine:
             return msg.Failed(None, "engine", f"the engine process stopped unexpectedly ({why})", fatal=True)
 
     def with_tree(self, opened: msg.Opened) -> msg.Opened:
-        """`opened` with the tree of the pairs: A's, when A's names are the pairs' names."""
+        """`opened` with the tree of the pairs: A's, when A's names are the pairs' names (then
+        the catalog came without them)."""
         from dataclasses import replace
 
         from weightscope.analysis.hierarchy import build
 
         names, tree = self.early_tree
         self.early_tree = None
-        return replace(opened, tree=tree if names == opened.catalog.names else build(opened.catalog))
+        if opened.names_sent:
+            return replace(opened, catalog=opened.catalog.named(names), tree=tree)
+        return replace(opened, tree=build(opened.catalog))
 
     def close(self) -> None:
         """Ask the engine to stop, and make sure it has. A thread still reading the pipe gets

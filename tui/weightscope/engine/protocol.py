@@ -93,10 +93,13 @@ class Names:
 
 @dataclass
 class Opened:
-    """Both sides' headers are read and their names aligned."""
+    """Both sides' headers are read and their names aligned. Where the pairs' names are the
+    `Names` sent before, the catalog comes without them (`Catalog.named(None)`): 100,000 names
+    are not sent twice, and the client's tree of them is the pairs' tree."""
 
     catalog: Catalog
     tree: object | None = None  # analysis.hierarchy.NameTree when the job asked for it (made by the client)
+    names_sent: bool = False  # the catalog's names are the `Names` sent before (and left out of it)
 
 
 @dataclass

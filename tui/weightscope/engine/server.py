@@ -139,8 +139,12 @@ class Server:
         try:
             fault("open")
 
-            def names_of_a(a):  # the client builds the name tree from them while B opens
-                self.send(msg.Names(tuple(a.tensors)))
+            sent: tuple[str, ...] | None = None  # A's names, for the client to build the tree while B opens
+
+            def names_of_a(a):
+                nonlocal sent
+                sent = tuple(a.tensors)
+                self.send(msg.Names(sent))
 
             with collector_paused():
                 a, b, _, self.catalog = open_job(self.job, self.stored_b if elsewhere else None,
@@ -153,7 +157,8 @@ class Server:
             return
         self.a, self.b = a, b or a
         self.table = ResultTable(len(self.catalog))
-        self.send(msg.Opened(self.catalog))
+        as_sent = sent is not None and self.catalog.names == sent
+        self.send(msg.Opened(self.catalog.named(None), names_sent=True) if as_sent else msg.Opened(self.catalog))
         try:  # after the tree: on a GPU box this imports torch
             self.options = replace(self.job.options, device=resolve(self.job.options.device))
         except ValueError as exc:  # a device that cannot be had
