@@ -134,10 +134,10 @@ class TestOpeningAtOnce:
     here."""
 
     def test_large_headers_open_elsewhere_small_or_same_ones_here(self, wide, tuned, pair):
-        from weightscope.engine.opening import headers, opens_elsewhere
+        from weightscope.engine.opening import header_ends, opens_elsewhere
 
         assert opens_elsewhere(msg.Job(str(wide[0]), str(wide[1]))) == str(wide[1])
-        assert headers(str(tuned)) == headers(str(wide[0]))
+        assert header_ends(str(tuned)) == header_ends(str(wide[0]))
         assert opens_elsewhere(msg.Job(str(wide[0]), str(tuned))) is None
         assert opens_elsewhere(msg.Job(str(pair[0]), str(pair[1]))) is None
 

@@ -20,6 +20,7 @@ from weightscope.engine.protocol import Job
 from weightscope.sources.checkpoint import Checkpoint, TensorTable
 
 LARGE_HEADERS = 1 << 20  # bytes of header (about 8,000 tensors) from which B opens in a worker
+END = 1 << 16  # bytes of each end of a header that tell B's from A's (see `header_ends`)
 
 
 def open_job(job: Job, stored_b: Callable[[], Checkpoint | None] | None = None,
@@ -71,32 +72,42 @@ def opens_elsewhere(job: Job) -> str | None:
     if job.path_b is None or job.adapter is not None:
         return None
     weights = locate(job.path_b)[0]
-    found = headers(weights)
-    if found is None or sum(map(len, found)) < LARGE_HEADERS or found == headers(job.path_a):
+    found = header_ends(weights)
+    if found is None or sum(size for size, _, _ in found) < LARGE_HEADERS or found == header_ends(job.path_a):
         return None
     return weights
 
 
-def headers(path: str) -> list[bytes] | None:
+def header_ends(path: str) -> list[tuple[int, bytes, bytes]] | None:
     """The safetensors headers of `path` (a file, or a directory's files in name order, after
-    its index), read cheaply; None where there are none or they cannot be read (only regular
-    files are read: a FIFO would never answer)."""
+    its index) as (size, first and last `END` bytes), read cheaply: another model's headers
+    differ there (in names, dtypes or the offsets that follow them), a fine-tune's are the same
+    bytes. None where there are none or they cannot be read (only regular files are read: a
+    FIFO would never answer)."""
     from weightscope.sources.errors import CheckpointError
-    from weightscope.sources.files import read_head, read_small
+    from weightscope.sources.files import regular_size
     from weightscope.sources.formats.safetensors import MAX_HEADER
+
+    def ends(file: str, header: bool) -> tuple[int, bytes, bytes]:
+        """(size, first and last `END` bytes) of the file, or of the safetensors header it starts with."""
+        size = regular_size(file)  # (checked before the file is opened)
+        with open(file, "rb") as f:
+            start = 8 if header else 0
+            if header:
+                size, total = int.from_bytes(os.pread(f.fileno(), 8, 0), "little"), size
+                if size > min(MAX_HEADER, total - 8):
+                    raise CheckpointError(file, "no safetensors header")
+            end = min(size, END)
+            return size, os.pread(f.fileno(), end, start), os.pread(f.fileno(), end, start + size - end)
 
     try:
         if os.path.isdir(path):
             files = [os.path.join(path, name) for name in sorted(os.listdir(path)) if name.endswith(".safetensors")]
             index = os.path.join(path, "model.safetensors.index.json")
-            found = [read_small(index, MAX_HEADER)] if os.path.lexists(index) else []
+            found = [ends(index, header=False)] if os.path.lexists(index) else []
         else:
             files, found = [path], []
-        for file in files:
-            length = int.from_bytes(read_head(file, 8), "little")
-            if length > MAX_HEADER:
-                return None
-            found.append(read_head(file, 8 + length))
+        found += [ends(file, header=True) for file in files]
         return found or None
     except (CheckpointError, OSError):
         return None
