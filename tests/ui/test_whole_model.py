@@ -162,7 +162,7 @@ def expert_catalog(count: int):
     def side():
         return Side(tuple(names), ("bfloat16",) * count, ((512, 128),) * count, np.zeros(count, np.int32),
                     np.zeros(count, np.int64), np.zeros(count, np.int64), np.full(count, 512 * 128),
-                    np.full(count, 2 * 512 * 128), np.ones(count, bool))
+                    np.full(count, 2 * 512 * 128), np.ones(count, bool), np.ones(count, bool))
 
     summary = SideSummary("a", "safetensors", ["f"], count, 0, 0, [], [], {})
     catalog = Catalog(tuple(names), side(), side(), ["f"], np.zeros(count, np.int8), np.zeros(count, bool), summary,
