@@ -57,6 +57,8 @@ def scanned(path_a: str, path_b: str, use_cache: bool = True, **options) -> tupl
         engine.send(msg.Scan())
         table, cached = ResultTable(len(opened.catalog)), set()
         while not isinstance(message := engine.recv(), msg.ScanDone):
+            if isinstance(message, msg.LoopsLoaded):
+                continue
             assert isinstance(message, msg.Results), message
             table.add(message.batch)
             cached.add(message.cached)

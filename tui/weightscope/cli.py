@@ -234,10 +234,17 @@ class Progress:
         width = 30
         filled = int(width * done / total)
         rate = done / elapsed / 1e9
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+        sys.stderr.write(f"\r\033[K{self.label} [{'#' * filled}{'.' * (width - filled)}] "
                          f"{100 * done / total:5.1f}%  {done / 1e9:.2f}/{total / 1e9:.2f} GB  {rate:.2f} GB/s ")
         sys.stderr.flush()
         self.drawn = True
+
+    def say(self, text: str) -> None:
+        """A line in place of the bar until it is drawn ("" clears it)."""
+        if self.enabled and (text or self.drawn):
+            sys.stderr.write(f"\r\033[K{text}")
+            sys.stderr.flush()
+            self.drawn = True
 
     def close(self) -> None:
         if self.drawn:
@@ -262,8 +269,13 @@ class Run:
         self.engine.send(msg.Scan())
         progress = Progress(label)
         try:
+            if not self.engine.conn.poll(msg.LOOPS_WAIT):  # a first run compiles the loops: said while it waits
+                progress.say(msg.LOADING_LOOPS)
             while True:
-                message = self.expect(msg.Results, msg.ScanDone)
+                message = self.expect(msg.Results, msg.ScanDone, msg.LoopsLoaded)
+                if isinstance(message, msg.LoopsLoaded):
+                    progress.say("")
+                    continue
                 if isinstance(message, msg.ScanDone):
                     break
                 self.table.add(message.batch)

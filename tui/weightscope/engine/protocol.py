@@ -102,6 +102,16 @@ class Opened:
     names_sent: bool = False  # the catalog's names are the `Names` sent before (and left out of it)
 
 
+@dataclass(frozen=True)
+class LoopsLoaded:
+    """A worker has loaded the compiled loops the scan runs on (a first run compiles them, for
+    about half a minute: the client says so while it waits, `LOADING_LOOPS`)."""
+
+
+LOADING_LOOPS = "loading the compiled loops (a first run compiles them: about 30 s, once)"
+LOOPS_WAIT = 1.0  # seconds without a result or `LoopsLoaded` before a client says `LOADING_LOOPS`
+
+
 @dataclass
 class Results:
     """A batch of results in plan order, and how far the scan has come in bytes."""

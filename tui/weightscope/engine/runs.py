@@ -21,6 +21,8 @@ from weightscope.sources.errors import CheckpointError
 
 
 class RunServer(Server):
+    TELLS_LOOPS = False  # (a run's scan has a loop of its own, loaded with its first unit)
+
     def run(self) -> None:
         from weightscope.compare.run_plan import build
         from weightscope.sources.runs import open_run

@@ -35,7 +35,7 @@ from weightscope.compare import results
 from weightscope.compare.results import Batch, ResultTable
 from weightscope.compare.scan import Assembler, PairJob, UnitOutput
 from weightscope.engine import protocol as msg
-from weightscope.engine.worker import NICE, Done, Opened, Task, fault, serve
+from weightscope.engine.worker import NICE, Done, Opened, Task, fault, load_loops, serve
 from weightscope.sources.errors import CheckpointError, one_line
 
 CACHED_SLICE = 5000  # cached results per message: the client takes each before the next few come
@@ -104,6 +104,8 @@ class LocalPipe:
 
 
 class Server:
+    TELLS_LOOPS = True  # the client hears when a worker's compiled loops are loaded (`msg.LoopsLoaded`)
+
     def __init__(self, conn, job: msg.Job, helpers: int, quiet: bool = True):
         """
         Args:
@@ -126,6 +128,7 @@ class Server:
         self.answer_lock = threading.Lock()
         self.running = True
         self.scan: ScanState | None = None
+        self.loops_loaded = False  # by some worker
 
     # Life
 
@@ -203,10 +206,7 @@ class Server:
         opened = Opened(self.job, (self.a, self.b))
 
         def work():
-            from weightscope.compare import kernels  # noqa: F401  (loads the compiled loops)
-            from weightscope.compare import split_kernels
-
-            split_kernels.load()
+            done_out.send(load_loops())
             serve(LocalPipe(tasks, done_out, self.cancelled), opened)
 
         threading.Thread(target=work, name="weightscope-worker", daemon=True).start()
@@ -364,6 +364,11 @@ class Server:
             done: Done = worker.conn.recv()
         except (EOFError, OSError):
             self.lost(worker)
+            return
+        if done.kind == "loaded":  # its compiled loops (not a task): the first worker's are said
+            if self.TELLS_LOOPS and not self.loops_loaded:
+                self.send(msg.LoopsLoaded())
+            self.loops_loaded = True
             return
         task, worker.busy = worker.busy, None
         if task.kind in ("unit", "run_unit"):

@@ -30,6 +30,23 @@ def fault(kind: str) -> None:
         raise RuntimeError(f"injected fault in {kind}")
 
 
+SLOW_LOOPS = 3.0  # seconds `WEIGHTSCOPE_FAULT=slow-loops` holds the loops back: the tests' first run
+
+
+def load_loops() -> Done:
+    """Load the compiled loops a worker runs (a first run compiles them: about half a minute);
+    what says so to the engine."""
+    if "slow-loops" in FAULTS:
+        import time
+
+        time.sleep(SLOW_LOOPS)
+    from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
+    from weightscope.compare import split_kernels
+
+    split_kernels.load()  # the heads view's loop too (a few ms from the cache): its first answer waits for nothing
+    return Done(0, "loaded")
+
+
 @dataclass(frozen=True)
 class Task:
     """One thing for a worker to do: `kind` names it ("unit", "run_unit", "detail", "histograms", "resized",
@@ -236,10 +253,10 @@ def main(fd: int, engine: int, opens_b: bool = False) -> None:
         return
     if opens_b:
         os.nice(HELPER_NICE)
-    from weightscope.compare import kernels  # noqa: F401  (the import loads the compiled loops)
-    from weightscope.compare import split_kernels
-
-    split_kernels.load()  # the heads view's loop too (a few ms from the cache): its first answer waits for nothing
+    try:
+        conn.send(load_loops())
+    except (BrokenPipeError, OSError):
+        return
     serve(ProcessPipe(conn), Opened(job))
 
 

@@ -154,6 +154,8 @@ class WeightscopeApp(App[None]):
         self.shown: int | None = None  # the node in the detail pane
         self.scan_done = False
         self.read_so_far = 0
+        self.loops_loaded = False  # by some worker of the engine
+        self.loading_said = False  # the status line says they are loading
         self._detail_timer: Timer | None = None  # the figures of the line under the cursor wait for it
         self._filter_timer: Timer | None = None
         self.last_move = 0.0  # time.monotonic() of the last move of the cursor
@@ -266,6 +268,19 @@ class WeightscopeApp(App[None]):
             self.scan_finished(message)
         elif isinstance(message, msg.Failed):
             self.failed(message)
+        elif isinstance(message, msg.LoopsLoaded):
+            self.loops_loaded = True
+            self.say_loading()
+
+    def say_loading(self) -> None:
+        """While no result has come and the compiled loops are still loading (a first run
+        compiles them), the status line says so: a screen that does not move says why."""
+        waiting = not (self.loops_loaded or self.scan_done or self.read_so_far)
+        if waiting != self.loading_said:
+            status = self.query_one("#status-line", Static)
+            if waiting:
+                status.update(msg.LOADING_LOOPS)
+            status.display = self.loading_said = waiting
 
     def failed(self, failure: msg.Failed) -> None:
         """A failure always speaks: fatal ones end the app (exit 2), the others a notification
@@ -281,6 +296,7 @@ class WeightscopeApp(App[None]):
         status = self.query_one("#status-line", Static)
         status.update(line)
         status.display = True
+        self.loading_said = False  # (the line says the failure now)
         if kind == "detail" and self.shown is not None:
             self.query_one(DetailPane).show_failure(line)
         if kind == "histograms" and self.shown is not None:
@@ -315,6 +331,7 @@ class WeightscopeApp(App[None]):
             self.call_after_refresh(self.reveal_selected)  # once the tree has put its cursor on its first line
         self.show_counts()
         self.engine.send(msg.Scan())
+        self.set_timer(msg.LOOPS_WAIT, self.say_loading)
 
     def show_counts(self) -> None:
         catalog = self.catalog
@@ -347,7 +364,10 @@ class WeightscopeApp(App[None]):
             return
         self.take(message.batch)
         self.engine.send(msg.Ack(message.number))  # taken: the next may come
+        first = not self.read_so_far
         self.read_so_far = self.table.read
+        if first:
+            self.say_loading()  # (results: nothing more to say of the loops)
         self.progress = (message.done, max(message.total, 1))
         if self.looking:
             self.step_diff(self.looking, quiet=True)
