@@ -1,4 +1,4 @@
-"""A first run compiles the scan's loops (about half a minute): the app and `diff` say so while
+"""A first run compiles the scan's loops (up to a minute): the app and `diff` say so while
 they wait, and stop saying it once the loops are loaded. The tests hold the loops back with
 `WEIGHTSCOPE_FAULT=slow-loops`, as a first run's compiling does."""
 

@@ -105,10 +105,10 @@ class Opened:
 @dataclass(frozen=True)
 class LoopsLoaded:
     """A worker has loaded the compiled loops the scan runs on (a first run compiles them, for
-    about half a minute: the client says so while it waits, `LOADING_LOOPS`)."""
+    up to a minute: the client says so while it waits, `LOADING_LOOPS`)."""
 
 
-LOADING_LOOPS = "loading the compiled loops (a first run compiles them: about 30 s, once)"
+LOADING_LOOPS = "loading the compiled loops (a first run compiles them: up to a minute, once)"
 LOOPS_WAIT = 1.0  # seconds without a result or `LoopsLoaded` before a client says `LOADING_LOOPS`
 
 

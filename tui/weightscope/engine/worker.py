@@ -34,7 +34,7 @@ SLOW_LOOPS = 3.0  # seconds `WEIGHTSCOPE_FAULT=slow-loops` holds the loops back:
 
 
 def load_loops() -> Done:
-    """Load the compiled loops a worker runs (a first run compiles them: about half a minute);
+    """Load the compiled loops a worker runs (a first run compiles them: up to a minute);
     what says so to the engine."""
     if "slow-loops" in FAULTS:
         import time
