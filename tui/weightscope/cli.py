@@ -269,7 +269,7 @@ class Run:
         self.engine.send(msg.Scan())
         progress = Progress(label)
         try:
-            if not self.engine.conn.poll(msg.LOOPS_WAIT):  # a first run compiles the loops: said while it waits
+            if not self.engine.poll(msg.LOOPS_WAIT):  # a first run compiles the loops: said while it waits
                 progress.say(msg.LOADING_LOOPS)
             while True:
                 message = self.expect(msg.Results, msg.ScanDone, msg.LoopsLoaded)

@@ -86,6 +86,10 @@ class Engine:
         self.send(msg.Ask(ticket, kind, args))
         return ticket
 
+    def poll(self, seconds: float) -> bool:
+        """Whether a message comes within `seconds`."""
+        return self.conn.poll(seconds)
+
     def recv(self):
         """The next message from the engine; a fatal `Failed` when the engine process has ended.
         A's `Names` are taken here, not returned: their tree comes with `Opened`."""

@@ -364,10 +364,8 @@ class WeightscopeApp(App[None]):
             return
         self.take(message.batch)
         self.engine.send(msg.Ack(message.number))  # taken: the next may come
-        first = not self.read_so_far
         self.read_so_far = self.table.read
-        if first:
-            self.say_loading()  # (results: nothing more to say of the loops)
+        self.say_loading()  # (results: nothing more to say of the loops)
         self.progress = (message.done, max(message.total, 1))
         if self.looking:
             self.step_diff(self.looking, quiet=True)
